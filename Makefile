@@ -1,0 +1,54 @@
+# Entry points (SPEC §9). Every target installs what it needs: Python deps from uv.lock into
+# .venv, control-plane binaries into a per-version cache outside the repo.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: help setup tools run test test-unit test-integration test-e2e lint bench deploy undeploy images kind-e2e clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "[setup] uv not found; installing uv $(UV_VERSION) with pip"
+	$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)" || $(PYTHON) -m pip install --quiet --user --break-system-packages "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+setup: $(VENV)/.synced ## create .venv from the lock file
+
+tools: setup ## build or locate etcd, kube-apiserver, kubectl, helm (progress shown)
+	$(PY) -m localkube tools
+
+run: tools ## start localkube, the operator and the four sample bots
+	$(PY) -m localkube run
+
+test: tools ## every offline test: unit, integration (real API server), e2e
+	$(PY) -m pytest tests
+
+test-unit: setup ## unit tests only (no cluster)
+	$(PY) -m pytest tests/unit
+
+test-integration: tools
+	$(PY) -m pytest tests/integration
+
+test-e2e: tools
+	$(PY) -m pytest tests/e2e
+
+lint: setup ## ruff, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: tools ## benchmarks; results written to docs/benchmarks.md
+	$(PY) -m benchmarks
+
+clean: ## remove .venv and local cluster data (the binary cache is kept)
+	-$(PY) -m localkube down
+	rm -rf $(VENV) .local
