@@ -211,6 +211,10 @@ def _build(comp: Component) -> None:
 
 def ensure(selected: list[str] | None = None) -> dict[str, Path]:
     """Build whatever is missing from the cache; return program -> path."""
+    known = {comp.name for comp in components()}
+    unknown = sorted(set(selected or ()) - known)
+    if unknown:
+        raise SystemExit(f"unknown component(s) {', '.join(unknown)}; known: {sorted(known)}")
     paths: dict[str, Path] = {}
     for comp in components():
         if selected and comp.name not in selected:

@@ -1,0 +1,86 @@
+"""`python -m localkube {up,down,env,tools}`: the embedded local cluster's command line."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from localkube import binaries
+from localkube.cluster import DEFAULT_DATA_DIR, ClusterError, ClusterState, LocalCluster
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir).resolve()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    binaries.ensure(["etcd", "kubernetes"])
+    started = time.monotonic()
+    cluster = LocalCluster(_data_dir(args), die_with_parent=False)
+    try:
+        cluster.start(timeout=args.timeout)
+    except ClusterError as err:
+        print(f"localkube: {err}", file=sys.stderr)
+        return 1
+    print(f"localkube: API server {cluster.server} ready in {time.monotonic() - started:.1f}s",
+          file=sys.stderr)
+    print(cluster.kubeconfig)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    if ClusterState.load(data_dir) is None:
+        print(f"localkube: nothing running for {data_dir}", file=sys.stderr)
+        return 0
+    LocalCluster(data_dir, die_with_parent=False).stop()
+    print("localkube: stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    state = ClusterState.load(data_dir)
+    if state is None or not state.running():
+        print(f"localkube: not running for {data_dir}; start it with `python -m localkube up`",
+              file=sys.stderr)
+        return 1
+    kubectl = binaries.find_binary("kubectl")
+    print(f"export KUBECONFIG={shlex.quote(state.kubeconfig)}")
+    if kubectl is not None:
+        print(f"export PATH={shlex.quote(str(kubectl.parent))}:\"$PATH\"")
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    binaries.ensure(args.component or None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localkube", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (
+        ("up", cmd_up, "start etcd + kube-apiserver; print the kubeconfig path"),
+        ("down", cmd_down, "stop everything `up` started"),
+        ("env", cmd_env, "print shell exports (KUBECONFIG, PATH with kubectl)"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
+                         help="cluster data (etcd, certificates, kubeconfig); default .local/")
+        cmd.set_defaults(func=func)
+        if name == "up":
+            cmd.add_argument("--timeout", type=float, default=90.0,
+                             help="seconds to wait for readiness")
+    tools = sub.add_parser("tools", help="build or locate the pinned control-plane binaries")
+    tools.add_argument("component", nargs="*", help="etcd, kubernetes, helm (default: all)")
+    tools.set_defaults(func=cmd_tools)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Helpers for tests that talk to the real local API server (no mocks)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.dynamic import DynamicClient
+
+from localkube.cluster import LocalCluster, write_kubeconfig
+
+FIELD_MANAGER = "tradingbot-tests"
+
+
+def admin_client(cluster: LocalCluster) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+def load_documents(source: str | Path | dict[str, Any] | Iterable[dict[str, Any]]) -> list[dict]:
+    """YAML text, a file path, one object or many, as a list of objects."""
+    if isinstance(source, dict):
+        return [source]
+    if isinstance(source, Path):
+        source = source.read_text()
+    if isinstance(source, str):
+        return [doc for doc in yaml.safe_load_all(source) if doc]
+    return list(source)
+
+
+def apply(
+    api: client.ApiClient,
+    source: str | Path | dict[str, Any] | Iterable[dict[str, Any]],
+    namespace: str | None = None,
+) -> list[Any]:
+    """Server-side apply every object, as `kubectl apply --server-side` would."""
+    dynamic = DynamicClient(api)
+    applied = []
+    for obj in load_documents(source):
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        kwargs: dict[str, Any] = {"body": obj, "field_manager": FIELD_MANAGER, "force": True}
+        if resource.namespaced:
+            kwargs["namespace"] = obj.get("metadata", {}).get("namespace") or namespace
+        applied.append(resource.server_side_apply(**kwargs))
+    return applied
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
+    """Poll until predicate returns something truthy; fail with `message` after timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+def create_namespace(api: client.ApiClient, labels: dict[str, str] | None = None) -> str:
+    """A fresh namespace with a `default` ServiceAccount (no controller-manager makes one)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name,
+                                                                          labels=labels)))
+    core.create_namespaced_service_account(
+        name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+    )
+    return name
+
+
+def service_account_token(
+    api: client.ApiClient, namespace: str, name: str, *, seconds: int = 3600
+) -> str:
+    """A real bound token for the ServiceAccount (created if missing), via TokenRequest."""
+    core = client.CoreV1Api(api)
+    try:
+        core.read_namespaced_service_account(name, namespace)
+    except client.ApiException as err:
+        if err.status != 404:
+            raise
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+        )
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+    )
+    response = core.create_namespaced_service_account_token(name, namespace, request)
+    return str(response.status.token)
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster, api: client.ApiClient, namespace: str, name: str, directory: Path
+) -> Path:
+    token = service_account_token(api, namespace, name)
+    return write_kubeconfig(
+        directory / f"{namespace}-{name}.kubeconfig", cluster.server, cluster.pki.ca_cert,
+        f"system:serviceaccount:{namespace}:{name}", token=token, namespace=namespace,
+    )
+
+
+def service_account_client(
+    cluster: LocalCluster, api: client.ApiClient, namespace: str, name: str, directory: Path
+) -> client.ApiClient:
+    path = service_account_kubeconfig(cluster, api, namespace, name, directory)
+    return config.new_client_from_config(config_file=str(path))
