@@ -193,7 +193,7 @@ def _build(comp: Component) -> None:
         tail: list[str] = []
         for line in proc.stderr:
             line = line.rstrip()
-            tail = (tail + [line])[-40:]
+            tail = ([*tail, line])[-40:]
             if line and not line.startswith(("#", " ", "go: ")):
                 compiled += 1
             now = time.monotonic()

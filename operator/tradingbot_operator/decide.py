@@ -1,0 +1,654 @@
+"""The restart state machine (SPEC §4) as one pure function.
+
+``decide(bot, pods, now, limits)`` looks at what is (the TradingBot with its status, the pods
+that carry its label, the clock, the operator-wide restart slots) and returns what to do next:
+pod deletions and creations, a status patch, audit events and when to look again. It never
+talks to the API server, so every transition is a table test, and because every input comes
+from the cluster (status included) an operator killed at any instant resumes exactly where
+it stopped.
+
+The steps are an ordered chain of named checks; the first that applies decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tradingbot_operator.api.constants import (
+    ConditionStatus,
+    ConditionType,
+    PendingActionKind,
+    Phase,
+    RestartResult,
+)
+from tradingbot_operator.ratelimit import (
+    CoalescingWindow,
+    check_rate_limit,
+    failure_backoff,
+    recent_restarts,
+)
+from tradingbot_operator.recorder import AuditEvent
+from tradingbot_operator.timeutil import format_time, parse_time
+
+# A pod whose container restarted this often without becoming ready is crash-looping.
+CRASH_LOOP_RESTARTS = 3
+# How often to look again while waiting on something that produces no watch event.
+POLL_SECONDS = 5.0
+# Restart history kept in status (for the hourly rate limit); bounded like the CRD says.
+MAX_HISTORY = 100
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    """What the operator needs to know about one pod of a bot."""
+
+    name: str
+    uid: str
+    config_hash: str | None
+    created_at: dt.datetime | None
+    deleting: bool = False
+    ready: bool = False
+    terminated: bool = False
+    restart_count: int = 0
+
+    @property
+    def crash_looping(self) -> bool:
+        return self.terminated or (not self.ready and self.restart_count >= CRASH_LOOP_RESTARTS)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    coalesce_seconds: float = 2
+    max_attempts: int = 5
+    grace_period_seconds: int = 30
+    max_restarts_per_hour: int = 10
+
+
+@dataclass(frozen=True)
+class BotFacts:
+    """A TradingBot as the decision needs it; `status` is the stored status (camelCase)."""
+
+    namespace: str
+    name: str
+    desired_hash: str
+    status: Mapping[str, Any]
+    policy: RestartPolicy = RestartPolicy()
+    generation: int = 1
+    suspend: bool = False
+    halt: bool = False
+    deleting: bool = False
+    restart_reason: str | None = None
+    changes: tuple[FieldChange, ...] = ()
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class OperatorLimits:
+    """Operator-wide facts: other bots' restarts in flight and the readiness budget."""
+
+    restarts_in_flight: int = 0
+    max_concurrent_restarts: int = 0  # 0 = unlimited
+    ready_timeout_seconds: float = 120.0
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    uid: str
+    grace_period_seconds: int
+
+
+Action = CreatePod | DeletePod
+
+
+@dataclass
+class Decision:
+    actions: list[Action] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[AuditEvent] = field(default_factory=list)
+    requeue_after: float | None = None
+    finalize: bool = False  # deletion finished: the finalizer may go
+
+    @property
+    def holds_restart_slot(self) -> bool:
+        """True while the bot is down because of a restart (counts towards the limit)."""
+        return self.status.get("phase") == Phase.RESTARTING
+
+    def wake_at(self, now: dt.datetime, when: dt.datetime) -> None:
+        seconds = max((when - now).total_seconds(), 0.05)
+        self.requeue_after = seconds if self.requeue_after is None else min(
+            self.requeue_after, seconds
+        )
+
+
+# -- the chain ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    bot: BotFacts
+    pods: Sequence[PodFacts]
+    now: dt.datetime
+    limits: OperatorLimits
+    decision: Decision = field(default_factory=Decision)
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.bot.status
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or Phase.PENDING)
+
+    @property
+    def pending(self) -> Mapping[str, Any]:
+        return self.status.get("pendingAction") or {}
+
+    @property
+    def alive(self) -> list[PodFacts]:
+        return [p for p in self.pods if not p.deleting]
+
+    @property
+    def terminating(self) -> list[PodFacts]:
+        return [p for p in self.pods if p.deleting]
+
+    # status writers -----------------------------------------------------------------------
+
+    def set_phase(self, phase: Phase) -> None:
+        self.decision.status["phase"] = str(phase)
+
+    def set_pending(self, pending: Mapping[str, Any] | None) -> None:
+        self.decision.status["pendingAction"] = dict(pending) if pending else None
+
+    def set_condition(self, kind: ConditionType, status: ConditionStatus, reason: str,
+                      message: str) -> None:
+        current = self.decision.status.get("conditions")
+        if current is None:
+            current = [dict(c) for c in self.status.get("conditions") or []]
+        updated = []
+        found = False
+        for cond in current:
+            if cond.get("type") == kind:
+                found = True
+                changed = cond.get("status") != status
+                cond = {
+                    **cond, "status": str(status), "reason": reason, "message": message,
+                    "observedGeneration": self.bot.generation,
+                    "lastTransitionTime": format_time(self.now) if changed
+                    else cond.get("lastTransitionTime") or format_time(self.now),
+                }
+            updated.append(cond)
+        if not found:
+            updated.append({
+                "type": str(kind), "status": str(status), "reason": reason, "message": message,
+                "observedGeneration": self.bot.generation,
+                "lastTransitionTime": format_time(self.now),
+            })
+        self.decision.status["conditions"] = updated
+
+    def emit(self, event_type: str, reason: str, message: str, *, severity: str = "info",
+             details: Mapping[str, Any] | None = None, source: str = "operator") -> None:
+        self.decision.events.append(AuditEvent(
+            event_type=event_type, severity=severity, source=source,
+            namespace=self.bot.namespace, target=self.bot.name, action=reason, reason=reason,
+            message=message, details=dict(details or {}),
+            user_id=self.bot.requested_by if source != "operator" else None,
+        ))
+
+    def delete(self, pod: PodFacts) -> None:
+        self.decision.actions.append(
+            DeletePod(pod.name, pod.uid, self.bot.policy.grace_period_seconds)
+        )
+
+    def ts(self) -> str:
+        return format_time(self.now)
+
+
+Check = Callable[[_Context], bool]
+
+
+def decide(
+    bot: BotFacts,
+    pods: Sequence[PodFacts],
+    now: dt.datetime,
+    limits: OperatorLimits | None = None,
+) -> Decision:
+    ctx = _Context(bot=bot, pods=pods, now=now, limits=limits or OperatorLimits())
+    for check in CHAIN:
+        if check(ctx):
+            break
+    ctx.decision.status.setdefault("observedGeneration", bot.generation)
+    if ctx.decision.status.get("observedGeneration") == bot.status.get("observedGeneration") \
+            and len(ctx.decision.status) == 1:
+        ctx.decision.status = {}
+    if ctx.decision.status or ctx.decision.actions:
+        ctx.decision.status["desiredConfigHash"] = bot.desired_hash
+    return ctx.decision
+
+
+def bot_is_being_deleted(ctx: _Context) -> bool:
+    """Deletion: stop gracefully, keep the state, then let the finalizer go."""
+    if not ctx.bot.deleting:
+        return False
+    for pod in ctx.alive:
+        ctx.delete(pod)
+    if ctx.pods:
+        if ctx.phase != Phase.STOPPING:
+            ctx.set_phase(Phase.STOPPING)
+            ctx.emit("stop", "Stopping", "TradingBot deleted: stopping the bot gracefully; "
+                     "its state is kept", details={"trigger": "deletion"})
+        ctx.decision.requeue_after = POLL_SECONDS
+    else:
+        ctx.set_phase(Phase.STOPPED)
+        ctx.decision.finalize = True
+        ctx.emit("stop", "Stopped", "bot stopped for deletion; state kept",
+                 details={"trigger": "deletion"})
+    return True
+
+
+def halt_requested(ctx: _Context) -> bool:
+    """The kill switch: stop now, no coalescing window, no rate limit, no restart slot."""
+    if not ctx.bot.halt:
+        return False
+    first = ctx.phase != Phase.HALTED or bool(ctx.alive)
+    for pod in ctx.alive:
+        ctx.delete(pod)
+    if first:
+        ctx.set_phase(Phase.HALTED)
+        ctx.set_pending(None)
+        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Halted",
+                          "halted by the kill switch annotation")
+        ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "Halted",
+                          "halted; remove the halt annotation to resume")
+        ctx.emit("halt", "Halted", "kill switch: bot stopped without coalescing or rate limit",
+                 severity="warning", source="user",
+                 details={"podsStopped": [p.name for p in ctx.alive]})
+    if ctx.pods:
+        ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def surplus_pods(ctx: _Context) -> bool:
+    """More than one live pod for a bot must never last: keep the best one, delete others."""
+    alive = ctx.alive
+    if len(alive) <= 1:
+        return False
+    keep = sorted(
+        alive,
+        key=lambda p: (p.config_hash != ctx.bot.desired_hash, not p.ready,
+                       p.created_at or ctx.now),
+    )[0]
+    for pod in alive:
+        if pod is not keep:
+            ctx.delete(pod)
+    ctx.emit("error", "SurplusPodDeleted",
+             f"{len(alive)} pods found for one bot; kept {keep.name}, deleting the rest",
+             severity="critical", details={"pods": [p.name for p in alive], "kept": keep.name})
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def pod_still_terminating(ctx: _Context) -> bool:
+    """Never create a pod while an old one exists: wait for it to be gone."""
+    if not ctx.terminating:
+        return False
+    for pod in ctx.alive:  # a live pod beside a terminating one is surplus too
+        ctx.delete(pod)
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def no_pod(ctx: _Context) -> bool:
+    """No pod: stay stopped, wait out back-off, or create the pod with the desired hash."""
+    if ctx.alive:
+        return False
+    bot, pending = ctx.bot, ctx.pending
+    if bot.suspend:
+        if ctx.phase != Phase.STOPPED:
+            ctx.set_phase(Phase.STOPPED)
+            ctx.set_pending(None)
+            ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Suspended",
+                              "spec.suspend is true")
+            ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "Suspended",
+                              "stopped; set spec.suspend to false to resume")
+            ctx.emit("stop", "Stopped", "bot stopped gracefully (spec.suspend); positions kept",
+                     source="user")
+        return True
+    if ctx.phase == Phase.FAILED and pending.get("desiredHash") == bot.desired_hash:
+        return True  # gave up on this config; a new change tries again
+    not_before = parse_time(pending.get("notBefore"))
+    if (pending.get("desiredHash") == bot.desired_hash and not_before
+            and not_before > ctx.now):
+        ctx.decision.wake_at(ctx.now, not_before)
+        return True
+    restarting = ctx.phase == Phase.RESTARTING and bool(pending.get("startedAt"))
+    resuming = ctx.phase in (Phase.STOPPED, Phase.HALTED)
+    same_target = pending.get("desiredHash") == bot.desired_hash
+    attempts = int(pending.get("attempts") or 0) if same_target else 0
+    new_pending = {
+        **(pending if (restarting or same_target) else {}),
+        "action": pending.get("action") if restarting else str(PendingActionKind.START),
+        "reason": pending.get("reason") if restarting else (
+            "resume" if resuming else "first start"),
+        "desiredHash": bot.desired_hash,
+        "attempts": attempts,
+        "podCreatedAt": ctx.ts(),
+        "notBefore": None,
+    }
+    new_pending.setdefault("firstRequestedAt", ctx.ts())
+    new_pending.setdefault("lastRequestedAt", ctx.ts())
+    new_pending.setdefault("coalescedChanges", 0)
+    ctx.decision.actions.append(CreatePod(bot.desired_hash))
+    ctx.set_pending(new_pending)
+    if not restarting:
+        ctx.set_phase(Phase.STARTING)
+        if resuming:
+            ctx.emit("resume", "Resumed", f"bot resumed from {ctx.phase}", source="user")
+    ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, "PodCreated",
+                      f"pod created with config {bot.desired_hash}")
+    ctx.decision.wake_at(ctx.now, ctx.now + dt.timedelta(seconds=ctx.limits.ready_timeout_seconds))
+    return True
+
+
+def change_requested(ctx: _Context) -> bool:
+    """The live pod runs another config, or the bot should stop: coalesce, limit, act."""
+    (pod,) = ctx.alive
+    bot = ctx.bot
+    stopping = bot.suspend
+    if not stopping and pod.config_hash == bot.desired_hash:
+        return False
+    if ctx.phase == Phase.FAILED and not stopping and \
+            ctx.pending.get("desiredHash") == bot.desired_hash:
+        return True
+    kind = PendingActionKind.STOP if stopping else PendingActionKind.RESTART
+    target = "stop" if stopping else bot.desired_hash
+    pending = dict(ctx.pending)
+    if (pending.get("startedAt") or pending.get("podCreatedAt")) and \
+            pending.get("desiredHash") != target:
+        pending = {}  # a new change supersedes a failed or finished attempt
+    if pending.get("desiredHash") != target:
+        first = not pending or pending.get("action") == PendingActionKind.START
+        pending = {
+            "action": str(kind),
+            "reason": bot.restart_reason or ("spec.suspend" if stopping else "config change"),
+            "desiredHash": target,
+            "changedFields": [c.path for c in bot.changes],
+            "firstRequestedAt": pending.get("firstRequestedAt") if not first
+            else ctx.ts(),
+            "lastRequestedAt": ctx.ts(),
+            "coalescedChanges": int(pending.get("coalescedChanges") or 0) + 1 if not first
+            else 1,
+            "attempts": 0,
+            "notBefore": None,
+        }
+        if bot.requested_by:
+            pending["requestedBy"] = bot.requested_by
+        ctx.set_pending(pending)
+        if first:
+            ctx.emit("config_change" if bot.changes else "restart",
+                     "RestartRequested" if kind == PendingActionKind.RESTART else "StopRequested",
+                     _describe_request(kind, bot), source="user",
+                     details=_change_details(bot))
+        else:
+            ctx.emit("config_change" if bot.changes else "restart", "RestartCoalesced",
+                     f"change coalesced into the pending {kind} "
+                     f"({pending['coalescedChanges']} changes so far)", source="user",
+                     details=_change_details(bot))
+        ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, "ChangePending",
+                          f"{kind} pending: waiting {bot.policy.coalesce_seconds:g}s for "
+                          "further changes")
+    window = CoalescingWindow(
+        first_requested_at=parse_time(pending["firstRequestedAt"]) or ctx.now,
+        last_requested_at=parse_time(pending["lastRequestedAt"]) or ctx.now,
+        quiet_seconds=bot.policy.coalesce_seconds,
+    )
+    if not window.is_closed(ctx.now):
+        ctx.decision.wake_at(ctx.now, window.closes_at)
+        return True
+    history = [t for t in (parse_time(v) for v in _history(ctx.status)) if t]
+    if kind == PendingActionKind.RESTART:
+        verdict = check_rate_limit(history, ctx.now, bot.policy.max_restarts_per_hour)
+        if not verdict.allowed:
+            assert verdict.not_before is not None
+            if pending.get("notBefore") != format_time(verdict.not_before):
+                pending["notBefore"] = format_time(verdict.not_before)
+                ctx.set_pending(pending)
+                ctx.emit("rate_limited", "RateLimited",
+                         f"{verdict.recent} restarts in the last hour reach the limit of "
+                         f"{bot.policy.max_restarts_per_hour}; restart deferred until "
+                         f"{pending['notBefore']}", severity="warning",
+                         details={"notBefore": pending["notBefore"]})
+            ctx.decision.wake_at(ctx.now, verdict.not_before)
+            return True
+        limit = ctx.limits.max_concurrent_restarts
+        if limit and ctx.limits.restarts_in_flight >= limit:
+            ctx.decision.requeue_after = 1.0
+            return True
+    # Act: the old pod goes first; the new one is created only once it is gone.
+    ctx.delete(pod)
+    pending["startedAt"] = ctx.ts()
+    pending["notBefore"] = None
+    ctx.set_pending(pending)
+    if kind == PendingActionKind.STOP:
+        ctx.set_phase(Phase.STOPPING)
+        ctx.emit("stop", "Stopping", "stopping the bot gracefully (spec.suspend)",
+                 source="user")
+    else:
+        ctx.set_phase(Phase.RESTARTING)
+        kept = [format_time(t) for t in recent_restarts(history, ctx.now)]
+        restarts = dict(ctx.status.get("restarts") or {})
+        restarts["history"] = ([*kept, ctx.ts()])[-MAX_HISTORY:]
+        restarts["last"] = {
+            "reason": pending.get("reason"),
+            "changedFields": pending.get("changedFields") or [],
+            "requestedAt": pending.get("firstRequestedAt"),
+            "startedAt": ctx.ts(),
+            "result": "InProgress",
+        }
+        ctx.decision.status["restarts"] = restarts
+        ctx.emit("restart", "RestartStarted",
+                 f"restarting: stopping {pod.name} gracefully, then starting config "
+                 f"{bot.desired_hash} ({pending.get('coalescedChanges', 1)} coalesced changes)",
+                 details={"oldPod": pod.name, "changedFields": pending.get("changedFields"),
+                          "coalescedChanges": pending.get("coalescedChanges")})
+    ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Restarting"
+                      if kind == PendingActionKind.RESTART else "Stopping",
+                      f"{pod.name} is stopping")
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def _in_flight(ctx: _Context, pod: PodFacts) -> bool:
+    """The live pod is the one this operator created for the pending action."""
+    pending = ctx.pending
+    return bool(pending.get("podCreatedAt")) and pod.config_hash == pending.get("desiredHash")
+
+
+def new_pod_not_ready(ctx: _Context) -> bool:
+    """The pod created for a start or restart: wait for readiness, or count a failed attempt.
+
+    A newer change waits until this attempt settles, so every restart is recorded whole.
+    """
+    (pod,) = ctx.alive
+    if (pod.ready and not pod.terminated) or not _in_flight(ctx, pod):
+        return False
+    pending = dict(ctx.pending)
+    created = parse_time(pending.get("podCreatedAt")) or pod.created_at or ctx.now
+    deadline = created + dt.timedelta(seconds=ctx.limits.ready_timeout_seconds)
+    if not pod.crash_looping and ctx.now < deadline:
+        ctx.decision.wake_at(ctx.now, deadline)
+        return True
+    attempts = int(pending.get("attempts") or 0) + 1
+    why = "crash-looping" if pod.crash_looping else (
+        f"not ready within {ctx.limits.ready_timeout_seconds:g}s")
+    ctx.delete(pod)
+    pending["attempts"] = attempts
+    if attempts >= ctx.bot.policy.max_attempts:
+        pending["notBefore"] = None
+        ctx.set_pending(pending)
+        ctx.set_phase(Phase.FAILED)
+        ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, "AttemptsExhausted",
+                          f"gave up after {attempts} attempts: {why}")
+        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Failed", why)
+        ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE,
+                          "AttemptsExhausted", "a new change to the bot tries again")
+        _finish_restart(ctx, RestartResult.FAILED)
+        ctx.emit("error", "RestartFailed",
+                 f"bot failed to start after {attempts} attempts ({why}); giving up until "
+                 "the TradingBot changes", severity="critical",
+                 details={"attempts": attempts, "reason": why})
+        return True
+    not_before = ctx.now + failure_backoff(attempts)
+    pending["notBefore"] = format_time(not_before)
+    ctx.set_pending(pending)
+    ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, "AttemptFailed",
+                      f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed: {why}")
+    ctx.emit("error", "RestartFailed",
+             f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed ({why}); retrying "
+             f"after {pending['notBefore']}", severity="warning",
+             details={"attempts": attempts, "reason": why})
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def new_pod_ready(ctx: _Context) -> bool:
+    """The pod created for a start or restart is ready: record the outcome."""
+    (pod,) = ctx.alive
+    if not _in_flight(ctx, pod):
+        return False
+    pending = ctx.pending
+    if pending.get("action") == PendingActionKind.RESTART:
+        _finish_restart(ctx, RestartResult.SUCCEEDED)
+        ctx.emit("restart", "RestartCompleted",
+                 f"restart completed; config {pod.config_hash} is running",
+                 details={"durationSeconds":
+                          ctx.decision.status["restarts"]["last"].get("durationSeconds"),
+                          "changedFields": pending.get("changedFields")})
+    else:
+        ctx.emit("start", "Started", f"bot running with config {pod.config_hash}")
+    ctx.set_pending(None)
+    ctx.set_phase(Phase.RUNNING)
+    ctx.decision.status["configHash"] = pod.config_hash
+    _mark_healthy(ctx)
+    if pod.config_hash != ctx.bot.desired_hash:
+        ctx.decision.requeue_after = 0.05  # a newer change arrived meanwhile
+    return True
+
+
+def pod_current(ctx: _Context) -> bool:
+    """Steady state: the pod runs the desired config; report its health, cancel reverts."""
+    (pod,) = ctx.alive
+    pending = ctx.pending
+    if pending:
+        ctx.set_pending(None)
+        ctx.emit("config_change", "RestartCancelled",
+                 "the pending change was reverted to the running config; nothing to do",
+                 source="user", details={"coalescedChanges": pending.get("coalescedChanges")})
+    if ctx.status.get("configHash") != pod.config_hash:
+        ctx.decision.status["configHash"] = pod.config_hash
+    if pod.ready and not pod.terminated:
+        if ctx.phase != Phase.RUNNING:
+            ctx.set_phase(Phase.RUNNING)
+        if _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.TRUE \
+                or pending:
+            _mark_healthy(ctx)
+        return True
+    # The node restarts a crashed container; report it, do not intervene.
+    if _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.FALSE:
+        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "PodNotReady",
+                          f"{pod.name} is not ready (container restarts: {pod.restart_count})")
+        ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, "PodNotReady",
+                          f"{pod.name} is not ready")
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def _mark_healthy(ctx: _Context) -> None:
+    ctx.set_condition(ConditionType.READY, ConditionStatus.TRUE, "BotReady",
+                      "the bot is trading with its current config")
+    ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "UpToDate",
+                      "the running pod has the desired config")
+    ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.FALSE, "Healthy",
+                      "no failed attempts")
+
+
+CHAIN: tuple[Check, ...] = (
+    bot_is_being_deleted,
+    halt_requested,
+    surplus_pods,
+    pod_still_terminating,
+    no_pod,
+    new_pod_not_ready,
+    new_pod_ready,
+    change_requested,
+    pod_current,
+)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _finish_restart(ctx: _Context, result: RestartResult) -> None:
+    restarts = dict(ctx.decision.status.get("restarts") or ctx.status.get("restarts") or {})
+    last = dict(restarts.get("last") or {})
+    if last.get("result") != "InProgress":
+        return
+    started = parse_time(last.get("startedAt"))
+    last.update(completedAt=ctx.ts(), result=str(result),
+                attempts=int(ctx.pending.get("attempts") or 0) + (
+                    1 if result == RestartResult.SUCCEEDED else 0))
+    if started:
+        last["durationSeconds"] = round((ctx.now - started).total_seconds(), 3)
+    restarts["last"] = last
+    restarts["total"] = int(restarts.get("total") or 0) + 1
+    ctx.decision.status["restarts"] = restarts
+
+
+def _history(status: Mapping[str, Any]) -> list[str]:
+    return list((status.get("restarts") or {}).get("history") or [])
+
+
+def _condition(status: Mapping[str, Any], kind: ConditionType) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+def _describe_request(kind: PendingActionKind, bot: BotFacts) -> str:
+    if kind == PendingActionKind.STOP:
+        return "stop requested (spec.suspend); waiting for the coalescing window"
+    if bot.changes:
+        fields = ", ".join(c.path for c in bot.changes)
+        return f"config changed ({fields}); restart pending"
+    return f"restart requested ({bot.restart_reason or 'restart annotation'}); restart pending"
+
+
+def _change_details(bot: BotFacts) -> dict[str, Any]:
+    return {
+        "changedFields": [c.path for c in bot.changes],
+        "old": {c.path: c.old for c in bot.changes},
+        "new": {c.path: c.new for c in bot.changes},
+        "reason": bot.restart_reason,
+    }

@@ -1,0 +1,307 @@
+"""The restart state machine, scenario by scenario (SPEC §4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from tradingbot_operator.decide import (
+    CreatePod,
+    DeletePod,
+    OperatorLimits,
+    PodFacts,
+    decide,
+)
+
+from tests.unit.operator.world import T0, World, running_world
+
+
+def condition(world: World, kind: str) -> dict:
+    return next(c for c in world.status["conditions"] if c["type"] == kind)
+
+
+def test_first_start_creates_one_pod_and_reports_running_once_ready() -> None:
+    world = World()
+    first = world.step()
+    assert first.actions == [CreatePod("h1")]
+    assert world.phase == "Starting"
+    assert world.step().actions == []  # not ready yet: wait, do not create another
+    world.make_ready()
+    world.step()
+    assert world.phase == "Running"
+    assert world.status["configHash"] == "h1"
+    assert condition(world, "Ready")["status"] == "True"
+    assert "Started" in world.reasons()
+    assert world.status.get("restarts", {}).get("total", 0) == 0
+
+
+def test_a_spec_edit_is_recorded_as_pending_without_touching_the_pod() -> None:
+    world = running_world()
+    world.edit("h2", "spec.risk.stopLossPct")
+    d = world.step()
+    assert d.actions == []
+    pending = world.status["pendingAction"]
+    assert pending["action"] == "restart"
+    assert pending["changedFields"] == ["spec.risk.stopLossPct"]
+    assert pending["coalescedChanges"] == 1
+    assert world.phase == "Running"
+    assert d.requeue_after == pytest.approx(2.0)
+    assert world.reasons() == ["RestartRequested"]
+
+
+def test_a_burst_of_edits_within_the_window_makes_exactly_one_restart() -> None:
+    world = running_world()
+    for i in range(10):
+        world.edit(f"burst-{i}", "spec.strategy.params.window")
+        world.step()
+        world.tick(0.1)
+    assert world.deletes() == 0
+    assert world.status["pendingAction"]["coalescedChanges"] == 10
+    world.tick(2.0)
+    world.settle()
+    assert world.deletes() == 1
+    assert world.creates() == 1
+    assert world.status["configHash"] == "burst-9"
+    assert world.status["restarts"]["total"] == 1
+    last = world.status["restarts"]["last"]
+    assert last["result"] == "succeeded"
+    assert last["changedFields"] == ["spec.strategy.params.window"]
+    assert world.reasons().count("RestartCoalesced") == 9
+    assert world.reasons().count("RestartStarted") == 1
+    assert world.reasons().count("RestartCompleted") == 1
+
+
+def test_each_edit_restarts_the_quiet_period() -> None:
+    world = running_world()
+    world.edit("h2", "spec.symbols")
+    world.step()
+    world.tick(1.5)
+    world.edit("h3", "spec.symbols")
+    world.step()
+    world.tick(1.5)  # 3 s after the first edit, 1.5 s after the last
+    assert world.step().actions == []
+    world.tick(0.6)
+    assert world.step().actions == [DeletePod("bot-a-1", "uid-1", 30)]
+
+
+def test_an_edit_reverted_before_the_window_closes_restarts_nothing() -> None:
+    world = running_world()
+    world.edit("h2", "spec.symbols")
+    world.step()
+    world.tick(0.5)
+    world.edit("h1")
+    world.step()
+    assert "pendingAction" not in world.status
+    world.tick(5)
+    world.step()
+    assert world.deletes() == 0
+    assert "RestartCancelled" in world.reasons()
+
+
+def test_identical_restart_requests_are_coalesced_into_the_pending_one() -> None:
+    world = running_world()
+    world.edit("restart-1")
+    world.step()
+    world.step()  # the same request observed again counts nothing
+    assert world.status["pendingAction"]["coalescedChanges"] == 1
+    world.edit("restart-2")
+    world.step()
+    assert world.status["pendingAction"]["coalescedChanges"] == 2
+    world.tick(3)
+    world.settle()
+    assert world.deletes() == 1
+
+
+def test_restarts_over_the_hourly_limit_are_deferred_not_dropped() -> None:
+    world = running_world(max_restarts_per_hour=2, coalesce_seconds=0)
+    for i in range(2):
+        world.edit(f"h{i + 2}", "spec.symbols")
+        world.settle()
+        world.tick(60)
+    assert world.status["restarts"]["total"] == 2
+    world.edit("h9", "spec.symbols")
+    world.step()
+    pending = world.status["pendingAction"]
+    assert pending["notBefore"] == "2026-11-29T13:00:00Z"  # first restart + 1 h
+    assert world.reasons().count("RateLimited") == 1
+    world.step()
+    assert world.reasons().count("RateLimited") == 1  # said once per deferral
+    world.tick(3400)  # still inside the hour
+    world.step()
+    assert world.pods[0].config_hash == "h3"
+    world.now = T0.replace(hour=13, minute=0, second=1)
+    world.settle()
+    assert world.status["configHash"] == "h9"
+    assert world.status["restarts"]["total"] == 3
+
+
+def test_attempts_exhausted_give_failed_and_degraded_then_a_new_change_tries_again() -> None:
+    world = running_world(max_attempts=2, coalesce_seconds=0)
+    world.edit("broken", "spec.image")
+    world.step()  # old pod deleted
+    world.finish_deletions()
+    world.step()  # new pod created
+    world.crash()
+    world.step()
+    assert world.status["pendingAction"]["attempts"] == 1
+    assert world.status["pendingAction"]["notBefore"]
+    world.finish_deletions()
+    world.step()
+    assert not world.pods  # back-off: nothing created yet
+    world.tick(6)
+    world.step()
+    assert len(world.pods) == 1
+    world.crash()
+    world.step()
+    assert world.phase == "Failed"
+    assert condition(world, "Degraded")["status"] == "True"
+    assert condition(world, "Degraded")["reason"] == "AttemptsExhausted"
+    assert world.status["restarts"]["last"]["result"] == "failed"
+    critical = [e for d in world.decisions for e in d.events if e.severity == "critical"]
+    assert [e.reason for e in critical] == ["RestartFailed"]
+    world.finish_deletions()
+    world.tick(600)
+    assert world.step().actions == []  # gave up on this config
+    world.edit("fixed", "spec.image")
+    world.step()
+    assert world.pods and world.pods[0].config_hash == "fixed"
+    assert world.status["pendingAction"]["attempts"] == 0
+    world.make_ready()
+    world.step()
+    assert world.phase == "Running"
+
+
+def test_a_pod_not_ready_within_the_timeout_is_a_failed_attempt() -> None:
+    world = World(max_attempts=3)
+    world.limits = OperatorLimits(ready_timeout_seconds=60)
+    world.step()
+    world.tick(59)
+    assert world.step().actions == []
+    world.tick(2)
+    d = world.step()
+    assert isinstance(d.actions[0], DeletePod)
+    assert "not ready within 60s" in d.events[0].message
+
+
+def test_suspend_stops_gracefully_then_resume_starts_again() -> None:
+    world = running_world(coalesce_seconds=1)
+    world.set(suspend=True)
+    world.step()
+    assert world.deletes() == 0  # stops are coalesced too
+    world.tick(1)
+    d = world.step()
+    assert d.actions == [DeletePod("bot-a-1", "uid-1", 30)]
+    assert world.phase == "Stopping"
+    world.finish_deletions()
+    world.step()
+    assert world.phase == "Stopped"
+    assert world.step().actions == []
+    world.set(suspend=False)
+    world.settle()
+    assert world.phase == "Running"
+    assert world.creates() == 1
+    assert world.status.get("restarts", {}).get("total", 0) == 0
+    assert [r for r in world.reasons() if r in ("Stopped", "Resumed")] == ["Stopped",
+                                                                          "Resumed"]
+
+
+def test_halt_stops_at_once_ignoring_window_rate_limit_and_slots() -> None:
+    world = running_world(coalesce_seconds=60, max_restarts_per_hour=1)
+    world.limits = OperatorLimits(restarts_in_flight=5, max_concurrent_restarts=1)
+    world.edit("h2", "spec.symbols")
+    world.set(halt=True)
+    d = world.step()
+    assert d.actions == [DeletePod("bot-a-1", "uid-1", 30)]
+    assert world.phase == "Halted"
+    assert "pendingAction" not in world.status
+    world.finish_deletions()
+    assert world.step().actions == []
+    world.set(halt=False)
+    world.settle()
+    assert world.phase == "Running"
+    assert world.status["configHash"] == "h2"
+
+
+def test_deletion_stops_the_bot_then_releases_the_finalizer() -> None:
+    world = running_world()
+    world.set(deleting=True)
+    d = world.step()
+    assert d.actions == [DeletePod("bot-a-1", "uid-1", 30)]
+    assert not d.finalize
+    assert world.step().finalize is False  # still terminating
+    world.finish_deletions()
+    assert world.step().finalize is True
+
+
+def test_restart_waits_for_a_slot_when_max_concurrent_restarts_are_in_flight() -> None:
+    world = running_world(coalesce_seconds=0)
+    world.limits = OperatorLimits(restarts_in_flight=1, max_concurrent_restarts=1)
+    world.edit("h2", "spec.symbols")
+    d = world.step()
+    assert d.actions == []
+    assert d.requeue_after == 1.0
+    world.limits = OperatorLimits(restarts_in_flight=0, max_concurrent_restarts=1)
+    d = world.step()
+    assert d.holds_restart_slot
+    world.settle()
+    assert not world.decisions[-1].holds_restart_slot
+
+
+def test_the_new_pod_is_never_created_while_the_old_one_terminates() -> None:
+    world = running_world(coalesce_seconds=0)
+    world.edit("h2", "spec.symbols")
+    world.step()
+    for _ in range(3):
+        assert world.step().actions == []
+    world.finish_deletions()
+    assert world.step().actions == [CreatePod("h2")]
+
+
+def test_surplus_pods_are_deleted_keeping_the_current_ready_one() -> None:
+    world = running_world()
+    stray = PodFacts(name="stray", uid="uid-x", config_hash="h0", created_at=T0)
+    world.pods.append(stray)
+    d = world.step()
+    assert d.actions == [DeletePod("stray", "uid-x", 30)]
+    assert d.events[0].severity == "critical"
+
+
+def test_a_newer_change_during_a_restart_waits_for_that_restart_to_settle() -> None:
+    world = running_world(coalesce_seconds=0)
+    world.edit("h2", "spec.symbols")
+    world.step()
+    world.finish_deletions()
+    world.step()  # pod for h2 created, not ready
+    world.edit("h3", "spec.symbols")
+    assert world.step().actions == []
+    world.settle()
+    assert world.status["restarts"]["total"] == 2
+    assert world.status["configHash"] == "h3"
+
+
+def test_operator_restart_mid_restart_resumes_from_status_alone() -> None:
+    world = running_world(coalesce_seconds=0)
+    world.edit("h2", "spec.symbols")
+    world.step()  # old pod deleted, status says Restarting
+    world.finish_deletions()
+    # A fresh operator has nothing but the stored status and the pods it lists.
+    fresh = decide(world.bot, [], world.now, OperatorLimits())
+    assert fresh.actions == [CreatePod("h2")]
+    assert fresh.status.get("phase") in (None, "Restarting")
+
+
+def test_nothing_changes_in_steady_state() -> None:
+    world = running_world()
+    d = world.step()
+    assert d.actions == [] and d.status == {} and d.events == []
+
+
+def test_a_crash_in_steady_state_is_reported_not_acted_on() -> None:
+    world = running_world()
+    world.pods = [dataclasses.replace(world.pods[0], ready=False, restart_count=1)]
+    d = world.step()
+    assert d.actions == []
+    assert condition(world, "Ready")["status"] == "False"
+    world.make_ready()
+    world.step()
+    assert condition(world, "Ready")["status"] == "True"
