@@ -24,6 +24,7 @@ from tradingbot_operator.api.constants import (
     Phase,
     RestartResult,
 )
+from tradingbot_operator.hashing import canonical_json
 from tradingbot_operator.ratelimit import (
     CoalescingWindow,
     check_rate_limit,
@@ -405,13 +406,19 @@ def change_requested(ctx: _Context) -> bool:
         if bot.requested_by:
             pending["requestedBy"] = bot.requested_by
         ctx.set_pending(pending)
+        if bot.changes and kind == PendingActionKind.RESTART:
+            ctx.emit("config_change", "ConfigChanged",
+                     "changed " + "; ".join(f"{c.path}: {_short(c.old)} -> {_short(c.new)}"
+                                            for c in bot.changes),
+                     source="user", details=_change_details(bot))
         if first:
-            ctx.emit("config_change" if bot.changes else "restart",
+            ctx.emit("restart" if kind == PendingActionKind.RESTART else "stop",
                      "RestartRequested" if kind == PendingActionKind.RESTART else "StopRequested",
                      _describe_request(kind, bot), source="user",
                      details=_change_details(bot))
         else:
-            ctx.emit("config_change" if bot.changes else "restart", "RestartCoalesced",
+            ctx.emit("restart" if kind == PendingActionKind.RESTART else "stop",
+                     "RestartCoalesced",
                      f"change coalesced into the pending {kind} "
                      f"({pending['coalescedChanges']} changes so far)", source="user",
                      details=_change_details(bot))
@@ -427,7 +434,10 @@ def change_requested(ctx: _Context) -> bool:
         ctx.decision.wake_at(ctx.now, window.closes_at)
         return True
     history = [t for t in (parse_time(v) for v in _history(ctx.status)) if t]
-    if kind == PendingActionKind.RESTART:
+    # Already started (status was written, the operator stopped before the delete): finish
+    # it without counting it against the limits a second time.
+    resumed = bool(pending.get("startedAt"))
+    if kind == PendingActionKind.RESTART and not resumed:
         verdict = check_rate_limit(history, ctx.now, bot.policy.max_restarts_per_hour)
         if not verdict.allowed:
             assert verdict.not_before is not None
@@ -447,6 +457,9 @@ def change_requested(ctx: _Context) -> bool:
             return True
     # Act: the old pod goes first; the new one is created only once it is gone.
     ctx.delete(pod)
+    if resumed:
+        ctx.decision.requeue_after = POLL_SECONDS
+        return True
     pending["startedAt"] = ctx.ts()
     pending["notBefore"] = None
     ctx.set_pending(pending)
@@ -454,7 +467,7 @@ def change_requested(ctx: _Context) -> bool:
         ctx.set_phase(Phase.STOPPING)
         ctx.emit("stop", "Stopping", "stopping the bot gracefully (spec.suspend)",
                  source="user")
-    else:
+    elif not resumed:
         ctx.set_phase(Phase.RESTARTING)
         kept = [format_time(t) for t in recent_restarts(history, ctx.now)]
         restarts = dict(ctx.status.get("restarts") or {})
@@ -643,6 +656,11 @@ def _describe_request(kind: PendingActionKind, bot: BotFacts) -> str:
         fields = ", ".join(c.path for c in bot.changes)
         return f"config changed ({fields}); restart pending"
     return f"restart requested ({bot.restart_reason or 'restart annotation'}); restart pending"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _change_details(bot: BotFacts) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,8 +137,10 @@ def test_restricted_namespace_rejects_a_privileged_pod(
     with pytest.raises(client.ApiException) as rejected:
         core_api.create_namespaced_pod(namespace, pod)
     assert rejected.value.status == 403
-    assert 'violates PodSecurity "restricted:latest"' in rejected.value.body
-    assert "privileged" in rejected.value.body
+    message = json.loads(rejected.value.body)["message"]
+    assert 'violates PodSecurity "restricted:latest"' in message
+    assert "privileged (container \"main\" must not set securityContext.privileged=true)" \
+        in message
 
 
 def test_crd_schema_and_cel_reject_invalid_objects_naming_the_field(

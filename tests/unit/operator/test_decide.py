@@ -46,7 +46,10 @@ def test_a_spec_edit_is_recorded_as_pending_without_touching_the_pod() -> None:
     assert pending["coalescedChanges"] == 1
     assert world.phase == "Running"
     assert d.requeue_after == pytest.approx(2.0)
-    assert world.reasons() == ["RestartRequested"]
+    assert world.reasons() == ["ConfigChanged", "RestartRequested"]
+    changed = world.decisions[-1].events[0]
+    assert changed.details["old"] == {"spec.risk.stopLossPct": "old"}
+    assert changed.details["new"] == {"spec.risk.stopLossPct": "new"}
 
 
 def test_a_burst_of_edits_within_the_window_makes_exactly_one_restart() -> None:
@@ -305,3 +308,18 @@ def test_a_crash_in_steady_state_is_reported_not_acted_on() -> None:
     world.make_ready()
     world.step()
     assert condition(world, "Ready")["status"] == "True"
+
+
+def test_a_restart_recorded_but_not_acted_on_is_finished_without_counting_twice() -> None:
+    world = running_world(coalesce_seconds=0, max_restarts_per_hour=1)
+    world.edit("h2", "spec.symbols")
+    world.step()
+    # The operator died after writing status and before deleting: the pod is still alive.
+    world.pods = [dataclasses.replace(p, deleting=False) for p in world.pods]
+    world.decisions.clear()
+    d = world.step()
+    assert d.actions == [DeletePod("bot-a-1", "uid-1", 30)]
+    assert "RateLimited" not in world.reasons()
+    world.settle()
+    assert world.status["restarts"]["total"] == 1
+    assert len(world.status["restarts"]["history"]) == 1

@@ -1,0 +1,90 @@
+"""kopf wiring only: watch events wake bot loops; the loops and `decide` do the work."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from tradingbot_operator.api.constants import (
+    API_GROUP,
+    FINALIZER,
+    LABEL_BOT,
+    PLURAL,
+    VERSION,
+    Phase,
+)
+from tradingbot_operator.kubeapi import KubeApi
+from tradingbot_operator.metrics import OperatorMetrics
+from tradingbot_operator.reconcile import BotReconciler, Fleet
+from tradingbot_operator.recorder import AuditRecorder
+from tradingbot_operator.settings import OperatorSettings
+from tradingbot_operator.sinks import kube_event_sink
+
+log = logging.getLogger(__name__)
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
+    persistence = kopf_settings.persistence
+    persistence.finalizer = FINALIZER
+    persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration")
+    # Watches can silently stall without these (kopf issues 585, 614, 957).
+    kopf_settings.watching.server_timeout = settings.watch_server_timeout
+    kopf_settings.watching.client_timeout = settings.watch_client_timeout
+    kopf_settings.watching.connect_timeout = 30
+    kopf_settings.networking.request_timeout = 60
+    # One replica with a Recreate strategy; no peering objects, no cluster-wide discovery.
+    kopf_settings.peering.standalone = True
+    kopf_settings.scanning.disabled = True
+    kopf_settings.posting.level = logging.WARNING
+    kopf_settings.posting.reporting_component = "tradingbot-operator"
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    operator_settings: OperatorSettings = memo.get("settings") or OperatorSettings.from_env()
+    configure_kopf(settings, operator_settings)
+    api = KubeApi.from_environment()
+    metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
+    metrics.serve(operator_settings.metrics_port, operator_settings.metrics_host)
+    recorder = AuditRecorder(
+        sinks=[kube_event_sink(api)],
+        on_event=metrics.observe_event,
+        on_error=metrics.observe_audit_error,
+    )
+    fleet = Fleet(settings=operator_settings, api=api, recorder=recorder, metrics=metrics)
+    # Bots caught mid-restart by an operator restart still hold their restart slots.
+    for bot in await api.list_bots(operator_settings.namespace):
+        if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:
+            fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
+    memo["fleet"] = fleet
+    log.info("tradingbot operator started (namespace: %s, max concurrent restarts: %s)",
+             operator_settings.namespace or "all", operator_settings.max_concurrent_restarts
+             or "unlimited")
+
+
+@kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def bot_loop(namespace: str, name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                   **_: Any) -> None:
+    await BotReconciler(memo["fleet"], namespace, name).run(stopped)
+
+
+@kopf.on.event(API_GROUP, VERSION, PLURAL)
+def bot_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo["fleet"].wake(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_BOT: kopf.PRESENT})
+def pod_changed(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+    memo["fleet"].wake(namespace, labels[LABEL_BOT])
+
+
+@kopf.on.delete(API_GROUP, VERSION, PLURAL)
+async def bot_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """The finalizer: stop the bot gracefully, keep its state, then let the object go."""
+    decision = await BotReconciler(memo["fleet"], namespace, name).reconcile_once(deleting=True)
+    if not decision.finalize:
+        raise kopf.TemporaryError("waiting for the bot to stop gracefully", delay=1)

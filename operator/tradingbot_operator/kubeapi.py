@@ -1,0 +1,167 @@
+"""The few API calls the operator makes, as plain JSON over the official client's transport.
+
+Raw JSON (no generated models) keeps memory and CPU low at a thousand bots and lets every
+call say exactly what it means: uid preconditions on delete, resourceVersion on status
+patches, server-side apply for the objects the operator owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes import client, config
+
+from tradingbot_operator.api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
+
+FIELD_MANAGER = "tradingbot-operator"
+
+_PLURALS = {
+    "Pod": ("", "v1", "pods"),
+    "ServiceAccount": ("", "v1", "serviceaccounts"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+    "Event": ("", "v1", "events"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    "Lease": ("coordination.k8s.io", "v1", "leases"),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        super().__init__(f"{status} {reason}: {body[:500]}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+def _path(group: str, version: str, namespace: str | None, plural: str,
+          name: str | None = None, sub: str | None = None) -> str:
+    base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace)}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{quote(name)}"
+    if sub:
+        base += f"/{sub}"
+    return base
+
+
+class KubeApi:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+
+    @classmethod
+    def from_environment(cls) -> KubeApi:
+        """In-cluster credentials when running in a pod, else the current kubeconfig."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient())
+
+    async def request(self, method: str, path: str, *, body: Any = None,
+                      query: Mapping[str, Any] | None = None,
+                      content_type: str = "application/json") -> Any:
+        return await asyncio.to_thread(self._request, method, path, body, query, content_type)
+
+    def _request(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
+                 content_type: str) -> Any:
+        if query:
+            path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
+        try:
+            response = self.api_client.call_api(
+                path, method,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                _return_http_data_only=True,
+            )
+        except client.ApiException as err:
+            raise ApiError(int(err.status or 0), str(err.reason), str(err.body or "")) from None
+        data = response.data
+        return json.loads(data) if data else None
+
+    # -- TradingBots --------------------------------------------------------------------
+
+    async def get_bot(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(await self.request(
+            "GET", _path(API_GROUP, VERSION, namespace, PLURAL, name)))
+
+    async def list_bots(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        result = await self.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL))
+        return list(result.get("items") or [])
+
+    async def patch_bot_status(self, namespace: str, name: str, patch: Mapping[str, Any],
+                               resource_version: str | None) -> dict[str, Any]:
+        """Merge-patch the status; with resource_version, fail on a concurrent change."""
+        body: dict[str, Any] = {"status": dict(patch)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return dict(await self.request(
+            "PATCH", _path(API_GROUP, VERSION, namespace, PLURAL, name, "status"),
+            body=body, content_type="application/merge-patch+json"))
+
+    async def patch_bot(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        await self.request("PATCH", _path(API_GROUP, VERSION, namespace, PLURAL, name),
+                           body=dict(patch), content_type="application/merge-patch+json")
+
+    # -- pods ---------------------------------------------------------------------------
+
+    async def list_bot_pods(self, namespace: str, bot: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", _path("", "v1", namespace, "pods"),
+                                    query={"labelSelector": f"{LABEL_BOT}={bot}"})
+        return list(result.get("items") or [])
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        group, version, plural = _PLURALS[str(obj["kind"])]
+        namespace = obj["metadata"].get("namespace")
+        return dict(await self.request("POST", _path(group, version, namespace, plural),
+                                       body=dict(obj)))
+
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace: int) -> None:
+        """Delete exactly this pod (uid precondition), with its grace period."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": grace,
+                "preconditions": {"uid": uid}}
+        try:
+            await self.request("DELETE", _path("", "v1", namespace, "pods", name), body=body)
+        except ApiError as err:
+            if err.not_found or err.conflict:  # already gone, or a different pod by now
+                return
+            raise
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of an object the operator owns."""
+        group, version, plural = _PLURALS[str(obj["kind"])]
+        meta = obj["metadata"]
+        return dict(await self.request(
+            "PATCH", _path(group, version, meta.get("namespace"), plural, meta["name"]),
+            body=json.dumps(obj), query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml"))
+
+    async def create_if_absent(self, obj: Mapping[str, Any]) -> None:
+        try:
+            await self.create(obj)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        group, version, plural = _PLURALS[kind]
+        try:
+            await self.request("DELETE", _path(group, version, namespace, plural, name))
+        except ApiError as err:
+            if not err.not_found:
+                raise

@@ -1,0 +1,309 @@
+"""One bot's reconcile loop: gather facts, call `decide`, apply the decision, wait.
+
+Level-triggered: watch events only wake the loop; every pass reads the TradingBot and its
+pods afresh from the API server (quorum reads), so a missed or reordered event cannot make
+it act on a stale picture. Intent is written to status before it is acted on, so a crash
+between the two is finished by the next pass (see `decide`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tradingbot_operator.api.constants import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_HALT,
+    ANNOTATION_RESTART_REASON,
+    API_VERSION,
+    DEFAULT_COALESCE_SECONDS,
+    DEFAULT_EXCHANGE_MODE,
+    DEFAULT_GRACE_PERIOD_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RESTARTS_PER_HOUR,
+    DEFAULT_STATE_BACKEND,
+    HALT_VALUE,
+    KIND,
+    Phase,
+)
+from tradingbot_operator.decide import (
+    BotFacts,
+    CreatePod,
+    Decision,
+    DeletePod,
+    FieldChange,
+    OperatorLimits,
+    PodFacts,
+    RestartPolicy,
+    decide,
+)
+from tradingbot_operator.hashing import changed_fields, config_hash, value_at
+from tradingbot_operator.kubeapi import ApiError, KubeApi
+from tradingbot_operator.metrics import OperatorMetrics
+from tradingbot_operator.recorder import AuditRecorder, InvolvedObject
+from tradingbot_operator.render import (
+    ANNOTATION_APPLIED_SPEC,
+    BotRef,
+    render_bot_objects,
+    render_bot_pod,
+    service_account_name,
+)
+from tradingbot_operator.settings import OperatorSettings
+from tradingbot_operator.timeutil import parse_time, utcnow
+
+log = logging.getLogger(__name__)
+
+SPEC_DEFAULTS: dict[str, Any] = {
+    "exchange": {"mode": DEFAULT_EXCHANGE_MODE},
+    "state": {"backend": DEFAULT_STATE_BACKEND},
+    "suspend": False,
+    "restartPolicy": {
+        "coalesceSeconds": DEFAULT_COALESCE_SECONDS,
+        "maxAttempts": DEFAULT_MAX_ATTEMPTS,
+        "gracePeriodSeconds": DEFAULT_GRACE_PERIOD_SECONDS,
+        "maxRestartsPerHour": DEFAULT_MAX_RESTARTS_PER_HOUR,
+    },
+}
+ERROR_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
+
+
+# -- facts ----------------------------------------------------------------------------------
+
+
+def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
+    return PodFacts(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        config_hash=(meta.get("annotations") or {}).get(ANNOTATION_CONFIG_HASH),
+        created_at=parse_time(meta.get("creationTimestamp")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        ready=ready,
+        terminated=status.get("phase") in ("Succeeded", "Failed"),
+        restart_count=restarts,
+    )
+
+
+def restart_policy(spec: Mapping[str, Any]) -> RestartPolicy:
+    policy = spec.get("restartPolicy") or {}
+    return RestartPolicy(
+        coalesce_seconds=float(policy.get("coalesceSeconds", DEFAULT_COALESCE_SECONDS)),
+        max_attempts=int(policy.get("maxAttempts", DEFAULT_MAX_ATTEMPTS)),
+        grace_period_seconds=int(policy.get("gracePeriodSeconds",
+                                            DEFAULT_GRACE_PERIOD_SECONDS)),
+        max_restarts_per_hour=int(policy.get("maxRestartsPerHour",
+                                             DEFAULT_MAX_RESTARTS_PER_HOUR)),
+    )
+
+
+def spec_changes(applied: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> (
+    tuple[FieldChange, ...]
+):
+    """What changed between the spec the live pod was started with and the current one."""
+    if applied is None:
+        return ()
+    return tuple(FieldChange(path, value_at(applied, path), value_at(spec, path))
+                 for path in changed_fields(applied, spec))
+
+
+def bot_facts(body: Mapping[str, Any], pods: list[PodFacts],
+              raw_pods: list[Mapping[str, Any]]) -> BotFacts:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    annotations = meta.get("annotations") or {}
+    desired = config_hash(spec, annotations, SPEC_DEFAULTS)
+    applied = None
+    for raw in raw_pods:
+        raw_meta = raw.get("metadata") or {}
+        if not raw_meta.get("deletionTimestamp"):
+            text = (raw_meta.get("annotations") or {}).get(ANNOTATION_APPLIED_SPEC)
+            if text:
+                with contextlib.suppress(ValueError):
+                    applied = json.loads(text)
+    return BotFacts(
+        namespace=str(meta.get("namespace")),
+        name=str(meta.get("name")),
+        desired_hash=desired,
+        status=body.get("status") or {},
+        policy=restart_policy(spec),
+        generation=int(meta.get("generation") or 1),
+        suspend=bool(spec.get("suspend")),
+        halt=annotations.get(ANNOTATION_HALT, "").lower() == HALT_VALUE,
+        deleting=bool(meta.get("deletionTimestamp")),
+        restart_reason=annotations.get(ANNOTATION_RESTART_REASON),
+        changes=spec_changes(applied, spec),
+    )
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """Operator-wide state shared by all bot loops (in memory, rebuilt on start)."""
+
+    settings: OperatorSettings
+    api: KubeApi
+    recorder: AuditRecorder
+    metrics: OperatorMetrics
+    restart_slots: set[tuple[str, str]] = field(default_factory=set)
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, namespace: str, name: str) -> None:
+        event = self.wakeups.get((namespace, name))
+        if event is not None:
+            event.set()
+
+    def limits_for(self, key: tuple[str, str]) -> OperatorLimits:
+        return OperatorLimits(
+            restarts_in_flight=len(self.restart_slots - {key}),
+            max_concurrent_restarts=self.settings.max_concurrent_restarts,
+            ready_timeout_seconds=self.settings.ready_timeout_seconds,
+        )
+
+
+class BotReconciler:
+    def __init__(self, fleet: Fleet, namespace: str, name: str) -> None:
+        self.fleet = fleet
+        self.namespace = namespace
+        self.name = name
+        self.key = (namespace, name)
+        self.wakeup = fleet.wakeups.setdefault(self.key, asyncio.Event())
+
+    async def run(self, stopped: Any) -> None:
+        """Reconcile until kopf stops the daemon (object deleted or operator exiting)."""
+        failures = 0
+        try:
+            while not stopped:
+                self.wakeup.clear()  # before reading, so a change during the pass wakes us
+                try:
+                    decision = await self.reconcile_once()
+                    failures = 0
+                except _Gone:
+                    return
+                except Exception as err:  # retried with back-off; counted, never fatal
+                    failures += 1
+                    self.fleet.metrics.reconcile_errors.labels(
+                        error_type=type(err).__name__).inc()
+                    delay = ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS)) - 1]
+                    if isinstance(err, ApiError) and err.conflict:
+                        log.info("%s/%s changed during reconcile; again", *self.key)
+                        delay = 0.05
+                    else:
+                        log.warning("reconcile of %s/%s failed (%s); retrying in %ss",
+                                    *self.key, err, delay)
+                    await self._sleep(delay, stopped)
+                    continue
+                if decision.requeue_after is None:
+                    await self._sleep(None, stopped)
+                elif decision.requeue_after > 0:
+                    await self._sleep(decision.requeue_after, stopped)
+        finally:
+            self.fleet.wakeups.pop(self.key, None)
+
+    async def _sleep(self, seconds: float | None, stopped: Any) -> None:
+        """Until woken by a watch event, stopped by kopf, or the requeue time."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.wakeup.wait())]
+        if hasattr(stopped, "wait"):
+            waiters.append(asyncio.ensure_future(stopped.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def reconcile_once(self, *, deleting: bool = False) -> Decision:
+        started = time.perf_counter()
+        api = self.fleet.api
+        try:
+            body = await api.get_bot(self.namespace, self.name)
+        except ApiError as err:
+            if err.not_found:
+                self.fleet.restart_slots.discard(self.key)
+                self.fleet.metrics.set_bot_state(self.namespace, self.name, None, False)
+                raise _Gone() from None
+            raise
+        raw_pods = await api.list_bot_pods(self.namespace, self.name)
+        pods = [pod_facts(p) for p in raw_pods]
+        facts = bot_facts(body, pods, raw_pods)
+        if deleting and not facts.deleting:
+            facts = dataclasses.replace(facts, deleting=True)
+        decision = decide(facts, pods, utcnow(), self.fleet.limits_for(self.key))
+        await self.apply(body, facts, decision)
+        self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        return decision
+
+    async def apply(self, body: Mapping[str, Any], facts: BotFacts, decision: Decision) -> None:
+        api, settings = self.fleet.api, self.fleet.settings
+        meta = body["metadata"]
+        bot = BotRef(self.namespace, self.name, str(meta["uid"]))
+        phase_before = (body.get("status") or {}).get("phase")
+        # Claim or release the restart slot before the first await, so two loops deciding
+        # in the same tick cannot both take the last slot.
+        phase_after = decision.status.get("phase", phase_before)
+        held = self.key in self.fleet.restart_slots
+        if phase_after == Phase.RESTARTING:
+            self.fleet.restart_slots.add(self.key)
+        else:
+            self.fleet.restart_slots.discard(self.key)
+        try:
+            if decision.status:
+                await api.patch_bot_status(self.namespace, self.name, decision.status,
+                                           meta.get("resourceVersion"))
+        except BaseException:
+            if held:
+                self.fleet.restart_slots.add(self.key)
+            else:
+                self.fleet.restart_slots.discard(self.key)
+            raise
+        pending = (decision.status["pendingAction"] is not None
+                   if "pendingAction" in decision.status
+                   else bool((body.get("status") or {}).get("pendingAction")))
+        self.fleet.metrics.set_bot_state(self.namespace, self.name,
+                                         str(phase_after or Phase.PENDING), pending)
+        spec = body.get("spec") or {}
+        for action in decision.actions:
+            if isinstance(action, DeletePod):
+                await api.delete_pod(self.namespace, action.name, action.uid,
+                                     action.grace_period_seconds)
+            elif isinstance(action, CreatePod):
+                for obj in render_bot_objects(bot, spec):
+                    if obj["kind"] in ("ConfigMap", "Lease", "PersistentVolumeClaim"):
+                        await api.create_if_absent(obj)  # never overwrite a bot's state
+                    else:
+                        await api.apply(obj)
+                pod = render_bot_pod(bot, spec, action.config_hash, settings)
+                try:
+                    await api.create(pod)
+                except ApiError as err:
+                    if not err.conflict:  # same name = same hash: created by an earlier pass
+                        raise
+        involved = InvolvedObject(API_VERSION, KIND, self.namespace, self.name,
+                                  str(meta["uid"]), meta.get("resourceVersion"))
+        for event in decision.events:
+            await self.fleet.recorder.record(event, involved)
+        if decision.finalize:
+            await self.cleanup(bot)
+
+    async def cleanup(self, bot: BotRef) -> None:
+        """After the bot has stopped: remove its identity; keep its state and Lease."""
+        name = service_account_name(bot.name)
+        for kind in ("RoleBinding", "Role", "ServiceAccount"):
+            await self.fleet.api.delete(kind, bot.namespace, name)
+        self.fleet.restart_slots.discard(self.key)
+        self.fleet.metrics.set_bot_state(bot.namespace, bot.name, None, False)
+
+
+class _Gone(Exception):
+    """The TradingBot no longer exists."""
