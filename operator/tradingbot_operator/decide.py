@@ -477,7 +477,7 @@ def change_requested(ctx: _Context) -> bool:
             "changedFields": pending.get("changedFields") or [],
             "requestedAt": pending.get("firstRequestedAt"),
             "startedAt": ctx.ts(),
-            "result": "InProgress",
+            "result": str(RestartResult.IN_PROGRESS),
         }
         ctx.decision.status["restarts"] = restarts
         ctx.emit("restart", "RestartStarted",
@@ -625,7 +625,7 @@ CHAIN: tuple[Check, ...] = (
 def _finish_restart(ctx: _Context, result: RestartResult) -> None:
     restarts = dict(ctx.decision.status.get("restarts") or ctx.status.get("restarts") or {})
     last = dict(restarts.get("last") or {})
-    if last.get("result") != "InProgress":
+    if last.get("result") != RestartResult.IN_PROGRESS:
         return
     started = parse_time(last.get("startedAt"))
     last.update(completedAt=ctx.ts(), result=str(result),

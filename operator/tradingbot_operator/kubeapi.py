@@ -18,6 +18,7 @@ from kubernetes import client, config
 from tradingbot_operator.api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 
 FIELD_MANAGER = "tradingbot-operator"
+REQUEST_TIMEOUT = 30
 
 _PLURALS = {
     "Pod": ("", "v1", "pods"),
@@ -80,18 +81,18 @@ class KubeApi:
 
     def _request(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
                  content_type: str) -> Any:
-        if query:
-            path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
-        try:
-            response = self.api_client.call_api(
-                path, method,
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _return_http_data_only=True,
-            )
-        except client.ApiException as err:
-            raise ApiError(int(err.status or 0), str(err.reason), str(err.body or "")) from None
-        data = response.data
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        method, url, headers, payload, _ = self.api_client.param_serialize(
+            method=method, resource_path=path, query_params=params,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(method, url, header_params=headers, body=payload,
+                                            _request_timeout=REQUEST_TIMEOUT)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiError(int(response.status), str(response.reason),
+                           data.decode(errors="replace") if data else "")
         return json.loads(data) if data else None
 
     # -- TradingBots --------------------------------------------------------------------

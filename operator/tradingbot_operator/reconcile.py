@@ -44,6 +44,7 @@ from tradingbot_operator.decide import (
     RestartPolicy,
     decide,
 )
+from tradingbot_operator.failpoints import failpoint
 from tradingbot_operator.hashing import changed_fields, config_hash, value_at
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
@@ -267,6 +268,11 @@ class BotReconciler:
             else:
                 self.fleet.restart_slots.discard(self.key)
             raise
+        if decision.status.get("phase") == Phase.RESTARTING and decision.actions:
+            failpoint("after-restart-recorded")
+        elif (decision.status.get("pendingAction") or {}).get("lastRequestedAt") and \
+                not decision.actions:
+            failpoint("after-pending-recorded")
         pending = (decision.status["pendingAction"] is not None
                    if "pendingAction" in decision.status
                    else bool((body.get("status") or {}).get("pendingAction")))
@@ -277,6 +283,7 @@ class BotReconciler:
             if isinstance(action, DeletePod):
                 await api.delete_pod(self.namespace, action.name, action.uid,
                                      action.grace_period_seconds)
+                failpoint("after-pod-deleted")
             elif isinstance(action, CreatePod):
                 for obj in render_bot_objects(bot, spec):
                     if obj["kind"] in ("ConfigMap", "Lease", "PersistentVolumeClaim"):
@@ -289,6 +296,7 @@ class BotReconciler:
                 except ApiError as err:
                     if not err.conflict:  # same name = same hash: created by an earlier pass
                         raise
+                failpoint("after-pod-created")
         involved = InvolvedObject(API_VERSION, KIND, self.namespace, self.name,
                                   str(meta["uid"]), meta.get("resourceVersion"))
         for event in decision.events:

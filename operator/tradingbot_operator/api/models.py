@@ -1,0 +1,564 @@
+"""Typed view of TradingBot objects (SPEC §3), shared by the operator, the webhook and the bot.
+
+The CRD in ``crds/`` is the contract the API server enforces; these models state the same
+fields, enums, bounds and defaults so that code never works on a dict it has to second-guess,
+and so that the cross-field rules the CRD checks with CEL are also checked where no API server
+is involved (unit tests, the bot reading its own spec). ``tests/unit/test_crd_models.py``
+proves the two agree.
+
+* Spec models forbid unknown fields and use strict scalar types: the API server would reject
+  ``"5"`` for an integer or ``"yes"`` for a boolean, so the models do too.
+* Status models ignore unknown fields: status is written by the operator and the bot, and an
+  older reader must not fail on a newer writer's extra field.
+* JSON names are camelCase aliases; Python code uses snake_case (both are accepted as input).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from tradingbot_operator.api.constants import (
+    API_VERSION,
+    DEFAULT_COALESCE_SECONDS,
+    DEFAULT_EXCHANGE_MODE,
+    DEFAULT_GRACE_PERIOD_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RESTARTS_PER_HOUR,
+    DEFAULT_STATE_BACKEND,
+    KIND,
+    MAX_SYMBOLS,
+    ConditionStatus,
+    ConditionType,
+    ExchangeMode,
+    PendingActionKind,
+    Phase,
+    Profile,
+    RestartResult,
+    StateBackend,
+)
+
+# Patterns shared with the CRD (the unit tests compare them string for string).
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+EXCHANGE_ID_PATTERN = r"^[a-z][a-z0-9_]{1,39}$"
+SYMBOL_PATTERN = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+PVC_SIZE_PATTERN = r"^[1-9][0-9]{0,5}(Mi|Gi|Ti|M|G|T)$"
+
+_QUANTITY_MAX_LENGTH = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# shared configuration
+
+
+class _SpecModel(BaseModel):
+    """Base of spec models: unknown fields are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class _StatusModel(BaseModel):
+    """Base of status models: tolerant of fields added by newer writers."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# spec
+
+
+def _quantity(value: object) -> int | str:
+    """Accept what Kubernetes accepts for a resource quantity: a non-negative integer or a
+    quantity string such as ``500m`` or ``1Gi`` (one error, located at the map key)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a quantity must not be negative")
+        return value
+    if (
+        isinstance(value, str)
+        and len(value) <= _QUANTITY_MAX_LENGTH
+        and re.fullmatch(QUANTITY_PATTERN, value)
+    ):
+        return value
+    raise ValueError(f"{value!r} is not a Kubernetes quantity (for example 500m, 1, 256Mi)")
+
+
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {
+                    "type": "string",
+                    "pattern": QUANTITY_PATTERN,
+                    "maxLength": _QUANTITY_MAX_LENGTH,
+                },
+            ]
+        }
+    ),
+]
+
+
+def _base_differs_from_quote(symbol: str) -> str:
+    base, _, quote = symbol.partition("/")
+    if base == quote:
+        raise ValueError(f"symbol {symbol!r}: base and quote currency must differ")
+    return symbol
+
+
+Symbol = Annotated[
+    str,
+    StringConstraints(max_length=41, pattern=SYMBOL_PATTERN),
+    AfterValidator(_base_differs_from_quote),
+]
+DnsSubdomain = Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+StrictNumber = Annotated[float, Field(strict=True)]
+
+
+class CredentialsSecretRef(_SpecModel):
+    """The Secret (same namespace) holding ``apiKey`` and ``secret``; never put keys in spec."""
+
+    name: DnsSubdomain
+
+
+class ExchangeSpec(_SpecModel):
+    """Which exchange the bot trades on and whether real orders are sent."""
+
+    id: Annotated[str, StringConstraints(max_length=40, pattern=EXCHANGE_ID_PATTERN)]
+    mode: ExchangeMode = ExchangeMode(DEFAULT_EXCHANGE_MODE)
+    credentials_secret_ref: CredentialsSecretRef | None = Field(default=None, validate_default=True)
+
+    @field_validator("credentials_secret_ref")
+    @classmethod
+    def _required_unless_paper(
+        cls, value: CredentialsSecretRef | None, info: ValidationInfo
+    ) -> CredentialsSecretRef | None:
+        # Sandbox and live modes talk to the exchange with keys; paper mode simulates fills.
+        mode = info.data.get("mode")
+        if value is None and mode is not None and mode != ExchangeMode.PAPER:
+            raise ValueError(
+                f"exchange.credentialsSecretRef is required when exchange.mode is {mode}"
+            )
+        return value
+
+
+class StrategySpec(_SpecModel):
+    """Strategy tuning; the keys depend on the profile and are checked by the bot/webhook."""
+
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+class RiskSpec(_SpecModel):
+    """Risk limits enforced before every order; an omitted limit takes the profile preset."""
+
+    max_position_notional: StrictNumber | None = Field(default=None, gt=0, le=1_000_000_000)
+    max_open_positions: StrictInt | None = Field(default=None, ge=1, le=100)
+    stop_loss_pct: StrictNumber | None = Field(default=None, gt=0, lt=100)
+    take_profit_pct: StrictNumber | None = Field(default=None, gt=0, le=1000)
+    max_daily_loss_pct: StrictNumber | None = Field(default=None, gt=0, le=100)
+
+
+class PvcSpec(_SpecModel):
+    """The claim that holds the state file when ``state.backend`` is ``pvc``."""
+
+    size: Annotated[str, StringConstraints(max_length=8, pattern=PVC_SIZE_PATTERN)]
+    storage_class_name: DnsSubdomain | None = None
+
+
+class StateSpec(_SpecModel):
+    """Where the bot checkpoints positions, balances and fills."""
+
+    backend: StateBackend = StateBackend(DEFAULT_STATE_BACKEND)
+    pvc: PvcSpec | None = Field(default=None, validate_default=True)
+
+    @field_validator("pvc")
+    @classmethod
+    def _pvc_matches_backend(cls, value: PvcSpec | None, info: ValidationInfo) -> PvcSpec | None:
+        # A pvc section the backend ignores would mislead; a pvc backend without a size
+        # cannot create its claim.
+        backend = info.data.get("backend")
+        if backend is None:
+            return value
+        if value is not None and backend != StateBackend.PVC:
+            raise ValueError("state.pvc is only allowed when state.backend is pvc")
+        if value is None and backend == StateBackend.PVC:
+            raise ValueError("state.pvc.size is required when state.backend is pvc")
+        return value
+
+
+class RestartPolicySpec(_SpecModel):
+    """How changes turn into restarts (SPEC §4)."""
+
+    coalesce_seconds: StrictInt = Field(default=DEFAULT_COALESCE_SECONDS, ge=0, le=3600)
+    max_attempts: StrictInt = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
+    grace_period_seconds: StrictInt = Field(default=DEFAULT_GRACE_PERIOD_SECONDS, ge=1, le=3600)
+    max_restarts_per_hour: StrictInt = Field(default=DEFAULT_MAX_RESTARTS_PER_HOUR, ge=1, le=3600)
+
+
+class ResourcesSpec(_SpecModel):
+    """Container resources of the bot pod (the core ResourceRequirements without claims)."""
+
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=16)
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=16)
+
+
+class TolerationOperator(StrEnum):
+    """Operators of a pod toleration."""
+
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    """Taint effects a toleration may name."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(_SpecModel):
+    """A pod toleration, with the rules the pod API would otherwise reject at pod creation.
+
+    Each rule is a validator of the field it reports, so errors name that field.
+    """
+
+    key: Annotated[str, StringConstraints(max_length=317)] | None = None
+    operator: TolerationOperator | None = Field(default=None, validate_default=True)
+    value: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, validate_default=True
+    )
+    effect: TaintEffect | None = None
+    toleration_seconds: StrictInt | None = Field(default=None, ge=0, validate_default=True)
+
+    @field_validator("operator")
+    @classmethod
+    def _exists_without_key(
+        cls, operator: TolerationOperator | None, info: ValidationInfo
+    ) -> TolerationOperator | None:
+        if "key" in info.data and not info.data["key"] and operator != TolerationOperator.EXISTS:
+            raise ValueError("tolerations: operator must be Exists when key is empty")
+        return operator
+
+    @field_validator("value")
+    @classmethod
+    def _no_value_with_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("operator") == TolerationOperator.EXISTS:
+            raise ValueError("tolerations: value must be empty when operator is Exists")
+        return value
+
+    @field_validator("toleration_seconds")
+    @classmethod
+    def _seconds_need_no_execute(cls, seconds: int | None, info: ValidationInfo) -> int | None:
+        effect_known = "effect" in info.data  # absent when the effect itself was invalid
+        if seconds is not None and effect_known and info.data["effect"] != TaintEffect.NO_EXECUTE:
+            raise ValueError("tolerations: tolerationSeconds requires effect NoExecute")
+        return seconds
+
+
+class TradingBotSpec(_SpecModel):
+    """``spec`` of a TradingBot: everything a user may set (SPEC §3)."""
+
+    profile: Profile
+    exchange: ExchangeSpec
+    symbols: list[Symbol] = Field(
+        min_length=1, max_length=MAX_SYMBOLS, json_schema_extra={"uniqueItems": True}
+    )
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    risk: RiskSpec | None = None
+    suspend: StrictBool = False
+    image: Annotated[str, StringConstraints(max_length=512, pattern=IMAGE_PATTERN)] | None = None
+    resources: ResourcesSpec | None = None
+    node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        default=None, max_length=32
+    )
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    state: StateSpec = Field(default_factory=StateSpec)
+    restart_policy: RestartPolicySpec = Field(default_factory=RestartPolicySpec)
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique_symbols(cls, symbols: list[str]) -> list[str]:
+        # The same market twice would double the position limits for it.
+        seen: set[str] = set()
+        for index, symbol in enumerate(symbols):
+            if symbol in seen:
+                raise ValueError(f"symbols[{index}]: duplicate symbol {symbol!r}")
+            seen.add(symbol)
+        return symbols
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> TradingBotSpec:
+        """Parse a spec as stored by the API server (camelCase keys)."""
+        return cls.model_validate(_plain(spec))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON with CRD names, omitting unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+class Condition(_StatusModel):
+    """One entry of ``status.conditions`` (``Ready``, ``Progressing``, ``Degraded``)."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class PodRef(_StatusModel):
+    """The bot pod the operator currently runs (the uid is the delete precondition)."""
+
+    name: str | None = None
+    uid: str | None = None
+
+
+class PendingAction(_StatusModel):
+    """A requested action waiting for the coalescing window and the rate limit (SPEC §4)."""
+
+    action: PendingActionKind
+    reason: str | None = None
+    first_requested_at: datetime | None = None
+    last_requested_at: datetime | None = None
+    coalesced_changes: int = 0
+    attempts: int = 0
+    not_before: datetime | None = None
+    changed_fields: list[str] = Field(default_factory=list)
+    desired_hash: str | None = None
+    started_at: datetime | None = None
+    pod_created_at: datetime | None = None
+    requested_by: str | None = None
+
+
+class RestartRecord(_StatusModel):
+    """The most recent restart, for ``kubectl describe`` and the benchmarks."""
+
+    reason: str | None = None
+    changed_fields: list[str] = Field(default_factory=list)
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_seconds: float | None = None
+    result: RestartResult | None = None
+    attempts: int = 0
+
+
+class RestartsStatus(_StatusModel):
+    """Restart counter (``status.restarts.total`` is a stable name) and the last restart."""
+
+    total: int = 0
+    history: list[datetime] = Field(default_factory=list)
+    last: RestartRecord | None = None
+
+
+class PositionsStatus(_StatusModel):
+    """Open positions as last reported by the bot."""
+
+    open: int = 0
+    symbols: list[str] = Field(default_factory=list)
+    notional: float = 0.0
+
+
+class PnlStatus(_StatusModel):
+    """Profit and loss in the quote currency."""
+
+    realized: float = 0.0
+    unrealized: float = 0.0
+
+
+class TradesStatus(_StatusModel):
+    """Trade counters since the bot was created (they survive restarts via the state)."""
+
+    total: int = 0
+    wins: int = 0
+
+
+class StateStatus(_StatusModel):
+    """Last state checkpoint and restore, so the operator can verify nothing was lost."""
+
+    backend: StateBackend | None = None
+    checkpoint_seq: int | None = None
+    saved_at: datetime | None = None
+    last_shutdown_clean: bool | None = None
+    restored_from_seq: int | None = None
+
+
+class TradingBotStatus(_StatusModel):
+    """``status`` of a TradingBot, written through the status subresource."""
+
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    config_hash: str | None = None
+    desired_config_hash: str | None = None
+    pod: PodRef | None = None
+    pending_action: PendingAction | None = None
+    restarts: RestartsStatus = Field(default_factory=RestartsStatus)
+    positions: PositionsStatus = Field(default_factory=PositionsStatus)
+    pnl: PnlStatus = Field(default_factory=PnlStatus)
+    trades: TradesStatus = Field(default_factory=TradesStatus)
+    state: StateStatus | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as JSON with CRD names, omitting unset fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_patch(self) -> dict[str, Any]:
+        """The status as the body of a JSON merge patch of ``status``.
+
+        Unset fields are sent as ``null`` so that the patch removes them (a finished
+        ``pendingAction`` disappears); the result makes the stored status equal this model.
+        """
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+    def condition(self, type_: ConditionType) -> Condition | None:
+        """The condition of that type, if present."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def set_condition(
+        self,
+        type_: ConditionType,
+        status: ConditionStatus,
+        reason: str,
+        message: str,
+        now: datetime,
+        observed_generation: int | None = None,
+    ) -> Condition:
+        """Add or update a condition; ``lastTransitionTime`` moves only when status changes."""
+        current = self.condition(type_)
+        transition = now if current is None or current.status != status else None
+        updated = Condition(
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=transition or (current.last_transition_time if current else now),
+            observed_generation=observed_generation,
+        )
+        self.conditions = [c for c in self.conditions if c.type != type_] + [updated]
+        return updated
+
+
+# ---------------------------------------------------------------------------------------------
+# the object
+
+
+class ObjectMeta(_StatusModel):
+    """The parts of ``metadata`` the operator and the bot use."""
+
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    deletion_timestamp: datetime | None = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class TradingBot(_StatusModel):
+    """A whole TradingBot object; spec is strict, everything else tolerant."""
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: TradingBotSpec
+    status: TradingBotStatus = Field(default_factory=TradingBotStatus)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> TradingBot:
+        """Parse an object as returned by the API server or handed over by kopf.
+
+        Accepts any mapping (kopf bodies are read-only mapping views); a missing or null
+        ``status`` becomes an empty status.
+        """
+        data = _plain(obj)
+        if data.get("status") is None:
+            data.pop("status", None)
+        return cls.model_validate(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object as JSON with API names, omitting unset fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing and error messages
+
+
+def _plain(value: Any) -> Any:
+    """Deep-copy mappings and sequences into dicts and lists (kopf hands out views)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json_names() -> dict[str, str]:
+    """Python field name -> JSON name, for every model here.
+
+    Errors of defaulted fields (``validate_default``) carry the Python name; users know the
+    JSON name.
+    """
+    names: dict[str, str] = {}
+    for base in (_SpecModel, _StatusModel):
+        for model in base.__subclasses__():
+            for name, field in model.model_fields.items():
+                names[name] = field.alias or name
+    return names
+
+
+def _format_loc(loc: Sequence[int | str], prefix: str) -> str:
+    names = _json_names()
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            part = names.get(part, part)
+            path = f"{path}.{part}" if path else part
+    return path
+
+
+def validation_messages(error: ValidationError, prefix: str = "spec") -> list[str]:
+    """One ``<field path>: <message>`` line per error, in the API server's path style.
+
+    For admission responses, Events and logs: a user must see which field to fix.
+    """
+    return [
+        f"{_format_loc(detail['loc'], prefix)}: {detail['msg']}"
+        for detail in error.errors(include_url=False)
+    ]

@@ -1,0 +1,243 @@
+"""`python -m tradingbot_operator.audit --log-dir DIR {query,summary,export,verify,append}`.
+
+Exit codes: 0 success; 1 verification failed or the operation failed (message on stderr);
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from .reader import AuditFilter, export_json, parse_time_arg, query, summary
+from .schema import SEVERITIES
+from .verify import verify_log
+from .writer import DEFAULT_MAX_FILE_BYTES, AuditLogError, open_writer
+
+LOG_DIR_ENV: Final = "TRADINGBOT_AUDIT_LOG_DIR"
+
+TABLE_COLUMNS: Final = (
+    ("SEQ", "seq"),
+    ("TIMESTAMP", "timestamp"),
+    ("SEVERITY", "severity"),
+    ("TYPE", "event_type"),
+    ("SOURCE", "source"),
+    ("TARGET", "target"),
+    ("USER", "user_id"),
+    ("ACTION", "action"),
+)
+MAX_CELL: Final = 60
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filters (repeat an option to match any of its values)")
+    group.add_argument(
+        "--type",
+        dest="event_type",
+        action="append",
+        metavar="T",
+        help="event type, e.g. restart, config_change, trade",
+    )
+    group.add_argument("--severity", action="append", choices=SEVERITIES)
+    group.add_argument(
+        "--source", action="append", metavar="S", help="kubectl, gitops, plugin, operator, bot, ..."
+    )
+    group.add_argument(
+        "--bot",
+        "--target",
+        dest="target",
+        action="append",
+        metavar="B",
+        help="target bot (or symbol)",
+    )
+    group.add_argument("--user", dest="user_id", action="append", metavar="U")
+    group.add_argument("--namespace", "-n", action="append", metavar="NS")
+    group.add_argument(
+        "--since",
+        metavar="TIME",
+        help="inclusive lower bound: ISO 8601 (UTC if no offset) or 30m, 24h, 7d",
+    )
+    group.add_argument("--until", metavar="TIME", help="exclusive upper bound, same forms")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tradingbot_operator.audit",
+        description="Query, summarise, export and verify the hash-chained audit log.",
+    )
+    parser.add_argument(
+        "--log-dir",
+        default=os.environ.get(LOG_DIR_ENV),
+        required=LOG_DIR_ENV not in os.environ,
+        type=Path,
+        help=f"audit log directory (default: ${LOG_DIR_ENV})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    query_cmd = commands.add_parser("query", help="matching events, most recent first")
+    _add_filters(query_cmd)
+    query_cmd.add_argument(
+        "--limit", type=int, default=100, help="at most N events (default 100; 0 for all)"
+    )
+    query_cmd.add_argument(
+        "--oldest-first", action="store_true", help="chain order instead of most recent first"
+    )
+    query_cmd.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    summary_cmd = commands.add_parser("summary", help="counts by type, severity, source, bot")
+    _add_filters(summary_cmd)
+    summary_cmd.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    export_cmd = commands.add_parser("export", help="matching events as one JSON array")
+    export_cmd.add_argument("file", metavar="FILE", help="output file, or - for stdout")
+    _add_filters(export_cmd)
+
+    commands.add_parser("verify", help="check the hash chain; exit 1 at the first bad line")
+
+    append_cmd = commands.add_parser(
+        "append", help="append JSON events read from stdin, one per line"
+    )
+    append_cmd.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    append_cmd.add_argument("--retention-days", type=int, default=None)
+    return parser
+
+
+def _filter_from(args: argparse.Namespace, now: datetime) -> AuditFilter:
+    return AuditFilter.build(
+        event_type=args.event_type,
+        severity=args.severity,
+        source=args.source,
+        target=args.target,
+        user_id=args.user_id,
+        namespace=args.namespace,
+        since=None if args.since is None else parse_time_arg(args.since, now),
+        until=None if args.until is None else parse_time_arg(args.until, now),
+    )
+
+
+def _cell(value: Any) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def format_table(rows: list[list[str]], headers: Sequence[str]) -> str:
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _cmd_query(args: argparse.Namespace, flt: AuditFilter, out: TextIO) -> int:
+    if args.limit < 0:
+        raise ValueError("--limit must be >= 0")
+    records = query(args.log_dir, flt, limit=args.limit or None, oldest_first=args.oldest_first)
+    if args.output == "json":
+        json.dump(records, out, ensure_ascii=False, indent=2)
+        out.write("\n")
+    elif records:
+        rows = [[_cell(record.get(key)) for _h, key in TABLE_COLUMNS] for record in records]
+        out.write(format_table(rows, [h for h, _k in TABLE_COLUMNS]) + "\n")
+    else:
+        out.write("no matching events\n")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace, flt: AuditFilter, out: TextIO) -> int:
+    result = summary(args.log_dir, flt).to_json()
+    if args.output == "json":
+        json.dump(result, out, indent=2)
+        out.write("\n")
+        return 0
+    out.write(
+        f"{result['total']} events, seq {result['first_seq']}..{result['last_seq']}, "
+        f"{result['first_timestamp']} .. {result['last_timestamp']}\n"
+    )
+    for title, key in (
+        ("TYPE", "by_event_type"),
+        ("SEVERITY", "by_severity"),
+        ("SOURCE", "by_source"),
+        ("TARGET", "by_target"),
+    ):
+        rows = [[name, str(count)] for name, count in result[key].items()]
+        if rows:
+            out.write("\n" + format_table(rows, [title, "COUNT"]) + "\n")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, flt: AuditFilter, out: TextIO, err: TextIO) -> int:
+    if args.file == "-":
+        count = export_json(args.log_dir, out, flt)
+    else:
+        target = Path(args.file)
+        tmp = target.with_name(f".{target.name}.tmp")
+        # Write beside the target and rename, so a failed export never leaves half a file.
+        with tmp.open("w", encoding="utf-8") as handle:
+            count = export_json(args.log_dir, handle, flt)
+        tmp.replace(target)
+        err.write(f"exported {count} events to {target}\n")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    result = verify_log(args.log_dir)
+    out.write(result.summary() + "\n")
+    return 0 if result.ok else 1
+
+
+def _cmd_append(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    events: list[dict[str, Any]] = []
+    for number, text in enumerate(stdin, start=1):
+        if not text.strip():
+            continue
+        try:
+            event = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"stdin line {number} is not JSON: {exc}") from exc
+        if not isinstance(event, dict):
+            raise ValueError(f"stdin line {number} is not a JSON object")
+        events.append(event)
+    with open_writer(
+        args.log_dir, max_file_bytes=args.max_file_bytes, retention_days=args.retention_days
+    ) as writer:
+        results = writer.append_many(events)
+    for result in results:
+        out.write(
+            json.dumps({"seq": result.seq, "hash": result.hash, "duplicate": result.duplicate})
+            + "\n"
+        )
+    return 0
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "append":
+            return _cmd_append(args, stdin or sys.stdin, out)
+        if not args.log_dir.is_dir():
+            raise ValueError(f"{args.log_dir} is not a directory")
+        if args.command == "verify":
+            return _cmd_verify(args, out)
+        flt = _filter_from(args, datetime.now(UTC))
+        if args.command == "query":
+            return _cmd_query(args, flt, out)
+        if args.command == "summary":
+            return _cmd_summary(args, flt, out)
+        return _cmd_export(args, flt, out, err)
+    except (AuditLogError, ValueError, OSError) as exc:
+        err.write(f"error: {exc}\n")
+        return 1

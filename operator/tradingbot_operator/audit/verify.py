@@ -1,0 +1,303 @@
+"""Verification of the hash chain: finds the first line that was changed, removed, inserted
+or reordered, and says why.
+
+Per line, in this order (the first failing check is the reason reported):
+
+1. the line is complete (ends with a newline);
+2. the stored hash matches the line's content            -> the line was edited;
+3. the line is a JSON object with exactly the schema's fields;
+4. its seq is the previous seq + 1                        -> lines or files missing,
+                                                             inserted or reordered;
+5. its prev_hash is the previous line's hash              -> the line before was replaced.
+
+Across files the chain simply continues; a sidecar index that disagrees with its file fails
+verification too (it could otherwise hide events from queries). When retention has removed
+the oldest files, the chain starts from `chain-anchor.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .chain import GENESIS, ChainState, hash_bytes, split_hash
+from .files import ANCHOR_NAME, Anchor, LogFile, iter_lines, list_log_files, read_anchor, read_json
+from .index import FileStats
+from .schema import RECORD_FIELDS, Record
+
+_RECORD_KEYS: Final = frozenset(RECORD_FIELDS)
+
+
+@dataclass(frozen=True)
+class VerifyError:
+    """The first bad line: where it is and why it fails."""
+
+    file: str
+    line: int
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        seq = "?" if self.seq is None else str(self.seq)
+        return f"{self.file}:{self.line} (seq {seq}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    events: int
+    files: int
+    last_seq: int
+    last_hash: str
+    error: VerifyError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary(self) -> str:
+        if self.error is None:
+            return f"ok: {self.events} events in {self.files} files, last seq {self.last_seq}"
+        return f"FAILED: {self.error}"
+
+
+def _short(digest: object) -> str:
+    return f"{str(digest)[:12]}…"
+
+
+def _seq_hint(line: bytes) -> int | None:
+    """Best-effort seq of a line that failed its checks, for the report only."""
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) else None
+
+
+def check_line(line: bytes, expected: ChainState) -> tuple[Record | None, str | None]:
+    """Check one stored line (without its newline) against the chain so far.
+
+    `expected` is the state after the previous line: its seq and hash. Returns the parsed
+    record and None, or None and the reason the line fails.
+    """
+    parts = split_hash(line)
+    if parts is None:
+        return None, (
+            "malformed line: it does not end with the hash field (damaged, or not written by "
+            "the audit writer)"
+        )
+    body, stored = parts
+    computed = hash_bytes(body)
+    if computed != stored:
+        return None, (
+            f"hash mismatch: the line's content was changed (stored {_short(stored)}, "
+            f"content hashes to {_short(computed)})"
+        )
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "not valid JSON although its hash matches (forged line)"
+    if not isinstance(record, dict) or record.keys() != _RECORD_KEYS:
+        fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+        return None, f"not an audit record: fields {fields}"
+    seq = record["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None, f"seq {seq!r} is not an integer"
+    want = expected.seq + 1
+    if seq > want:
+        return None, (
+            f"seq gap: expected {want}, found {seq} (lines or files before this one are missing "
+            "or were reordered)"
+        )
+    if seq < want:
+        return None, (
+            f"seq out of order: expected {want}, found {seq} (this line was inserted, "
+            "duplicated or moved)"
+        )
+    if record["prev_hash"] != expected.hash:
+        return None, (
+            f"prev_hash mismatch: the line carries {_short(record['prev_hash'])} but the "
+            f"previous line hashes to {_short(expected.hash)} (the previous line was replaced "
+            "or lines were reordered)"
+        )
+    return record, None
+
+
+@dataclass
+class _FileOutcome:
+    state: ChainState
+    lines: int
+    error: VerifyError | None
+
+
+def _check_lines(
+    lines: Iterable[bytes],
+    state: ChainState,
+    *,
+    file: str,
+    stats: FileStats | None = None,
+    anchor: Anchor | None = None,
+) -> _FileOutcome:
+    """The streaming core: each raw line (newline included) against the running state."""
+    count = 0
+    for raw in lines:
+        count += 1
+        if not raw.endswith(b"\n"):
+            return _FileOutcome(
+                state,
+                count - 1,
+                VerifyError(
+                    file,
+                    count,
+                    _seq_hint(raw),
+                    "incomplete line (the file was truncated, or a write was cut short; the "
+                    "writer truncates an unfinished last line when it reopens the log)",
+                ),
+            )
+        line = raw[:-1]
+        record, reason = check_line(line, state)
+        if record is None:
+            return _FileOutcome(
+                state,
+                count - 1,
+                VerifyError(file, count, _seq_hint(line), reason or "invalid line"),
+            )
+        state = ChainState(seq=record["seq"], hash=record["hash"])
+        if stats is not None:
+            stats.add(record, len(raw))
+        if anchor is not None and state.seq == anchor.seq and state.hash != anchor.hash:
+            return _FileOutcome(
+                state,
+                count,
+                VerifyError(
+                    file,
+                    count,
+                    state.seq,
+                    f"hash differs from the one {ANCHOR_NAME} recorded for this seq "
+                    f"({_short(anchor.hash)})",
+                ),
+            )
+    return _FileOutcome(state, count, None)
+
+
+def verify_lines(
+    lines: Iterable[bytes], start: ChainState = GENESIS, *, file: str = "<lines>"
+) -> VerifyResult:
+    """Verify raw lines (each with its newline) as one chain continuing from `start`."""
+    outcome = _check_lines(lines, start, file=file)
+    return VerifyResult(
+        events=outcome.lines,
+        files=1,
+        last_seq=outcome.state.seq,
+        last_hash=outcome.state.hash,
+        error=outcome.error,
+    )
+
+
+def _first_record(log_file: LogFile, size: int) -> Record | None:
+    for _offset, raw in iter_lines(log_file.path, end=size):
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+    return None
+
+
+def _start_state(
+    files: list[tuple[LogFile, int]], anchor: Anchor | None
+) -> tuple[ChainState, Anchor | None]:
+    """Where the chain starts, and an anchor to check on the way if files precede it."""
+    if anchor is None:
+        return GENESIS, None
+    first = next((rec for log_file, size in files if (rec := _first_record(log_file, size))), {})
+    first_seq = first.get("seq")
+    if isinstance(first_seq, int) and 1 < first_seq <= anchor.seq:
+        # A crash between writing the anchor and removing the files it covers: those files
+        # are still here. Verify them from their own first line and check the anchor when
+        # the chain reaches its seq.
+        return ChainState(seq=first_seq - 1, hash=str(first.get("prev_hash"))), anchor
+    if first_seq == 1:
+        return GENESIS, anchor
+    return ChainState(seq=anchor.seq, hash=anchor.hash), None
+
+
+def verify_log(log_dir: str | os.PathLike[str]) -> VerifyResult:
+    """Verify every file of the log in chain order; stop at the first bad line."""
+    root = Path(log_dir)
+    files = [(log_file, log_file.path.stat().st_size) for log_file in list_log_files(root)]
+    try:
+        anchor = read_anchor(root)
+    except ValueError as exc:
+        bad_anchor = VerifyError(ANCHOR_NAME, 0, None, str(exc))
+        return VerifyResult(0, len(files), 0, GENESIS.hash, bad_anchor)
+
+    state, checkpoint = _start_state(files, anchor)
+    events = 0
+    first_line_of_log = True
+    for log_file, size in files:
+        if size == 0:
+            continue
+        index_raw = read_json(log_file.index_path)
+        stats = FileStats() if index_raw is not None else None
+        outcome = _check_lines(
+            (raw for _offset, raw in iter_lines(log_file.path, end=size)),
+            state,
+            file=log_file.name,
+            stats=stats,
+            anchor=checkpoint,
+        )
+        events += outcome.lines
+        error: VerifyError | None = outcome.error
+        if error is not None and first_line_of_log and error.line == 1:
+            error = _explain_start(error, anchor)
+        first_seq = outcome.state.seq - outcome.lines + 1
+        if error is None and outcome.lines > 0 and first_seq != log_file.first_seq:
+            error = VerifyError(
+                log_file.name,
+                1,
+                first_seq,
+                f"the file name says its first seq is {log_file.first_seq}, the first line "
+                "disagrees (file renamed or lines removed from its start)",
+            )
+        if error is None and stats is not None:
+            error = _check_index(log_file, index_raw, stats, outcome.lines)
+        if error is not None:
+            return VerifyResult(events, len(files), outcome.state.seq, outcome.state.hash, error)
+        state = outcome.state
+        first_line_of_log = False
+    return VerifyResult(events, len(files), state.seq, state.hash)
+
+
+def _explain_start(error: VerifyError, anchor: Anchor | None) -> VerifyError:
+    if error.reason.startswith("seq gap") and anchor is None:
+        reason = (
+            f"{error.reason}; the log does not start at seq 1 and there is no {ANCHOR_NAME} "
+            "(files were removed from the start of the log)"
+        )
+    elif anchor is not None and error.reason.startswith(("seq", "prev_hash")):
+        reason = f"{error.reason}; checked against {ANCHOR_NAME} (seq {anchor.seq})"
+    else:
+        return error
+    return VerifyError(error.file, error.line, error.seq, reason)
+
+
+def _check_index(
+    log_file: LogFile, raw: object, stats: FileStats, lines: int
+) -> VerifyError | None:
+    stored = FileStats.from_json(raw)
+    if stored is None:
+        return VerifyError(log_file.index_path.name, 0, None, "index file is unreadable")
+    different = stored.differences(stats)
+    if not different:
+        return None
+    return VerifyError(
+        log_file.name,
+        lines,
+        stats.last_seq,
+        f"the sidecar index {log_file.index_path.name} disagrees with the file on "
+        f"{', '.join(different)} (the file or its index was changed after rotation)",
+    )
