@@ -239,12 +239,14 @@ def decide(
     for check in CHAIN:
         if check(ctx):
             break
-    ctx.decision.status.setdefault("observedGeneration", bot.generation)
-    if ctx.decision.status.get("observedGeneration") == bot.status.get("observedGeneration") \
-            and len(ctx.decision.status) == 1:
-        ctx.decision.status = {}
-    if ctx.decision.status or ctx.decision.actions:
-        ctx.decision.status["desiredConfigHash"] = bot.desired_hash
+    alive = ctx.alive
+    ctx.decision.status.setdefault(
+        "pod", {"name": alive[0].name, "uid": alive[0].uid} if len(alive) == 1 else None)
+    ctx.decision.status["observedGeneration"] = bot.generation
+    ctx.decision.status["desiredConfigHash"] = bot.desired_hash
+    # Write only what differs from the stored status: steady state costs no API call.
+    ctx.decision.status = {k: v for k, v in ctx.decision.status.items()
+                           if bot.status.get(k) != v}
     return ctx.decision
 
 
