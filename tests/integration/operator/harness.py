@@ -238,7 +238,8 @@ class Bots:
                 if e.involved_object.name == name and e.involved_object.kind == "TradingBot"]
 
     def reasons(self, name: str) -> list[str]:
-        events = sorted(self.events(name), key=lambda e: (e.first_timestamp, e.metadata.name))
+        # Event timestamps have one-second precision; etcd revisions order creations exactly.
+        events = sorted(self.events(name), key=lambda e: int(e.metadata.resource_version))
         return [e.reason for e in events]
 
     def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
