@@ -1,0 +1,1 @@
+"""Benchmarks behind docs/benchmarks.md (`make bench`, SPEC §10)."""
