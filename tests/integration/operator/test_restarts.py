@@ -68,7 +68,10 @@ def test_ten_patches_in_one_second_make_exactly_one_restart(
     assert "ConfigChanged" in reasons and "RestartRequested" in reasons
     assert len(census.created["bot-a"]) == 2
     changed = [e for e in bots.events("bot-a") if e.reason == "ConfigChanged"]
-    assert any("spec.risk.maxOpenPositions: 2 -> 3" in e.message for e in changed)
+    # Each ConfigChanged compares with what the running pod was started with; which
+    # intermediate versions the operator observes depends on timing, the last one does not.
+    assert all("spec.risk.maxOpenPositions: 2 -> " in e.message for e in changed)
+    assert any("spec.risk.maxOpenPositions: 2 -> 12" in e.message for e in changed)
     assert operator.metric("tradingbot_operator_restarts_total", bot="bot-a",
                            result="succeeded") == 1
     assert operator.metric("tradingbot_operator_coalesced_changes_total", bot="bot-a") >= 1
