@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +30,33 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     print(f"localkube: API server {cluster.server} ready in {time.monotonic() - started:.1f}s",
           file=sys.stderr)
+    if args.node:
+        pid = cluster.start_node_process()
+        print(f"localkube: process node running (pid {pid}, log {cluster.logs / 'node.log'})",
+              file=sys.stderr)
     print(cluster.kubeconfig)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """Run the process node in the foreground until SIGTERM or Ctrl-C."""
+    from localkube.node import ProcessNode
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cluster = LocalCluster(_data_dir(args), die_with_parent=False)
+    state = cluster.state_from_disk()
+    if state is None or not state.running():
+        print("localkube: the control plane is not running; `python -m localkube up` first",
+              file=sys.stderr)
+        return 1
+    cluster.state = state
+    node = ProcessNode(cluster.kubeconfig, cluster.data_dir / "node", server=cluster.server,
+                       ca_cert=cluster.pki.ca_cert, die_with_parent=False).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node.stop()
     return 0
 
 
@@ -67,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ("up", cmd_up, "start etcd + kube-apiserver; print the kubeconfig path"),
         ("down", cmd_down, "stop everything `up` started"),
         ("env", cmd_env, "print shell exports (KUBECONFIG, PATH with kubectl)"),
+        ("node", cmd_node, "run the process node in the foreground"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
@@ -75,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "up":
             cmd.add_argument("--timeout", type=float, default=90.0,
                              help="seconds to wait for readiness")
+            cmd.add_argument("--node", action="store_true",
+                             help="also run the process node that runs pods as processes")
     tools = sub.add_parser("tools", help="build or locate the pinned control-plane binaries")
     tools.add_argument("component", nargs="*", help="etcd, kubernetes, helm (default: all)")
     tools.set_defaults(func=cmd_tools)

@@ -11,6 +11,7 @@ import base64
 import json
 import socket
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +46,7 @@ class ClusterState:
     kubeconfig: str
     etcd_binary: str
     apiserver_binary: str
+    node_pid: int = 0
 
     @classmethod
     def load(cls, data_dir: Path) -> ClusterState | None:
@@ -62,6 +64,9 @@ class ClusterState:
         return pid_runs(self.etcd_pid, self.etcd_binary) and pid_runs(
             self.apiserver_pid, self.apiserver_binary
         )
+
+    def node_running(self) -> bool:
+        return bool(self.node_pid) and pid_runs(self.node_pid, sys.executable)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -136,6 +141,21 @@ class LocalCluster:
             raise ClusterError("cluster is not started")
         return f"https://127.0.0.1:{self.state.apiserver_port}"
 
+    def start_node_process(self) -> int:
+        """Run the process node detached (`python -m localkube node`); return its pid."""
+        if self.state is None:
+            raise ClusterError("cluster is not started")
+        if self.state.node_running():
+            return self.state.node_pid
+        proc = spawn(
+            [sys.executable, "-m", "localkube", "node", "--data-dir", str(self.data_dir)],
+            self.logs / "node.log", die_with_parent=self.die_with_parent,
+            cwd=binaries.REPO_ROOT,
+        )
+        self.state.node_pid = proc.pid
+        self.state.save(self.data_dir)
+        return proc.pid
+
     def state_from_disk(self) -> ClusterState | None:
         return ClusterState.load(self.data_dir)
 
@@ -193,6 +213,9 @@ class LocalCluster:
         state = self.state or ClusterState.load(self.data_dir)
         if state is None:
             return
+        # The node first: its pods' processes get their grace period while the API is up.
+        if state.node_pid and pid_runs(state.node_pid, sys.executable):
+            terminate(state.node_pid, grace_seconds=90)
         # The API server first, so it never sees its storage vanish mid-request.
         if state.apiserver_pid and pid_runs(state.apiserver_pid, state.apiserver_binary):
             terminate(state.apiserver_pid, grace_seconds=15)

@@ -1,0 +1,152 @@
+"""The process node behaves like a kubelet for the pods it runs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+import urllib.request
+
+import pytest
+from kubernetes import client
+
+from localkube.node import ProcessNode
+from tests import kube
+
+# A tiny container: serves /readyz and /env on POD_IP, records SIGTERM, exits 0 on it.
+SERVER = textwrap.dedent("""
+    import http.server, json, os, signal, sys, threading
+    ip, port = os.environ["POD_IP"], int(os.environ.get("PORT", "8080"))
+    def on_term(*_):
+        open(os.path.join(os.environ["DATA"], "sigterm"), "w").write("got it")
+        os._exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    if os.environ.get("IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(dict(os.environ)).encode() if self.path == "/env" else b"ok"
+            self.send_response(200); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a): pass
+    http.server.HTTPServer((ip, port), H).serve_forever()
+""")
+
+
+def pod(name: str, **env: str) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": "default",
+            "terminationGracePeriodSeconds": 3,
+            "containers": [{
+                "name": "main", "image": "python", "command": ["python", "-c", SERVER],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
+                                   "periodSeconds": 1},
+                "env": [
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "MY_NAMESPACE",
+                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys",
+                                                                       "key": "apiKey"}}},
+                    {"name": "DATA", "value": "/data"},
+                    *({"name": k, "value": v} for k, v in env.items()),
+                ],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        },
+    }
+
+
+def ready_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
+    def ready() -> client.V1Pod | None:
+        p = core.read_namespaced_pod(name, namespace)
+        conds = {c.type: c.status for c in (p.status.conditions or [])}
+        return p if conds.get("Ready") == "True" else None
+
+    return kube.wait_for(ready, timeout=30, message=f"pod {name} ready")
+
+
+def get_env(p: client.V1Pod) -> dict:
+    with urllib.request.urlopen(f"http://{p.status.pod_ip}:8080/env", timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
+@pytest.fixture
+def keys(core_api: client.CoreV1Api, node_namespace: str) -> None:
+    core_api.create_namespaced_secret(node_namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="keys"), string_data={"apiKey": "k-123"}))
+
+
+def test_pods_run_as_processes_with_their_own_ip_env_and_readiness(
+    core_api: client.CoreV1Api, node_namespace: str, keys: None, process_node: ProcessNode,
+) -> None:
+    for name in ("one", "two"):
+        core_api.create_namespaced_pod(node_namespace, pod(name))
+    one, two = (ready_pod(core_api, node_namespace, n) for n in ("one", "two"))
+    assert one.spec.node_name == process_node.name
+    assert one.status.pod_ip != two.status.pod_ip
+    assert one.status.pod_ip.startswith("127.0.0.")
+    env = get_env(one)
+    assert env["MY_NAMESPACE"] == node_namespace
+    assert env["API_KEY"] == "k-123"
+    assert env["DATA"].endswith("/volumes/data")  # the mount maps to a per-pod directory
+    assert "KUBECONFIG" in env
+
+
+def test_the_pod_token_carries_exactly_its_service_account_rbac(
+    core_api: client.CoreV1Api, node_namespace: str, keys: None, api_client: client.ApiClient,
+) -> None:
+    core_api.create_namespaced_pod(node_namespace, pod("whoami"))
+    p = ready_pod(core_api, node_namespace, "whoami")
+    kubeconfig = get_env(p)["KUBECONFIG"]
+    from kubernetes import config
+
+    as_pod = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    with pytest.raises(client.ApiException) as denied:
+        as_pod.list_namespaced_pod(node_namespace)
+    assert denied.value.status == 403
+    assert f"system:serviceaccount:{node_namespace}:default" in denied.value.body
+
+
+def test_deletion_sends_sigterm_then_removes_the_pod(
+    core_api: client.CoreV1Api, node_namespace: str, keys: None,
+) -> None:
+    core_api.create_namespaced_pod(node_namespace, pod("graceful"))
+    p = ready_pod(core_api, node_namespace, "graceful")
+    data_dir = get_env(p)["DATA"]
+    core_api.delete_namespaced_pod("graceful", node_namespace)
+    kube.wait_for(lambda: not [x for x in core_api.list_namespaced_pod(node_namespace).items
+                               if x.metadata.name == "graceful"],
+                  timeout=15, message="pod removed by the node")
+    with open(f"{data_dir}/sigterm") as marker:
+        assert marker.read() == "got it"
+
+
+def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(
+    core_api: client.CoreV1Api, node_namespace: str, keys: None,
+) -> None:
+    core_api.create_namespaced_pod(node_namespace, pod("stubborn", IGNORE_TERM="1"))
+    ready_pod(core_api, node_namespace, "stubborn")
+    started = time.monotonic()
+    core_api.delete_namespaced_pod("stubborn", node_namespace)
+    kube.wait_for(lambda: not [x for x in core_api.list_namespaced_pod(node_namespace).items
+                               if x.metadata.name == "stubborn"],
+                  timeout=20, message="pod removed after SIGKILL")
+    assert time.monotonic() - started >= 3  # waited the grace period first
+
+
+def test_a_crashed_container_is_restarted_and_counted(
+    core_api: client.CoreV1Api, node_namespace: str, keys: None, process_node: ProcessNode,
+) -> None:
+    core_api.create_namespaced_pod(node_namespace, pod("crashy"))
+    ready_pod(core_api, node_namespace, "crashy")
+    run = process_node.pods[f"{node_namespace}/crashy"]
+    run.containers[0].proc.kill()  # type: ignore[union-attr]
+
+    def restarted() -> bool:
+        p = core_api.read_namespaced_pod("crashy", node_namespace)
+        status = p.status.container_statuses[0]
+        return status.restart_count == 1 and status.ready
+    kube.wait_for(restarted, timeout=30, message="container restarted and ready")
