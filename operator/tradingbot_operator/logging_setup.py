@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_DROPPED = {"settings", "k8s_skip", "k8s_ref"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,8 +20,13 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+            # Scalars only: kopf attaches its whole settings object to every record.
+            if key not in _STANDARD and key not in _DROPPED and not key.startswith("_") \
+                    and isinstance(value, str | int | float | bool):
+                entry[key] = value
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict):
+            entry["object"] = f"{ref.get('namespace', '')}/{ref.get('name', '')}"
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -194,16 +194,17 @@ class BotReconciler:
                 except _Gone:
                     return
                 except Exception as err:  # retried with back-off; counted, never fatal
+                    if isinstance(err, ApiError) and err.conflict:
+                        # Someone wrote the bot between our read and our status write:
+                        # expected, not an error; decide again on the fresh object.
+                        log.debug("%s/%s changed during reconcile; again", *self.key)
+                        continue
                     failures += 1
                     self.fleet.metrics.reconcile_errors.labels(
                         error_type=type(err).__name__).inc()
                     delay = ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS)) - 1]
-                    if isinstance(err, ApiError) and err.conflict:
-                        log.info("%s/%s changed during reconcile; again", *self.key)
-                        delay = 0.05
-                    else:
-                        log.warning("reconcile of %s/%s failed (%s); retrying in %ss",
-                                    *self.key, err, delay)
+                    log.warning("reconcile of %s/%s failed (%s); retrying in %ss",
+                                *self.key, err, delay)
                     await self._sleep(delay, stopped)
                     continue
                 if decision.requeue_after is None:
