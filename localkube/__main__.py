@@ -84,6 +84,12 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from localkube.run import main as run_main
+
+    return run_main(_data_dir(args), args.duration)
+
+
 def cmd_tools(args: argparse.Namespace) -> int:
     binaries.ensure(args.component or None)
     return 0
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         ("down", cmd_down, "stop everything `up` started"),
         ("env", cmd_env, "print shell exports (KUBECONFIG, PATH with kubectl)"),
         ("node", cmd_node, "run the process node in the foreground"),
+        ("run", cmd_run, "the product: cluster, node, operator, sample bots, status table"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                              help="seconds to wait for readiness")
             cmd.add_argument("--node", action="store_true",
                              help="also run the process node that runs pods as processes")
+        if name == "run":
+            cmd.add_argument("--duration", type=float, default=None,
+                             help="stop by itself after this many seconds (default: Ctrl-C)")
     tools = sub.add_parser("tools", help="build or locate the pinned control-plane binaries")
     tools.add_argument("component", nargs="*", help="etcd, kubernetes, helm (default: all)")
     tools.set_defaults(func=cmd_tools)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,6 +45,25 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
+
+
+def std_parse_line(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def _pick_parser() -> Callable[[bytes], Any]:
+    # orjson comes with ccxt on CPython; parsing is most of the cost of verifying or scanning
+    # a large log and orjson does it about 3x faster. It only ever reads: the bytes that are
+    # hashed always come from canonical_json above.
+    try:
+        from orjson import loads
+    except ImportError:  # pragma: no cover - depends on the platform
+        return std_parse_line
+    return loads
+
+
+# Parse one stored line (bytes, a trailing newline allowed); raises ValueError on bad JSON.
+parse_line: Final = _pick_parser()
 
 
 def hash_bytes(body: bytes) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 FILE_PATTERN: Final = re.compile(r"^audit-(\d{8})-(\d{12})\.jsonl$")
 INDEX_SUFFIX: Final = ".idx.json"
@@ -169,38 +169,51 @@ def complete_size(path: Path, size: int | None = None) -> int:
         return 0
 
 
-def iter_blocks_reverse(path: Path, *, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, block) from the end of the file back to its start.
+class Block(NamedTuple):
+    """A read buffer and the run of whole lines in it: data[start:stop], each line ending in
+    a newline. data[i] sits at file offset `offset + i`.
 
-    Each block is a run of whole lines, each ending in a newline; a trailing incomplete line
-    is left out. The first block is small and blocks double up to READ_BLOCK_SIZE, so the
-    newest few records cost one small read while a long scan still uses large reads.
+    Readers search `data` between start and stop instead of slicing it, so a scan over a
+    large file copies each byte once (the read) rather than three times.
     """
-    stop = complete_size(path, end)
-    if stop == 0:
-        return
+
+    offset: int
+    data: bytes
+    start: int
+    stop: int
+
+    def lines(self) -> list[bytes]:
+        """The whole lines, without their newlines."""
+        if self.stop <= self.start:
+            return []
+        return self.data[self.start : self.stop - 1].split(b"\n")
+
+
+def iter_blocks_reverse(path: Path, *, end: int | None = None) -> Iterator[Block]:
+    """Blocks of whole lines from the end of the file back to its start.
+
+    A trailing incomplete line is left out. The first read is small and reads double up to
+    READ_BLOCK_SIZE, so the newest few records cost one small read while a long scan uses
+    large ones. The piece of a line cut by the start of a read is read again with the next
+    block.
+    """
+    boundary = complete_size(path, end)
     with path.open("rb") as handle:
-        pos = stop
-        carry = b""  # the start of a line whose end is in the block yielded last
         step = FIRST_BLOCK_SIZE
-        while pos > 0:
-            step = min(step, pos)
-            pos -= step
-            handle.seek(pos)
-            buf = handle.read(step) + carry
-            if pos == 0:
-                yield 0, buf
+        while boundary > 0:
+            begin = max(0, boundary - step)
+            handle.seek(begin)
+            data = handle.read(boundary - begin)
+            if begin == 0:
+                yield Block(0, data, 0, len(data))
                 return
-            step = min(step * 2, READ_BLOCK_SIZE)
-            cut = buf.find(b"\n") + 1
-            if cut == 0:
-                carry = buf  # a line longer than what was read so far: keep reading back
+            cut = data.find(b"\n") + 1
+            if cut == len(data):
+                step *= 2  # no line starts in this read (a very long line): read further back
                 continue
-            # buf[:cut] ends a line that starts before this block: carry it into the next
-            # read so that every block yielded starts on a line boundary.
-            carry, buf = buf[:cut], buf[cut:]
-            if buf:
-                yield pos + cut, buf
+            yield Block(begin, data, cut, len(data))
+            boundary = begin + cut
+            step = min(step * 2, READ_BLOCK_SIZE)
 
 
 def iter_lines_reverse(path: Path, *, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -209,14 +222,34 @@ def iter_lines_reverse(path: Path, *, end: int | None = None) -> Iterator[tuple[
     Reads blocks from the end, so finding the 100 most recent events costs a few small
     reads however large the file is. A trailing incomplete line is skipped.
     """
-    for offset, block in iter_blocks_reverse(path, end=end):
-        lines = block.split(b"\n")
-        lines.pop()  # the block ends with a newline: the last piece is empty
-        line_end = offset + len(block) - 1
-        for line in reversed(lines):
+    for block in iter_blocks_reverse(path, end=end):
+        line_end = block.offset + block.stop - 1
+        for line in reversed(block.lines()):
             start = line_end - len(line)
             yield start, line
             line_end = start - 1
+
+
+def iter_blocks(path: Path, *, end: int | None = None) -> Iterator[Block]:
+    """Blocks of whole lines from the start; an incomplete last line is never included."""
+    with path.open("rb") as handle:
+        limit = os.fstat(handle.fileno()).st_size if end is None else end
+        pos = 0
+        step = READ_BLOCK_SIZE
+        while pos < limit:
+            handle.seek(pos)
+            data = handle.read(min(step, limit - pos))
+            if not data:
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if pos + len(data) >= limit:
+                    return  # only a torn line is left
+                step *= 2  # a line longer than the read: read more at once
+                continue
+            yield Block(pos, data, 0, cut)
+            pos += cut
+            step = READ_BLOCK_SIZE
 
 
 def iter_lines(path: Path, *, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -236,6 +269,26 @@ def iter_lines(path: Path, *, end: int | None = None) -> Iterator[tuple[int, byt
                 return
             yield offset, line
             offset += len(line)
+
+
+def iter_raw_lines(path: Path, *, end: int | None = None) -> Iterator[bytes]:
+    """Lines with their newlines, from the start up to `end`; the last may be incomplete.
+
+    The plain form of iter_lines for verify's hot loop: no offsets, and the file object's own
+    (C) line iteration whenever the file has not grown since `end` was taken.
+    """
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if end is None or end >= size:
+            yield from handle
+            return
+        remaining = end
+        for line in handle:
+            if len(line) >= remaining:
+                yield line[:remaining]
+                return
+            remaining -= len(line)
+            yield line
 
 
 def read_line_at(path: Path, offset: int) -> bytes | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from .chain import GENESIS, ChainState, encode_line, line_hash_ok
+from .chain import GENESIS, ChainState, encode_line, line_hash_ok, parse_line
 from .files import (
     LOCK_NAME,
     Anchor,
@@ -43,7 +42,6 @@ from .files import (
     iter_lines_reverse,
     list_log_files,
     read_anchor,
-    read_json,
     read_line_at,
     remove_quietly,
     write_all,
@@ -237,6 +235,8 @@ class AuditWriter:
         with self._mutex:
             self._check_usable()
             now = self._clock()
+            if now.tzinfo is None or now.utcoffset() is None:
+                raise ValueError("the audit writer's clock must return timezone-aware datetimes")
             bodies = [normalize_event(event, now) for event in events]
             return self._append_bodies(bodies, now.astimezone(UTC).date())
 
@@ -307,10 +307,11 @@ class AuditWriter:
     # -- recovery ----------------------------------------------------------------------
 
     def _recover(self) -> None:
+        # Files a crash left behind after retention wrote the anchor are still expired: the
+        # retention pass at the end of this method removes them again. They are never removed
+        # on the anchor's word alone, so a damaged anchor cannot delete audit data.
         anchor = read_anchor(self.log_dir)
         files = list_log_files(self.log_dir)
-        if anchor is not None:
-            files = self._finish_pending_retention(files, anchor)
         if files:
             self._newest_day = max(f.day for f in files)
             self._truncate_torn_tail(files[-1])
@@ -335,13 +336,6 @@ class AuditWriter:
         self._rebuild_dedup(list_log_files(self.log_dir))
         if self.retention_days is not None:
             self._apply_retention(self._clock().astimezone(UTC).date())
-
-    def _finish_pending_retention(self, files: list[LogFile], anchor: Anchor) -> list[LogFile]:
-        """Remove files a crash left behind after the anchor moved past them."""
-        kept = list(files)
-        while len(kept) > 1 and kept[1].first_seq <= anchor.seq + 1:
-            self._remove_file(kept.pop(0))
-        return kept
 
     def _truncate_torn_tail(self, newest: LogFile) -> None:
         size = newest.path.stat().st_size
@@ -373,7 +367,7 @@ class AuditWriter:
     @staticmethod
     def _state_from_line(log_file: LogFile, line: bytes) -> ChainState:
         try:
-            record = json.loads(line)
+            record = parse_line(line)
             seq, digest = int(record["seq"]), str(record["hash"])
         except (ValueError, KeyError, TypeError) as exc:
             raise AuditLogCorruptError(
@@ -392,7 +386,7 @@ class AuditWriter:
         stats = FileStats()
         for offset, line in iter_lines(path):
             try:
-                stats.add(json.loads(line), len(line))
+                stats.add(parse_line(line), len(line))
             except (ValueError, KeyError, TypeError):
                 # A damaged line must not stop the audit from being written (that would let
                 # whoever damaged it silence the log); verify reports it. The stats then
@@ -401,9 +395,12 @@ class AuditWriter:
         return stats
 
     def _ensure_index(self, log_file: LogFile) -> None:
-        """Write the sidecar index of a closed file if a crash kept it from being written."""
-        existing = FileStats.from_json(read_json(log_file.index_path))
-        if existing is not None and existing.size == log_file.path.stat().st_size:
+        """Write the sidecar index of a closed file if a crash kept it from being written.
+
+        Only a missing index is written. One that disagrees with its file is evidence (of a
+        truncated or edited file) that verify must see, so it is left alone.
+        """
+        if log_file.index_path.exists():
             return
         try:
             stats = self._scan_stats(log_file.path)
@@ -428,7 +425,7 @@ class AuditWriter:
                 if not _has_dedup_key(line):
                     continue
                 try:
-                    record = json.loads(line)
+                    record = parse_line(line)
                 except ValueError:
                     continue
                 key = record.get("dedup_key")
@@ -607,7 +604,7 @@ class AuditWriter:
         line = read_line_at(entry.path, entry.offset)
         if line is not None:
             try:
-                record: Record = json.loads(line)
+                record: Record = parse_line(line)
                 if record.get("seq") == entry.seq:
                     return record
             except ValueError:
@@ -673,7 +670,7 @@ class AuditWriter:
     def _anchor_after(expired: list[LogFile]) -> Anchor | None:
         for log_file in reversed(expired):
             for _offset, line in iter_lines_reverse(log_file.path):
-                record = json.loads(line)
+                record = parse_line(line)
                 return Anchor(seq=int(record["seq"]), hash=str(record["hash"]), file=log_file.name)
         return None
 
@@ -695,9 +692,16 @@ def open_writer(
 ) -> AuditWriter:
     """Open (creating if needed) the audit log in `log_dir` for appending.
 
-    `retention_days=None` keeps every file. `clock` must return aware datetimes; it stamps
-    events without a timestamp and decides day rotation. `fsync=False` skips the disk flush
-    and is meant for tests and benchmarks only.
+    `max_file_bytes` bounds each file (a single larger event still gets a file of its own);
+    files also rotate at each UTC day. `retention_days=N` removes whole files opened more
+    than N days before today (UTC), never the newest; `None` keeps everything. Duplicates
+    are detected among the last `dedup_window` records (0 disables dedup). `clock` must
+    return aware datetimes; it stamps events without a timestamp and decides day rotation.
+    `hooks` receives metrics callbacks. `fsync=False` skips the disk flush and is meant for
+    tests and benchmarks only.
+
+    Raises WriterLockedError if another writer holds the directory, AuditLogCorruptError if
+    the chain cannot be continued from the log's last line.
     """
     return AuditWriter(
         Path(log_dir),

@@ -1,0 +1,168 @@
+"""`make run`: the product on the embedded local cluster, with a live status table.
+
+Starts (or resumes) the control plane in `.local/`, the process node, the CRDs, the operator
+as a local process acting as the chart's ServiceAccount, and the four sample bots in the
+`trading` namespace (restricted Pod Security). Ctrl-C stops the operator, then the bots
+gracefully (each flushes its state and releases its Lease), then the control plane; the next
+`make run` resumes the same bots with their positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from localkube import binaries, product
+from localkube.cluster import ClusterError, LocalCluster, free_port
+from localkube.node import ProcessNode
+
+BOT_NAMESPACE = "trading"
+TABLE_COLUMNS = ("NAME", "PROFILE", "PHASE", "READY", "POSITIONS", "NOTIONAL", "PNL",
+                 "TRADES", "RESTARTS", "CHECKPOINT")
+
+
+def bot_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for bot in sorted(items, key=lambda b: b["metadata"]["name"]):
+        status = bot.get("status") or {}
+        ready = next((c.get("status", "") for c in status.get("conditions") or []
+                      if c.get("type") == "Ready"), "")
+        positions = status.get("positions") or {}
+        pnl = status.get("pnl") or {}
+        trades = status.get("trades") or {}
+        state = status.get("state") or {}
+        rows.append((
+            bot["metadata"]["name"], str(bot.get("spec", {}).get("profile", "")),
+            str(status.get("phase", "Pending")), ready or "-",
+            str(positions.get("open", 0)), f"{float(positions.get('notional') or 0):.2f}",
+            f"{float(pnl.get('realized') or 0):+.2f}", str(trades.get("total", 0)),
+            str((status.get("restarts") or {}).get("total", 0)),
+            str(state.get("checkpointSeq", "-")),
+        ))
+    return rows
+
+
+def render_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(TABLE_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+class LocalRun:
+    def __init__(self, data_dir: Path, duration: float | None) -> None:
+        self.data_dir = data_dir
+        self.duration = duration
+        self.cluster = LocalCluster(data_dir, die_with_parent=True)
+        self.node: ProcessNode | None = None
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.stop = threading.Event()
+
+    def say(self, message: str) -> None:
+        print(f"[run] {message}", file=sys.stderr, flush=True)
+
+    def start(self) -> None:
+        binaries.ensure()
+        started = time.monotonic()
+        self.say(f"starting the control plane in {self.data_dir}")
+        self.cluster.start(timeout=120)
+        api = config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
+        self.say(f"API server {self.cluster.server} ready ({time.monotonic() - started:.1f}s)")
+        self.node = ProcessNode(self.cluster.kubeconfig, self.data_dir / "node",
+                                server=self.cluster.server, ca_cert=self.cluster.pki.ca_cert,
+                                die_with_parent=True).start()
+        product.install_crds(api)
+        product.ensure_namespace(api, BOT_NAMESPACE, {
+            "pod-security.kubernetes.io/enforce": "restricted"})
+        product.apply_objects(api, [{"apiVersion": "v1", "kind": "ServiceAccount",
+                                     "metadata": {"name": "default",
+                                                  "namespace": BOT_NAMESPACE}}])
+        kubeconfig = product.operator_kubeconfig(self.cluster, api,
+                                                 self.data_dir / "operator.kubeconfig")
+        metrics_port = free_port(8000)
+        log_path = self.cluster.logs / "operator.log"
+        with open(log_path, "ab") as log:
+            self.operator = subprocess.Popen(
+                [sys.executable, "-m", "tradingbot_operator", "--metrics-port",
+                 str(metrics_port), "--max-concurrent-restarts", "1"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)}, cwd=binaries.REPO_ROOT,
+            )
+        self.say(f"operator running as the chart's ServiceAccount (log {log_path}, "
+                 f"metrics http://127.0.0.1:{metrics_port}/metrics)")
+        names = product.apply_samples(api, BOT_NAMESPACE)
+        self.say(f"sample bots applied in namespace {BOT_NAMESPACE}: {', '.join(names)}")
+        kubectl = binaries.find_binary("kubectl")
+        self.say("reach it with:\n"
+                 f"    export KUBECONFIG={self.cluster.kubeconfig}\n"
+                 f"    {kubectl} -n {BOT_NAMESPACE} get tradingbots\n"
+                 "  Ctrl-C stops the bots gracefully; `make run` again resumes them.")
+        self.api = api
+
+    def watch(self) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        interactive = sys.stdout.isatty()
+        deadline = time.monotonic() + self.duration if self.duration else None
+        printed = 0
+        while not self.stop.is_set():
+            if deadline and time.monotonic() >= deadline:
+                break
+            if self.operator and self.operator.poll() is not None:
+                self.say(f"the operator exited with {self.operator.returncode}; stopping")
+                break
+            try:
+                items = custom.list_namespaced_custom_object(
+                    "trading.r7.dev", "v1alpha1", BOT_NAMESPACE, "tradingbots")["items"]
+                table = render_table(bot_rows(items))
+            except Exception as err:  # keep the table alive through a hiccup
+                table = f"(status unavailable: {err})"
+            stamp = time.strftime("%H:%M:%S")
+            if interactive:
+                if printed:
+                    sys.stdout.write(f"\x1b[{printed}F\x1b[J")
+                text = f"{stamp}  TradingBots in namespace {BOT_NAMESPACE}\n{table}\n"
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                printed = text.count("\n")
+            else:
+                print(f"--- {stamp}\n{table}", flush=True)
+            self.stop.wait(1.0 if interactive else 5.0)
+
+    def shutdown(self) -> None:
+        self.say("stopping: operator, then bots (graceful), then the control plane")
+        if self.operator and self.operator.poll() is None:
+            self.operator.send_signal(signal.SIGTERM)
+            try:
+                self.operator.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+        if self.node:
+            self.node.stop(timeout=60)
+        self.cluster.stop()
+        self.say("stopped; state kept in " + str(self.data_dir))
+
+
+def main(data_dir: Path, duration: float | None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    run = LocalRun(data_dir, duration)
+    signal.signal(signal.SIGINT, lambda *_: run.stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: run.stop.set())
+    try:
+        run.start()
+        run.watch()
+    except ClusterError as err:
+        print(f"localkube: {err}", file=sys.stderr)
+        return 1
+    finally:
+        run.shutdown()
+    return 0
