@@ -16,8 +16,7 @@ BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*",
-                        help=f"default: all of {', '.join(BENCHMARKS)}")
+    parser.add_argument("names", nargs="*", help=f"default: all of {', '.join(BENCHMARKS)}")
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]

@@ -41,17 +41,20 @@ def run() -> str:
     rows = []
     for label, values in (("fresh data dir", fresh), ("existing data dir", restart)):
         s = summarize(values)
-        rows.append(f"| {label} | {s['n']} | {s['median']:.2f} s | {s['min']:.2f} s | "
-                    f"{s['max']:.2f} s |")
+        rows.append(
+            f"| {label} | {s['n']} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |"
+        )
     versions = binaries.read_versions()
-    return "\n".join([
-        f"kube-apiserver v{versions['KUBERNETES_VERSION']}, etcd v{versions['ETCD_VERSION']}; "
-        f"{go_version()}. Goal: cached control plane ready in under 5 s.",
-        "",
-        "| case | runs | median | min | max |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])
+    return "\n".join(
+        [
+            f"kube-apiserver v{versions['KUBERNETES_VERSION']}, etcd v{versions['ETCD_VERSION']}; "
+            f"{go_version()}. Goal: cached control plane ready in under 5 s.",
+            "",
+            "| case | runs | median | min | max |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
 
 
 def main() -> None:

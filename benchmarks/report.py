@@ -34,14 +34,17 @@ def machine() -> str:
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} CPU ({cpu}), {mem_gib:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} CPU ({cpu}), {mem_gib:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def go_version() -> str:
     try:
-        return subprocess.run(["go", "version"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["go", "version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except OSError:
         return "go: not found"
 
@@ -68,12 +71,15 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 def write_section(name: str, title: str, command: str, body: str) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"<!-- bench:{name} -->\n## {title}\n\n"
-               f"Command: `{command}` — {stamp}\n\nMachine: {machine()}\n\n"
-               f"{body.strip()}\n<!-- /bench:{name} -->")
+    section = (
+        f"<!-- bench:{name} -->\n## {title}\n\n"
+        f"Command: `{command}` — {stamp}\n\nMachine: {machine()}\n\n"
+        f"{body.strip()}\n<!-- /bench:{name} -->"
+    )
     text = DOC.read_text() if DOC.exists() else HEADER
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->",
-                         re.S)
+    pattern = re.compile(
+        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
+    )
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

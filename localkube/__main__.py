@@ -28,12 +28,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ClusterError as err:
         print(f"localkube: {err}", file=sys.stderr)
         return 1
-    print(f"localkube: API server {cluster.server} ready in {time.monotonic() - started:.1f}s",
-          file=sys.stderr)
+    print(
+        f"localkube: API server {cluster.server} ready in {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
+    )
     if args.node:
         pid = cluster.start_node_process()
-        print(f"localkube: process node running (pid {pid}, log {cluster.logs / 'node.log'})",
-              file=sys.stderr)
+        print(
+            f"localkube: process node running (pid {pid}, log {cluster.logs / 'node.log'})",
+            file=sys.stderr,
+        )
     print(cluster.kubeconfig)
     return 0
 
@@ -46,12 +50,19 @@ def cmd_node(args: argparse.Namespace) -> int:
     cluster = LocalCluster(_data_dir(args), die_with_parent=False)
     state = cluster.state_from_disk()
     if state is None or not state.running():
-        print("localkube: the control plane is not running; `python -m localkube up` first",
-              file=sys.stderr)
+        print(
+            "localkube: the control plane is not running; `python -m localkube up` first",
+            file=sys.stderr,
+        )
         return 1
     cluster.state = state
-    node = ProcessNode(cluster.kubeconfig, cluster.data_dir / "node", server=cluster.server,
-                       ca_cert=cluster.pki.ca_cert, die_with_parent=False).start()
+    node = ProcessNode(
+        cluster.kubeconfig,
+        cluster.data_dir / "node",
+        server=cluster.server,
+        ca_cert=cluster.pki.ca_cert,
+        die_with_parent=False,
+    ).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -74,13 +85,15 @@ def cmd_env(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     state = ClusterState.load(data_dir)
     if state is None or not state.running():
-        print(f"localkube: not running for {data_dir}; start it with `python -m localkube up`",
-              file=sys.stderr)
+        print(
+            f"localkube: not running for {data_dir}; start it with `python -m localkube up`",
+            file=sys.stderr,
+        )
         return 1
     kubectl = binaries.find_binary("kubectl")
     print(f"export KUBECONFIG={shlex.quote(state.kubeconfig)}")
     if kubectl is not None:
-        print(f"export PATH={shlex.quote(str(kubectl.parent))}:\"$PATH\"")
+        print(f'export PATH={shlex.quote(str(kubectl.parent))}:"$PATH"')
     return 0
 
 
@@ -106,17 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         ("run", cmd_run, "the product: cluster, node, operator, sample bots, status table"),
     ):
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
-                         help="cluster data (etcd, certificates, kubeconfig); default .local/")
+        cmd.add_argument(
+            "--data-dir",
+            default=str(DEFAULT_DATA_DIR),
+            help="cluster data (etcd, certificates, kubeconfig); default .local/",
+        )
         cmd.set_defaults(func=func)
         if name == "up":
-            cmd.add_argument("--timeout", type=float, default=90.0,
-                             help="seconds to wait for readiness")
-            cmd.add_argument("--node", action="store_true",
-                             help="also run the process node that runs pods as processes")
+            cmd.add_argument(
+                "--timeout", type=float, default=90.0, help="seconds to wait for readiness"
+            )
+            cmd.add_argument(
+                "--node",
+                action="store_true",
+                help="also run the process node that runs pods as processes",
+            )
         if name == "run":
-            cmd.add_argument("--duration", type=float, default=None,
-                             help="stop by itself after this many seconds (default: Ctrl-C)")
+            cmd.add_argument(
+                "--duration",
+                type=float,
+                default=None,
+                help="stop by itself after this many seconds (default: Ctrl-C)",
+            )
     tools = sub.add_parser("tools", help="build or locate the pinned control-plane binaries")
     tools.add_argument("component", nargs="*", help="etcd, kubernetes, helm (default: all)")
     tools.set_defaults(func=cmd_tools)

@@ -154,7 +154,10 @@ def _count_packages(comp: Component, env: dict[str, str]) -> int:
     """Number of packages `go build` may compile, for an n/N progress display."""
     result = subprocess.run(
         ["go", "list", "-deps", *comp.packages],
-        cwd=comp.module_dir, env=env, capture_output=True, text=True,
+        cwd=comp.module_dir,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         sys.stderr.write(result.stderr)
@@ -174,8 +177,10 @@ def _build(comp: Component) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     total = _count_packages(comp, env)
-    _log(f"building {comp.cache_key} ({', '.join(comp.programs)}): up to {total} packages; "
-         "a cold build of kubernetes takes tens of minutes on 2 cores")
+    _log(
+        f"building {comp.cache_key} ({', '.join(comp.programs)}): up to {total} packages; "
+        "a cold build of kubernetes takes tens of minutes on 2 cores"
+    )
     started = time.monotonic()
     for package, program in zip(comp.packages, comp.programs, strict=True):
         cmd = ["go", "build", "-v", "-trimpath", "-o", str(staging / program)]
@@ -199,8 +204,10 @@ def _build(comp: Component) -> None:
             now = time.monotonic()
             if now - last_report >= 10:
                 last_report = now
-                _log(f"{program}: compiled {compiled}/{total} packages, "
-                     f"{int(now - started)}s elapsed, last: {line[:80]}")
+                _log(
+                    f"{program}: compiled {compiled}/{total} packages, "
+                    f"{int(now - started)}s elapsed, last: {line[:80]}"
+                )
         if proc.wait() != 0:
             sys.stderr.write("\n".join(tail) + "\n")
             raise SystemExit(f"go build of {package} failed (last output above)")

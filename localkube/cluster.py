@@ -83,8 +83,15 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca_cert: Path, user: str, *, cert: Path | None = None,
-    key: Path | None = None, token: str | None = None, namespace: str | None = None,
+    path: Path,
+    server: str,
+    ca_cert: Path,
+    user: str,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
 ) -> Path:
     """A self-contained kubeconfig (certificates inlined) for one user."""
     credentials: dict[str, str] = {}
@@ -149,7 +156,8 @@ class LocalCluster:
             return self.state.node_pid
         proc = spawn(
             [sys.executable, "-m", "localkube", "node", "--data-dir", str(self.data_dir)],
-            self.logs / "node.log", die_with_parent=self.die_with_parent,
+            self.logs / "node.log",
+            die_with_parent=self.die_with_parent,
             cwd=binaries.REPO_ROOT,
         )
         self.state.node_pid = proc.pid
@@ -186,9 +194,13 @@ class LocalCluster:
             die_with_parent=self.die_with_parent,
         )
         self.state = ClusterState(
-            etcd_pid=etcd_proc.pid, etcd_port=etcd_port, apiserver_pid=0,
-            apiserver_port=api_port, kubeconfig=str(self.kubeconfig),
-            etcd_binary=str(etcd), apiserver_binary=str(apiserver),
+            etcd_pid=etcd_proc.pid,
+            etcd_port=etcd_port,
+            apiserver_pid=0,
+            apiserver_port=api_port,
+            kubeconfig=str(self.kubeconfig),
+            etcd_binary=str(etcd),
+            apiserver_binary=str(apiserver),
         )
         try:
             self._wait_etcd(etcd_proc.pid, timeout)
@@ -200,8 +212,12 @@ class LocalCluster:
             self.state.apiserver_pid = api_proc.pid
             self.state.save(self.data_dir)
             write_kubeconfig(
-                self.kubeconfig, self.server, self.pki.ca_cert, "localkube-admin",
-                cert=self.pki.admin_cert, key=self.pki.admin_key,
+                self.kubeconfig,
+                self.server,
+                self.pki.ca_cert,
+                "localkube-admin",
+                cert=self.pki.admin_cert,
+                key=self.pki.admin_key,
             )
             self._wait_apiserver(api_proc.pid, timeout)
         except BaseException:
@@ -266,7 +282,11 @@ class LocalCluster:
         assert self.state is not None
         url = f"http://127.0.0.1:{self.state.etcd_port}/health"
         self._wait(
-            "etcd", pid, self.state.etcd_binary, self.logs / "etcd.log", timeout,
+            "etcd",
+            pid,
+            self.state.etcd_binary,
+            self.logs / "etcd.log",
+            timeout,
             lambda: _http_ok(url, None),
         )
 
@@ -276,8 +296,12 @@ class LocalCluster:
         context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         url = f"{self.server}/readyz"
         self._wait(
-            "kube-apiserver", pid, self.state.apiserver_binary,
-            self.logs / "kube-apiserver.log", timeout, lambda: _http_ok(url, context),
+            "kube-apiserver",
+            pid,
+            self.state.apiserver_binary,
+            self.logs / "kube-apiserver.log",
+            timeout,
+            lambda: _http_ok(url, context),
         )
 
     @staticmethod
@@ -287,13 +311,15 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not pid_runs(pid, binary):
-                raise ClusterError(f"{name} exited during start-up; last lines of {log}:\n"
-                                   f"{tail(log)}")
+                raise ClusterError(
+                    f"{name} exited during start-up; last lines of {log}:\n{tail(log)}"
+                )
             if probe():
                 return
             time.sleep(0.1)
-        raise ClusterError(f"{name} not ready after {timeout:.0f}s; last lines of {log}:\n"
-                           f"{tail(log)}")
+        raise ClusterError(
+            f"{name} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}"
+        )
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None) -> bool:

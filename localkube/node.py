@@ -98,10 +98,18 @@ class PodRun:
 class ProcessNode:
     """Run with `start()` (background threads) and `stop()` (stop every pod's processes)."""
 
-    def __init__(self, kubeconfig: Path, data_dir: Path, *, server: str, ca_cert: Path,
-                 name: str = NODE_NAME, die_with_parent: bool = True,
-                 python_bin: Path | None = None,
-                 namespaces: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        data_dir: Path,
+        *,
+        server: str,
+        ca_cert: Path,
+        name: str = NODE_NAME,
+        die_with_parent: bool = True,
+        python_bin: Path | None = None,
+        namespaces: set[str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.data_dir = data_dir
         self.server = server
@@ -128,10 +136,8 @@ class ProcessNode:
     def start(self) -> ProcessNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._register()
-        for target in (self._heartbeat_loop, self._watch_pods, self._watch_claims,
-                       self._sync_loop):
-            thread = threading.Thread(target=target, name=f"node-{target.__name__}",
-                                      daemon=True)
+        for target in (self._heartbeat_loop, self._watch_pods, self._watch_claims, self._sync_loop):
+            thread = threading.Thread(target=target, name=f"node-{target.__name__}", daemon=True)
             thread.start()
             self.threads.append(thread)
         return self
@@ -151,9 +157,22 @@ class ProcessNode:
                 self._wait_or_kill(c, deadline)
         for run in runs:  # a node going away leaves its pods not ready, as a kubelet would
             with contextlib.suppress(Exception):
-                self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": {
-                    "conditions": [{"type": "Ready", "status": "False",
-                                    "reason": "NodeShutdown", "lastTransitionTime": _now()}]}})
+                self.core.patch_namespaced_pod_status(
+                    run.name,
+                    run.namespace,
+                    {
+                        "status": {
+                            "conditions": [
+                                {
+                                    "type": "Ready",
+                                    "status": "False",
+                                    "reason": "NodeShutdown",
+                                    "lastTransitionTime": _now(),
+                                }
+                            ]
+                        }
+                    },
+                )
         for thread in self.threads:
             thread.join(timeout=5)
         self.api.close()
@@ -162,10 +181,16 @@ class ProcessNode:
 
     def _register(self) -> None:
         node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": {
-                "kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux",
-                "node.kubernetes.io/instance-type": "localkube-process-node"}},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "node.kubernetes.io/instance-type": "localkube-process-node",
+                },
+            },
         }
         try:
             created = self.core.create_node(node)
@@ -181,18 +206,34 @@ class ProcessNode:
     def _report_node_status(self) -> None:
         now = _now()
         status = {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "localkube process node is ready",
-                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": self.name}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "localkube process node is ready",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": self.name},
+            ],
             "capacity": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
             "allocatable": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
-            "nodeInfo": {"kubeletVersion": "localkube", "operatingSystem": "linux",
-                         "architecture": "amd64", "containerRuntimeVersion": "process://",
-                         "kernelVersion": os.uname().release, "osImage": "localkube",
-                         "kubeProxyVersion": "", "machineID": "", "systemUUID": "",
-                         "bootID": ""},
+            "nodeInfo": {
+                "kubeletVersion": "localkube",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": "process://",
+                "kernelVersion": os.uname().release,
+                "osImage": "localkube",
+                "kubeProxyVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
         }
         self.core.patch_node_status(self.name, {"status": status})
 
@@ -206,9 +247,14 @@ class ProcessNode:
 
     def _renew_lease(self) -> None:
         now = dt.datetime.now(dt.UTC)
-        body = {"metadata": {"name": self.name, "namespace": NODE_LEASE_NAMESPACE},
-                "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40,
-                         "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+        body = {
+            "metadata": {"name": self.name, "namespace": NODE_LEASE_NAMESPACE},
+            "spec": {
+                "holderIdentity": self.name,
+                "leaseDurationSeconds": 40,
+                "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
         try:
             self.coord.patch_namespaced_lease(self.name, NODE_LEASE_NAMESPACE, body)
         except client.ApiException as err:
@@ -234,8 +280,12 @@ class ProcessNode:
                     for item in listed.items:
                         handler("ADDED", item)
                 stream = watch.Watch()
-                for event in stream.stream(lister, resource_version=resource_version,
-                                           timeout_seconds=30, allow_watch_bookmarks=True):
+                for event in stream.stream(
+                    lister,
+                    resource_version=resource_version,
+                    timeout_seconds=30,
+                    allow_watch_bookmarks=True,
+                ):
                     if self.stopping.is_set():
                         stream.stop()
                         return
@@ -264,8 +314,9 @@ class ProcessNode:
                 self._forget(run)
             return
         if not pod.spec.node_name:
-            if (pod.spec.scheduler_name or "default-scheduler") == "default-scheduler" \
-                    and not pod.metadata.deletion_timestamp:
+            if (
+                pod.spec.scheduler_name or "default-scheduler"
+            ) == "default-scheduler" and not pod.metadata.deletion_timestamp:
                 self._bind(pod)
             return
         if pod.spec.node_name != self.name:
@@ -283,8 +334,7 @@ class ProcessNode:
                 run.deleting_since = time.monotonic()
                 run.grace = float(pod.metadata.deletion_grace_period_seconds or 0)
             elif run is None and pod.metadata.deletion_timestamp:
-                self._remove_pod_object(pod.metadata.namespace, pod.metadata.name,
-                                        pod.metadata.uid)
+                self._remove_pod_object(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
         self.wake.set()
 
     def _on_claim(self, kind: str, claim: client.V1PersistentVolumeClaim) -> None:
@@ -299,24 +349,38 @@ class ProcessNode:
         path.mkdir(parents=True, exist_ok=True)
         size = ((claim.spec.resources.requests or {}).get("storage")) or "1Gi"
         volume = {
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "annotations": {
-                "pv.kubernetes.io/provisioned-by": LOCAL_PROVISIONER}},
-            "spec": {"capacity": {"storage": size},
-                     "accessModes": claim.spec.access_modes or ["ReadWriteOnce"],
-                     "persistentVolumeReclaimPolicy": "Retain",
-                     "storageClassName": claim.spec.storage_class_name or "",
-                     "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-                     "claimRef": {"namespace": ns, "name": name, "uid": claim.metadata.uid}},
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {
+                "name": pv_name,
+                "annotations": {"pv.kubernetes.io/provisioned-by": LOCAL_PROVISIONER},
+            },
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": claim.spec.access_modes or ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": claim.spec.storage_class_name or "",
+                "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": ns, "name": name, "uid": claim.metadata.uid},
+            },
         }
         try:
             with contextlib.suppress(client.ApiException):
                 self.core.create_persistent_volume(volume)
             self.core.patch_namespaced_persistent_volume_claim(
-                name, ns, {"spec": {"volumeName": pv_name}})
+                name, ns, {"spec": {"volumeName": pv_name}}
+            )
             self.core.patch_namespaced_persistent_volume_claim_status(
-                name, ns, {"status": {"phase": "Bound", "capacity": {"storage": size},
-                                      "accessModes": claim.spec.access_modes}})
+                name,
+                ns,
+                {
+                    "status": {
+                        "phase": "Bound",
+                        "capacity": {"storage": size},
+                        "accessModes": claim.spec.access_modes,
+                    }
+                },
+            )
             self.core.patch_persistent_volume_status(pv_name, {"status": {"phase": "Bound"}})
         except client.ApiException as err:
             log.warning("binding claim %s/%s failed: %s", ns, name, err.reason)
@@ -327,8 +391,9 @@ class ProcessNode:
             target=client.V1ObjectReference(kind="Node", name=self.name, api_version="v1"),
         )
         try:
-            self.core.create_namespaced_binding(pod.metadata.namespace, binding,
-                                                _preload_content=False)
+            self.core.create_namespaced_binding(
+                pod.metadata.namespace, binding, _preload_content=False
+            )
         except client.ApiException as err:
             if err.status not in (404, 409):
                 log.warning("binding %s failed: %s", pod.metadata.name, err.reason)
@@ -340,16 +405,23 @@ class ProcessNode:
         root = self.data_dir / "pods" / pod.metadata.uid
         root.mkdir(parents=True, exist_ok=True)
         spec = self.api.sanitize_for_serialization(pod.spec)
-        run = PodRun(namespace=pod.metadata.namespace, name=pod.metadata.name,
-                     uid=pod.metadata.uid, ip=ip, root=root, spec=spec,
-                     grace=float(spec.get("terminationGracePeriodSeconds", 30)))
+        run = PodRun(
+            namespace=pod.metadata.namespace,
+            name=pod.metadata.name,
+            uid=pod.metadata.uid,
+            ip=ip,
+            root=root,
+            spec=spec,
+            grace=float(spec.get("terminationGracePeriodSeconds", 30)),
+        )
         run.containers = [Container(name=c["name"], spec=c) for c in spec.get("containers", [])]
         # A pod that already ran here before the node restarted keeps its restart counts.
         for status in (pod.status.container_statuses or []) if pod.status else []:
             for c in run.containers:
                 if c.name == status.name:
                     c.restart_count = int(status.restart_count or 0) + (
-                        1 if status.state and status.state.running else 0)
+                        1 if status.state and status.state.running else 0
+                    )
         self.pods[run.key] = run
         log.info("admitted pod %s (ip %s)", run.key, ip)
         return run
@@ -404,9 +476,14 @@ class ProcessNode:
         assert c.proc is not None
         code = c.proc.returncode
         exit_code = 128 - code if code < 0 else code
-        c.last_exit = {"terminated": {
-            "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-            "startedAt": c.started_at, "finishedAt": _now()}}
+        c.last_exit = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": c.started_at,
+                "finishedAt": _now(),
+            }
+        }
         c.proc = None
         c.ready = False
         log.info("container %s/%s exited with %s", run.key, c.name, exit_code)
@@ -422,8 +499,12 @@ class ProcessNode:
         command = list(c.spec.get("command") or []) + list(c.spec.get("args") or [])
         if not command:
             c.finished = True
-            c.last_exit = {"waiting": {"reason": "CreateContainerError",
-                                       "message": "a process node needs an explicit command"}}
+            c.last_exit = {
+                "waiting": {
+                    "reason": "CreateContainerError",
+                    "message": "a process node needs an explicit command",
+                }
+            }
             return
         if command[0] in ("python", "python3"):
             command[0] = str(self.python_bin / "python")
@@ -431,13 +512,19 @@ class ProcessNode:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             c.proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, cwd=run.root, start_new_session=True,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=run.root,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         c.started_at = _now()
         c.next_probe = time.monotonic() + float(
-            (c.spec.get("readinessProbe") or {}).get("initialDelaySeconds", 0))
+            (c.spec.get("readinessProbe") or {}).get("initialDelaySeconds", 0)
+        )
         c.probe_successes = c.probe_failures = 0
         log.info("started container %s/%s pid %s", run.key, c.name, c.proc.pid)
 
@@ -452,12 +539,15 @@ class ProcessNode:
         get = probe.get("httpGet") or {}
         port = get.get("port")
         if isinstance(port, str):
-            port = next((p["containerPort"] for p in c.spec.get("ports") or []
-                         if p.get("name") == port), None)
+            port = next(
+                (p["containerPort"] for p in c.spec.get("ports") or [] if p.get("name") == port),
+                None,
+            )
         url = f"http://{run.ip}:{port}{get.get('path', '/')}"
         try:
-            with urllib.request.urlopen(url, timeout=float(probe.get("timeoutSeconds", 1))) \
-                    as response:
+            with urllib.request.urlopen(
+                url, timeout=float(probe.get("timeoutSeconds", 1))
+            ) as response:
                 ok = 200 <= response.status < 400
         except (urllib.error.URLError, OSError, ValueError):
             ok = False
@@ -508,8 +598,11 @@ class ProcessNode:
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             return {
-                "metadata.name": run.name, "metadata.namespace": run.namespace,
-                "metadata.uid": run.uid, "status.podIP": run.ip, "status.hostIP": "127.0.0.1",
+                "metadata.name": run.name,
+                "metadata.namespace": run.namespace,
+                "metadata.uid": run.uid,
+                "status.podIP": run.ip,
+                "status.hostIP": "127.0.0.1",
                 "spec.nodeName": self.name,
                 "spec.serviceAccountName": run.spec.get("serviceAccountName", "default"),
             }.get(path, "")
@@ -567,21 +660,31 @@ class ProcessNode:
             target = mount.get("mountPath", "")
             host = mounts.get(mount.get("name", ""))
             if host and target and (value == target or value.startswith(target + "/")):
-                return str(host) + value[len(target):]
+                return str(host) + value[len(target) :]
         return value
 
     def _pod_kubeconfig(self, run: PodRun) -> Path:
         """A kubeconfig with a token bound to this pod, for its own ServiceAccount."""
         sa = run.spec.get("serviceAccountName") or "default"
-        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=TOKEN_SECONDS,
-            bound_object_ref=client.V1BoundObjectReference(
-                kind="Pod", api_version="v1", name=run.name, uid=run.uid)))
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=TOKEN_SECONDS,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=run.name, uid=run.uid
+                ),
+            )
+        )
         token = self.core.create_namespaced_service_account_token(sa, run.namespace, request)
         path = run.root / "secrets" / "kubeconfig"
-        return write_kubeconfig(path, self.server, self.ca_cert,
-                                f"system:serviceaccount:{run.namespace}:{sa}",
-                                token=token.status.token, namespace=run.namespace)
+        return write_kubeconfig(
+            path,
+            self.server,
+            self.ca_cert,
+            f"system:serviceaccount:{run.namespace}:{sa}",
+            token=token.status.token,
+            namespace=run.namespace,
+        )
 
     # -- termination -----------------------------------------------------------------
 
@@ -603,8 +706,9 @@ class ProcessNode:
         self._forget(run)
 
     def _remove_pod_object(self, namespace: str, name: str, uid: str) -> None:
-        body = client.V1DeleteOptions(grace_period_seconds=0,
-                                      preconditions=client.V1Preconditions(uid=uid))
+        body = client.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+        )
         try:
             self.core.delete_namespaced_pod(name, namespace, body=body)
         except client.ApiException as err:
@@ -643,13 +747,20 @@ class ProcessNode:
             elif c.finished and c.last_exit:
                 state = c.last_exit
             else:
-                state = {"waiting": {"reason": "CrashLoopBackOff" if c.restart_count
-                                     else "ContainerCreating"}}
+                state = {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff" if c.restart_count else "ContainerCreating"
+                    }
+                }
             entry: dict[str, Any] = {
-                "name": c.name, "ready": running and c.ready, "started": running,
-                "restartCount": c.restart_count, "image": c.spec.get("image", ""),
-                "imageID": "", "containerID": f"process://{c.proc.pid}" if running and c.proc
-                else "", "state": state,
+                "name": c.name,
+                "ready": running and c.ready,
+                "started": running,
+                "restartCount": c.restart_count,
+                "image": c.spec.get("image", ""),
+                "imageID": "",
+                "containerID": f"process://{c.proc.pid}" if running and c.proc else "",
+                "state": state,
             }
             if c.last_exit and not c.finished:
                 entry["lastState"] = c.last_exit
@@ -657,15 +768,17 @@ class ProcessNode:
         all_ready = bool(statuses) and all(s["ready"] for s in statuses)
         finished = [c for c in run.containers if c.finished]
         if finished and len(finished) == len(run.containers):
-            codes = [(c.last_exit or {}).get("terminated", {}).get("exitCode", 1)
-                     for c in finished]
+            codes = [(c.last_exit or {}).get("terminated", {}).get("exitCode", 1) for c in finished]
             phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
         else:
             phase = "Running" if any(s["started"] for s in statuses) else "Pending"
         ready = "True" if all_ready else "False"
-        status = {
-            "phase": phase, "podIP": run.ip, "podIPs": [{"ip": run.ip}],
-            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
+        status: dict[str, Any] = {
+            "phase": phase,
+            "podIP": run.ip,
+            "podIPs": [{"ip": run.ip}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": "True"},
@@ -683,8 +796,7 @@ class ProcessNode:
         for cond in stamped["conditions"]:
             cond["lastTransitionTime"] = now
         try:
-            self.core.patch_namespaced_pod_status(run.name, run.namespace,
-                                                  {"status": stamped})
+            self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": stamped})
             run.reported = status
         except client.ApiException as err:
             if err.status == 404:

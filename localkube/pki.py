@@ -70,10 +70,15 @@ class Pki:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                 .add_extension(
                     x509.KeyUsage(
-                        digital_signature=True, key_cert_sign=True, crl_sign=True,
-                        content_commitment=False, key_encipherment=False,
-                        data_encipherment=False, key_agreement=False,
-                        encipher_only=False, decipher_only=False,
+                        digital_signature=True,
+                        key_cert_sign=True,
+                        crl_sign=True,
+                        content_commitment=False,
+                        key_encipherment=False,
+                        data_encipherment=False,
+                        key_agreement=False,
+                        encipher_only=False,
+                        decipher_only=False,
                     ),
                     critical=True,
                 )
@@ -83,13 +88,18 @@ class Pki:
             _write_cert(self.ca_cert, cert)
         if not self.serving_cert.exists():
             self.issue(
-                self.serving_cert, self.serving_key, common_name="kube-apiserver",
-                server=True, dns_names=("localhost", "kubernetes", "kubernetes.default"),
+                self.serving_cert,
+                self.serving_key,
+                common_name="kube-apiserver",
+                server=True,
+                dns_names=("localhost", "kubernetes", "kubernetes.default"),
                 ips=("127.0.0.1", "10.0.0.1"),
             )
         if not self.admin_cert.exists():
             self.issue(
-                self.admin_cert, self.admin_key, common_name="localkube-admin",
+                self.admin_cert,
+                self.admin_key,
+                common_name="localkube-admin",
                 organizations=("system:masters",),
             )
         if not self.sa_private_key.exists():

@@ -29,16 +29,28 @@ IDENTITY_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
 def render_chart(namespace: str, release: str = "tb", **values: str) -> list[dict[str, Any]]:
     sets = [f"--set={key}={value}" for key, value in values.items()]
     out = subprocess.run(
-        [str(binaries.require_binary("helm")), "template", release, str(CHART),
-         "--namespace", namespace,
-         "--kube-version", binaries.read_versions()["KUBERNETES_VERSION"], *sets],
-        check=True, capture_output=True, text=True, timeout=60,
+        [
+            str(binaries.require_binary("helm")),
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            binaries.read_versions()["KUBERNETES_VERSION"],
+            *sets,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-def apply_objects(api: client.ApiClient, objects: list[dict[str, Any]],
-                  namespace: str | None = None) -> None:
+def apply_objects(
+    api: client.ApiClient, objects: list[dict[str, Any]], namespace: str | None = None
+) -> None:
     dynamic = DynamicClient(api)
     for obj in objects:
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -64,23 +76,38 @@ def install_crds(api: client.ApiClient, timeout: float = 30) -> None:
     names = [d["metadata"]["name"] for d in load_yaml_dir(CRD_DIR)]
     while time.monotonic() < deadline:
         ready = all(
-            any(c.type == "Established" and c.status == "True"
-                for c in ext.read_custom_resource_definition(n).status.conditions or [])
-            for n in names)
+            any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(n).status.conditions or []
+            )
+            for n in names
+        )
         if ready:
             return
         time.sleep(0.2)
     raise TimeoutError(f"CRDs {names} not established after {timeout}s")
 
 
-def ensure_namespace(api: client.ApiClient, name: str, labels: dict[str, str] | None = None,
-                     ) -> None:
-    apply_objects(api, [{"apiVersion": "v1", "kind": "Namespace",
-                         "metadata": {"name": name, "labels": labels or {}}}])
+def ensure_namespace(
+    api: client.ApiClient,
+    name: str,
+    labels: dict[str, str] | None = None,
+) -> None:
+    apply_objects(
+        api,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels or {}},
+            }
+        ],
+    )
 
 
-def operator_kubeconfig(cluster: LocalCluster, api: client.ApiClient, path: Path,
-                        namespace: str = OPERATOR_NAMESPACE) -> Path:
+def operator_kubeconfig(
+    cluster: LocalCluster, api: client.ApiClient, path: Path, namespace: str = OPERATOR_NAMESPACE
+) -> Path:
     """Install the chart's RBAC and return a kubeconfig that acts as the operator's
     ServiceAccount, with exactly the chart's permissions."""
     ensure_namespace(api, namespace)
@@ -88,11 +115,19 @@ def operator_kubeconfig(cluster: LocalCluster, api: client.ApiClient, path: Path
     apply_objects(api, identity, namespace)
     sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
     token = client.CoreV1Api(api).create_namespaced_service_account_token(
-        sa, namespace, client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7 * 24 * 3600)))
-    return write_kubeconfig(path, cluster.server, cluster.pki.ca_cert,
-                            f"system:serviceaccount:{namespace}:{sa}",
-                            token=token.status.token)
+        sa,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7 * 24 * 3600)
+        ),
+    )
+    return write_kubeconfig(
+        path,
+        cluster.server,
+        cluster.pki.ca_cert,
+        f"system:serviceaccount:{namespace}:{sa}",
+        token=token.status.token,
+    )
 
 
 def apply_samples(api: client.ApiClient, namespace: str) -> list[str]:

@@ -26,34 +26,58 @@ from localkube.cluster import ClusterError, LocalCluster, free_port
 from localkube.node import ProcessNode
 
 BOT_NAMESPACE = "trading"
-TABLE_COLUMNS = ("NAME", "PROFILE", "PHASE", "READY", "POSITIONS", "NOTIONAL", "PNL",
-                 "TRADES", "RESTARTS", "CHECKPOINT")
+TABLE_COLUMNS = (
+    "NAME",
+    "PROFILE",
+    "PHASE",
+    "READY",
+    "POSITIONS",
+    "NOTIONAL",
+    "PNL",
+    "TRADES",
+    "RESTARTS",
+    "CHECKPOINT",
+)
 
 
 def bot_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for bot in sorted(items, key=lambda b: b["metadata"]["name"]):
         status = bot.get("status") or {}
-        ready = next((c.get("status", "") for c in status.get("conditions") or []
-                      if c.get("type") == "Ready"), "")
+        ready = next(
+            (
+                c.get("status", "")
+                for c in status.get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            "",
+        )
         positions = status.get("positions") or {}
         pnl = status.get("pnl") or {}
         trades = status.get("trades") or {}
         state = status.get("state") or {}
-        rows.append((
-            bot["metadata"]["name"], str(bot.get("spec", {}).get("profile", "")),
-            str(status.get("phase", "Pending")), ready or "-",
-            str(positions.get("open", 0)), f"{float(positions.get('notional') or 0):.2f}",
-            f"{float(pnl.get('realized') or 0):+.2f}", str(trades.get("total", 0)),
-            str((status.get("restarts") or {}).get("total", 0)),
-            str(state.get("checkpointSeq", "-")),
-        ))
+        rows.append(
+            (
+                bot["metadata"]["name"],
+                str(bot.get("spec", {}).get("profile", "")),
+                str(status.get("phase", "Pending")),
+                ready or "-",
+                str(positions.get("open", 0)),
+                f"{float(positions.get('notional') or 0):.2f}",
+                f"{float(pnl.get('realized') or 0):+.2f}",
+                str(trades.get("total", 0)),
+                str((status.get("restarts") or {}).get("total", 0)),
+                str(state.get("checkpointSeq", "-")),
+            )
+        )
     return rows
 
 
 def render_table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
-              for i, c in enumerate(TABLE_COLUMNS)]
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+        for i, c in enumerate(TABLE_COLUMNS)
+    ]
     lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
@@ -78,35 +102,62 @@ class LocalRun:
         self.cluster.start(timeout=120)
         api = config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
         self.say(f"API server {self.cluster.server} ready ({time.monotonic() - started:.1f}s)")
-        self.node = ProcessNode(self.cluster.kubeconfig, self.data_dir / "node",
-                                server=self.cluster.server, ca_cert=self.cluster.pki.ca_cert,
-                                die_with_parent=True).start()
+        self.node = ProcessNode(
+            self.cluster.kubeconfig,
+            self.data_dir / "node",
+            server=self.cluster.server,
+            ca_cert=self.cluster.pki.ca_cert,
+            die_with_parent=True,
+        ).start()
         product.install_crds(api)
-        product.ensure_namespace(api, BOT_NAMESPACE, {
-            "pod-security.kubernetes.io/enforce": "restricted"})
-        product.apply_objects(api, [{"apiVersion": "v1", "kind": "ServiceAccount",
-                                     "metadata": {"name": "default",
-                                                  "namespace": BOT_NAMESPACE}}])
-        kubeconfig = product.operator_kubeconfig(self.cluster, api,
-                                                 self.data_dir / "operator.kubeconfig")
+        product.ensure_namespace(
+            api, BOT_NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"}
+        )
+        product.apply_objects(
+            api,
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": BOT_NAMESPACE},
+                }
+            ],
+        )
+        kubeconfig = product.operator_kubeconfig(
+            self.cluster, api, self.data_dir / "operator.kubeconfig"
+        )
         metrics_port = free_port(8000)
         log_path = self.cluster.logs / "operator.log"
         with open(log_path, "ab") as log:
             self.operator = subprocess.Popen(
-                [sys.executable, "-m", "tradingbot_operator", "--metrics-port",
-                 str(metrics_port), "--max-concurrent-restarts", "1"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig)}, cwd=binaries.REPO_ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "tradingbot_operator",
+                    "--metrics-port",
+                    str(metrics_port),
+                    "--max-concurrent-restarts",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+                cwd=binaries.REPO_ROOT,
             )
-        self.say(f"operator running as the chart's ServiceAccount (log {log_path}, "
-                 f"metrics http://127.0.0.1:{metrics_port}/metrics)")
+        self.say(
+            f"operator running as the chart's ServiceAccount (log {log_path}, "
+            f"metrics http://127.0.0.1:{metrics_port}/metrics)"
+        )
         names = product.apply_samples(api, BOT_NAMESPACE)
         self.say(f"sample bots applied in namespace {BOT_NAMESPACE}: {', '.join(names)}")
         kubectl = binaries.find_binary("kubectl")
-        self.say("reach it with:\n"
-                 f"    export KUBECONFIG={self.cluster.kubeconfig}\n"
-                 f"    {kubectl} -n {BOT_NAMESPACE} get tradingbots\n"
-                 "  Ctrl-C stops the bots gracefully; `make run` again resumes them.")
+        self.say(
+            "reach it with:\n"
+            f"    export KUBECONFIG={self.cluster.kubeconfig}\n"
+            f"    {kubectl} -n {BOT_NAMESPACE} get tradingbots\n"
+            "  Ctrl-C stops the bots gracefully; `make run` again resumes them."
+        )
         self.api = api
 
     def watch(self) -> None:
@@ -122,7 +173,8 @@ class LocalRun:
                 break
             try:
                 items = custom.list_namespaced_custom_object(
-                    "trading.r7.dev", "v1alpha1", BOT_NAMESPACE, "tradingbots")["items"]
+                    "trading.r7.dev", "v1alpha1", BOT_NAMESPACE, "tradingbots"
+                )["items"]
                 table = render_table(bot_rows(items))
             except Exception as err:  # keep the table alive through a hiccup
                 table = f"(status unavailable: {err})"

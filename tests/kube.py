@@ -50,7 +50,10 @@ def apply(
 
 
 def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1,
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
     message: str = "condition",
 ) -> Any:
     """Poll until predicate returns something truthy; fail with `message` after timeout."""
@@ -68,8 +71,9 @@ def create_namespace(api: client.ApiClient, labels: dict[str, str] | None = None
     """A fresh namespace with a `default` ServiceAccount (no controller-manager makes one)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name,
-                                                                          labels=labels)))
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
     core.create_namespaced_service_account(
         name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
     )
@@ -101,8 +105,12 @@ def service_account_kubeconfig(
 ) -> Path:
     token = service_account_token(api, namespace, name)
     return write_kubeconfig(
-        directory / f"{namespace}-{name}.kubeconfig", cluster.server, cluster.pki.ca_cert,
-        f"system:serviceaccount:{namespace}:{name}", token=token, namespace=namespace,
+        directory / f"{namespace}-{name}.kubeconfig",
+        cluster.server,
+        cluster.pki.ca_cert,
+        f"system:serviceaccount:{namespace}:{name}",
+        token=token,
+        namespace=namespace,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 import kopf
@@ -18,25 +17,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tradingbot_operator", description=__doc__)
     parser.add_argument("--namespace", help="watch only this namespace (default: all)")
     parser.add_argument("--metrics-port", type=int, help="port for /metrics (0 disables)")
-    parser.add_argument("--max-concurrent-restarts", type=int,
-                        help="bots restarting at once, operator-wide (0 = unlimited)")
-    parser.add_argument("--ready-timeout", type=float, dest="ready_timeout_seconds",
-                        help="seconds a new bot pod may take to become ready")
+    parser.add_argument(
+        "--max-concurrent-restarts",
+        type=int,
+        help="bots restarting at once, operator-wide (0 = unlimited)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        dest="ready_timeout_seconds",
+        help="seconds a new bot pod may take to become ready",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = OperatorSettings.from_env(
-        namespace=args.namespace, metrics_port=args.metrics_port,
+        namespace=args.namespace,
+        metrics_port=args.metrics_port,
         max_concurrent_restarts=args.max_concurrent_restarts,
         ready_timeout_seconds=args.ready_timeout_seconds,
     )
     namespaces = [settings.namespace] if settings.namespace else []
-    asyncio.run(kopf.operator(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,
-        memo=kopf.Memo(settings=settings),
-    ))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            memo=kopf.Memo(settings=settings),
+        )
+    )
     return 0
 
 

@@ -138,8 +138,8 @@ class Decision:
 
     def wake_at(self, now: dt.datetime, when: dt.datetime) -> None:
         seconds = max((when - now).total_seconds(), 0.05)
-        self.requeue_after = seconds if self.requeue_after is None else min(
-            self.requeue_after, seconds
+        self.requeue_after = (
+            seconds if self.requeue_after is None else min(self.requeue_after, seconds)
         )
 
 
@@ -182,8 +182,9 @@ class _Context:
     def set_pending(self, pending: Mapping[str, Any] | None) -> None:
         self.decision.status["pendingAction"] = dict(pending) if pending else None
 
-    def set_condition(self, kind: ConditionType, status: ConditionStatus, reason: str,
-                      message: str) -> None:
+    def set_condition(
+        self, kind: ConditionType, status: ConditionStatus, reason: str, message: str
+    ) -> None:
         current = self.decision.status.get("conditions")
         if current is None:
             current = [dict(c) for c in self.status.get("conditions") or []]
@@ -194,28 +195,53 @@ class _Context:
                 found = True
                 changed = cond.get("status") != status
                 cond = {
-                    **cond, "status": str(status), "reason": reason, "message": message,
+                    **cond,
+                    "status": str(status),
+                    "reason": reason,
+                    "message": message,
                     "observedGeneration": self.bot.generation,
-                    "lastTransitionTime": format_time(self.now) if changed
+                    "lastTransitionTime": format_time(self.now)
+                    if changed
                     else cond.get("lastTransitionTime") or format_time(self.now),
                 }
             updated.append(cond)
         if not found:
-            updated.append({
-                "type": str(kind), "status": str(status), "reason": reason, "message": message,
-                "observedGeneration": self.bot.generation,
-                "lastTransitionTime": format_time(self.now),
-            })
+            updated.append(
+                {
+                    "type": str(kind),
+                    "status": str(status),
+                    "reason": reason,
+                    "message": message,
+                    "observedGeneration": self.bot.generation,
+                    "lastTransitionTime": format_time(self.now),
+                }
+            )
         self.decision.status["conditions"] = updated
 
-    def emit(self, event_type: str, reason: str, message: str, *, severity: str = "info",
-             details: Mapping[str, Any] | None = None, source: str = "operator") -> None:
-        self.decision.events.append(AuditEvent(
-            event_type=event_type, severity=severity, source=source,
-            namespace=self.bot.namespace, target=self.bot.name, action=reason, reason=reason,
-            message=message, details=dict(details or {}),
-            user_id=self.bot.requested_by if source != "operator" else None,
-        ))
+    def emit(
+        self,
+        event_type: str,
+        reason: str,
+        message: str,
+        *,
+        severity: str = "info",
+        details: Mapping[str, Any] | None = None,
+        source: str = "operator",
+    ) -> None:
+        self.decision.events.append(
+            AuditEvent(
+                event_type=event_type,
+                severity=severity,
+                source=source,
+                namespace=self.bot.namespace,
+                target=self.bot.name,
+                action=reason,
+                reason=reason,
+                message=message,
+                details=dict(details or {}),
+                user_id=self.bot.requested_by if source != "operator" else None,
+            )
+        )
 
     def delete(self, pod: PodFacts) -> None:
         self.decision.actions.append(
@@ -241,12 +267,12 @@ def decide(
             break
     alive = ctx.alive
     ctx.decision.status.setdefault(
-        "pod", {"name": alive[0].name, "uid": alive[0].uid} if len(alive) == 1 else None)
+        "pod", {"name": alive[0].name, "uid": alive[0].uid} if len(alive) == 1 else None
+    )
     ctx.decision.status["observedGeneration"] = bot.generation
     ctx.decision.status["desiredConfigHash"] = bot.desired_hash
     # Write only what differs from the stored status: steady state costs no API call.
-    ctx.decision.status = {k: v for k, v in ctx.decision.status.items()
-                           if bot.status.get(k) != v}
+    ctx.decision.status = {k: v for k, v in ctx.decision.status.items() if bot.status.get(k) != v}
     return ctx.decision
 
 
@@ -259,14 +285,22 @@ def bot_is_being_deleted(ctx: _Context) -> bool:
     if ctx.pods:
         if ctx.phase != Phase.STOPPING:
             ctx.set_phase(Phase.STOPPING)
-            ctx.emit("stop", "Stopping", "TradingBot deleted: stopping the bot gracefully; "
-                     "its state is kept", details={"trigger": "deletion"})
+            ctx.emit(
+                "stop",
+                "Stopping",
+                "TradingBot deleted: stopping the bot gracefully; its state is kept",
+                details={"trigger": "deletion"},
+            )
         ctx.decision.requeue_after = POLL_SECONDS
     else:
         ctx.set_phase(Phase.STOPPED)
         ctx.decision.finalize = True
-        ctx.emit("stop", "Stopped", "bot stopped for deletion; state kept",
-                 details={"trigger": "deletion"})
+        ctx.emit(
+            "stop",
+            "Stopped",
+            "bot stopped for deletion; state kept",
+            details={"trigger": "deletion"},
+        )
     return True
 
 
@@ -280,13 +314,26 @@ def halt_requested(ctx: _Context) -> bool:
     if first:
         ctx.set_phase(Phase.HALTED)
         ctx.set_pending(None)
-        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Halted",
-                          "halted by the kill switch annotation")
-        ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "Halted",
-                          "halted; remove the halt annotation to resume")
-        ctx.emit("halt", "Halted", "kill switch: bot stopped without coalescing or rate limit",
-                 severity="warning", source="user",
-                 details={"podsStopped": [p.name for p in ctx.alive]})
+        ctx.set_condition(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            "Halted",
+            "halted by the kill switch annotation",
+        )
+        ctx.set_condition(
+            ConditionType.PROGRESSING,
+            ConditionStatus.FALSE,
+            "Halted",
+            "halted; remove the halt annotation to resume",
+        )
+        ctx.emit(
+            "halt",
+            "Halted",
+            "kill switch: bot stopped without coalescing or rate limit",
+            severity="warning",
+            source="user",
+            details={"podsStopped": [p.name for p in ctx.alive]},
+        )
     if ctx.pods:
         ctx.decision.requeue_after = POLL_SECONDS
     return True
@@ -299,15 +346,18 @@ def surplus_pods(ctx: _Context) -> bool:
         return False
     keep = sorted(
         alive,
-        key=lambda p: (p.config_hash != ctx.bot.desired_hash, not p.ready,
-                       p.created_at or ctx.now),
+        key=lambda p: (p.config_hash != ctx.bot.desired_hash, not p.ready, p.created_at or ctx.now),
     )[0]
     for pod in alive:
         if pod is not keep:
             ctx.delete(pod)
-    ctx.emit("error", "SurplusPodDeleted",
-             f"{len(alive)} pods found for one bot; kept {keep.name}, deleting the rest",
-             severity="critical", details={"pods": [p.name for p in alive], "kept": keep.name})
+    ctx.emit(
+        "error",
+        "SurplusPodDeleted",
+        f"{len(alive)} pods found for one bot; kept {keep.name}, deleting the rest",
+        severity="critical",
+        details={"pods": [p.name for p in alive], "kept": keep.name},
+    )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
 
@@ -331,18 +381,26 @@ def no_pod(ctx: _Context) -> bool:
         if ctx.phase != Phase.STOPPED:
             ctx.set_phase(Phase.STOPPED)
             ctx.set_pending(None)
-            ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Suspended",
-                              "spec.suspend is true")
-            ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "Suspended",
-                              "stopped; set spec.suspend to false to resume")
-            ctx.emit("stop", "Stopped", "bot stopped gracefully (spec.suspend); positions kept",
-                     source="user")
+            ctx.set_condition(
+                ConditionType.READY, ConditionStatus.FALSE, "Suspended", "spec.suspend is true"
+            )
+            ctx.set_condition(
+                ConditionType.PROGRESSING,
+                ConditionStatus.FALSE,
+                "Suspended",
+                "stopped; set spec.suspend to false to resume",
+            )
+            ctx.emit(
+                "stop",
+                "Stopped",
+                "bot stopped gracefully (spec.suspend); positions kept",
+                source="user",
+            )
         return True
     if ctx.phase == Phase.FAILED and pending.get("desiredHash") == bot.desired_hash:
         return True  # gave up on this config; a new change tries again
     not_before = parse_time(pending.get("notBefore"))
-    if (pending.get("desiredHash") == bot.desired_hash and not_before
-            and not_before > ctx.now):
+    if pending.get("desiredHash") == bot.desired_hash and not_before and not_before > ctx.now:
         ctx.decision.wake_at(ctx.now, not_before)
         return True
     restarting = ctx.phase == Phase.RESTARTING and bool(pending.get("startedAt"))
@@ -352,8 +410,9 @@ def no_pod(ctx: _Context) -> bool:
     new_pending = {
         **(pending if (restarting or same_target) else {}),
         "action": pending.get("action") if restarting else str(PendingActionKind.START),
-        "reason": pending.get("reason") if restarting else (
-            "resume" if resuming else "first start"),
+        "reason": pending.get("reason")
+        if restarting
+        else ("resume" if resuming else "first start"),
         "desiredHash": bot.desired_hash,
         "attempts": attempts,
         "podCreatedAt": ctx.ts(),
@@ -368,8 +427,12 @@ def no_pod(ctx: _Context) -> bool:
         ctx.set_phase(Phase.STARTING)
         if resuming:
             ctx.emit("resume", "Resumed", f"bot resumed from {ctx.phase}", source="user")
-    ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, "PodCreated",
-                      f"pod created with config {bot.desired_hash}")
+    ctx.set_condition(
+        ConditionType.PROGRESSING,
+        ConditionStatus.TRUE,
+        "PodCreated",
+        f"pod created with config {bot.desired_hash}",
+    )
     ctx.decision.wake_at(ctx.now, ctx.now + dt.timedelta(seconds=ctx.limits.ready_timeout_seconds))
     return True
 
@@ -381,14 +444,18 @@ def change_requested(ctx: _Context) -> bool:
     stopping = bot.suspend
     if not stopping and pod.config_hash == bot.desired_hash:
         return False
-    if ctx.phase == Phase.FAILED and not stopping and \
-            ctx.pending.get("desiredHash") == bot.desired_hash:
+    if (
+        ctx.phase == Phase.FAILED
+        and not stopping
+        and ctx.pending.get("desiredHash") == bot.desired_hash
+    ):
         return True
     kind = PendingActionKind.STOP if stopping else PendingActionKind.RESTART
     target = "stop" if stopping else bot.desired_hash
     pending = dict(ctx.pending)
-    if (pending.get("startedAt") or pending.get("podCreatedAt")) and \
-            pending.get("desiredHash") != target:
+    if (pending.get("startedAt") or pending.get("podCreatedAt")) and pending.get(
+        "desiredHash"
+    ) != target:
         pending = {}  # a new change supersedes a failed or finished attempt
     if pending.get("desiredHash") != target:
         first = not pending or pending.get("action") == PendingActionKind.START
@@ -397,11 +464,9 @@ def change_requested(ctx: _Context) -> bool:
             "reason": bot.restart_reason or ("spec.suspend" if stopping else "config change"),
             "desiredHash": target,
             "changedFields": [c.path for c in bot.changes],
-            "firstRequestedAt": pending.get("firstRequestedAt") if not first
-            else ctx.ts(),
+            "firstRequestedAt": pending.get("firstRequestedAt") if not first else ctx.ts(),
             "lastRequestedAt": ctx.ts(),
-            "coalescedChanges": int(pending.get("coalescedChanges") or 0) + 1 if not first
-            else 1,
+            "coalescedChanges": int(pending.get("coalescedChanges") or 0) + 1 if not first else 1,
             "attempts": 0,
             "notBefore": None,
         }
@@ -409,24 +474,37 @@ def change_requested(ctx: _Context) -> bool:
             pending["requestedBy"] = bot.requested_by
         ctx.set_pending(pending)
         if bot.changes and kind == PendingActionKind.RESTART:
-            ctx.emit("config_change", "ConfigChanged",
-                     "changed " + "; ".join(f"{c.path}: {_short(c.old)} -> {_short(c.new)}"
-                                            for c in bot.changes),
-                     source="user", details=_change_details(bot))
+            ctx.emit(
+                "config_change",
+                "ConfigChanged",
+                "changed "
+                + "; ".join(f"{c.path}: {_short(c.old)} -> {_short(c.new)}" for c in bot.changes),
+                source="user",
+                details=_change_details(bot),
+            )
         if first:
-            ctx.emit("restart" if kind == PendingActionKind.RESTART else "stop",
-                     "RestartRequested" if kind == PendingActionKind.RESTART else "StopRequested",
-                     _describe_request(kind, bot), source="user",
-                     details=_change_details(bot))
+            ctx.emit(
+                "restart" if kind == PendingActionKind.RESTART else "stop",
+                "RestartRequested" if kind == PendingActionKind.RESTART else "StopRequested",
+                _describe_request(kind, bot),
+                source="user",
+                details=_change_details(bot),
+            )
         else:
-            ctx.emit("restart" if kind == PendingActionKind.RESTART else "stop",
-                     "RestartCoalesced",
-                     f"change coalesced into the pending {kind} "
-                     f"({pending['coalescedChanges']} changes so far)", source="user",
-                     details=_change_details(bot))
-        ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, "ChangePending",
-                          f"{kind} pending: waiting {bot.policy.coalesce_seconds:g}s for "
-                          "further changes")
+            ctx.emit(
+                "restart" if kind == PendingActionKind.RESTART else "stop",
+                "RestartCoalesced",
+                f"change coalesced into the pending {kind} "
+                f"({pending['coalescedChanges']} changes so far)",
+                source="user",
+                details=_change_details(bot),
+            )
+        ctx.set_condition(
+            ConditionType.PROGRESSING,
+            ConditionStatus.TRUE,
+            "ChangePending",
+            f"{kind} pending: waiting {bot.policy.coalesce_seconds:g}s for further changes",
+        )
     window = CoalescingWindow(
         first_requested_at=parse_time(pending["firstRequestedAt"]) or ctx.now,
         last_requested_at=parse_time(pending["lastRequestedAt"]) or ctx.now,
@@ -446,11 +524,15 @@ def change_requested(ctx: _Context) -> bool:
             if pending.get("notBefore") != format_time(verdict.not_before):
                 pending["notBefore"] = format_time(verdict.not_before)
                 ctx.set_pending(pending)
-                ctx.emit("rate_limited", "RateLimited",
-                         f"{verdict.recent} restarts in the last hour reach the limit of "
-                         f"{bot.policy.max_restarts_per_hour}; restart deferred until "
-                         f"{pending['notBefore']}", severity="warning",
-                         details={"notBefore": pending["notBefore"]})
+                ctx.emit(
+                    "rate_limited",
+                    "RateLimited",
+                    f"{verdict.recent} restarts in the last hour reach the limit of "
+                    f"{bot.policy.max_restarts_per_hour}; restart deferred until "
+                    f"{pending['notBefore']}",
+                    severity="warning",
+                    details={"notBefore": pending["notBefore"]},
+                )
             ctx.decision.wake_at(ctx.now, verdict.not_before)
             return True
         limit = ctx.limits.max_concurrent_restarts
@@ -467,8 +549,7 @@ def change_requested(ctx: _Context) -> bool:
     ctx.set_pending(pending)
     if kind == PendingActionKind.STOP:
         ctx.set_phase(Phase.STOPPING)
-        ctx.emit("stop", "Stopping", "stopping the bot gracefully (spec.suspend)",
-                 source="user")
+        ctx.emit("stop", "Stopping", "stopping the bot gracefully (spec.suspend)", source="user")
     elif not resumed:
         ctx.set_phase(Phase.RESTARTING)
         kept = [format_time(t) for t in recent_restarts(history, ctx.now)]
@@ -482,14 +563,23 @@ def change_requested(ctx: _Context) -> bool:
             "result": str(RestartResult.IN_PROGRESS),
         }
         ctx.decision.status["restarts"] = restarts
-        ctx.emit("restart", "RestartStarted",
-                 f"restarting: stopping {pod.name} gracefully, then starting config "
-                 f"{bot.desired_hash} ({pending.get('coalescedChanges', 1)} coalesced changes)",
-                 details={"oldPod": pod.name, "changedFields": pending.get("changedFields"),
-                          "coalescedChanges": pending.get("coalescedChanges")})
-    ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Restarting"
-                      if kind == PendingActionKind.RESTART else "Stopping",
-                      f"{pod.name} is stopping")
+        ctx.emit(
+            "restart",
+            "RestartStarted",
+            f"restarting: stopping {pod.name} gracefully, then starting config "
+            f"{bot.desired_hash} ({pending.get('coalescedChanges', 1)} coalesced changes)",
+            details={
+                "oldPod": pod.name,
+                "changedFields": pending.get("changedFields"),
+                "coalescedChanges": pending.get("coalescedChanges"),
+            },
+        )
+    ctx.set_condition(
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        "Restarting" if kind == PendingActionKind.RESTART else "Stopping",
+        f"{pod.name} is stopping",
+    )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
 
@@ -515,34 +605,57 @@ def new_pod_not_ready(ctx: _Context) -> bool:
         ctx.decision.wake_at(ctx.now, deadline)
         return True
     attempts = int(pending.get("attempts") or 0) + 1
-    why = "crash-looping" if pod.crash_looping else (
-        f"not ready within {ctx.limits.ready_timeout_seconds:g}s")
+    why = (
+        "crash-looping"
+        if pod.crash_looping
+        else (f"not ready within {ctx.limits.ready_timeout_seconds:g}s")
+    )
     ctx.delete(pod)
     pending["attempts"] = attempts
     if attempts >= ctx.bot.policy.max_attempts:
         pending["notBefore"] = None
         ctx.set_pending(pending)
         ctx.set_phase(Phase.FAILED)
-        ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, "AttemptsExhausted",
-                          f"gave up after {attempts} attempts: {why}")
+        ctx.set_condition(
+            ConditionType.DEGRADED,
+            ConditionStatus.TRUE,
+            "AttemptsExhausted",
+            f"gave up after {attempts} attempts: {why}",
+        )
         ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Failed", why)
-        ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE,
-                          "AttemptsExhausted", "a new change to the bot tries again")
+        ctx.set_condition(
+            ConditionType.PROGRESSING,
+            ConditionStatus.FALSE,
+            "AttemptsExhausted",
+            "a new change to the bot tries again",
+        )
         _finish_restart(ctx, RestartResult.FAILED)
-        ctx.emit("error", "RestartFailed",
-                 f"bot failed to start after {attempts} attempts ({why}); giving up until "
-                 "the TradingBot changes", severity="critical",
-                 details={"attempts": attempts, "reason": why})
+        ctx.emit(
+            "error",
+            "RestartFailed",
+            f"bot failed to start after {attempts} attempts ({why}); giving up until "
+            "the TradingBot changes",
+            severity="critical",
+            details={"attempts": attempts, "reason": why},
+        )
         return True
     not_before = ctx.now + failure_backoff(attempts)
     pending["notBefore"] = format_time(not_before)
     ctx.set_pending(pending)
-    ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, "AttemptFailed",
-                      f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed: {why}")
-    ctx.emit("error", "RestartFailed",
-             f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed ({why}); retrying "
-             f"after {pending['notBefore']}", severity="warning",
-             details={"attempts": attempts, "reason": why})
+    ctx.set_condition(
+        ConditionType.DEGRADED,
+        ConditionStatus.TRUE,
+        "AttemptFailed",
+        f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed: {why}",
+    )
+    ctx.emit(
+        "error",
+        "RestartFailed",
+        f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed ({why}); retrying "
+        f"after {pending['notBefore']}",
+        severity="warning",
+        details={"attempts": attempts, "reason": why},
+    )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
 
@@ -555,11 +668,15 @@ def new_pod_ready(ctx: _Context) -> bool:
     pending = ctx.pending
     if pending.get("action") == PendingActionKind.RESTART:
         _finish_restart(ctx, RestartResult.SUCCEEDED)
-        ctx.emit("restart", "RestartCompleted",
-                 f"restart completed; config {pod.config_hash} is running",
-                 details={"durationSeconds":
-                          ctx.decision.status["restarts"]["last"].get("durationSeconds"),
-                          "changedFields": pending.get("changedFields")})
+        ctx.emit(
+            "restart",
+            "RestartCompleted",
+            f"restart completed; config {pod.config_hash} is running",
+            details={
+                "durationSeconds": ctx.decision.status["restarts"]["last"].get("durationSeconds"),
+                "changedFields": pending.get("changedFields"),
+            },
+        )
     else:
         ctx.emit("start", "Started", f"bot running with config {pod.config_hash}")
     ctx.set_pending(None)
@@ -577,35 +694,55 @@ def pod_current(ctx: _Context) -> bool:
     pending = ctx.pending
     if pending:
         ctx.set_pending(None)
-        ctx.emit("config_change", "RestartCancelled",
-                 "the pending change was reverted to the running config; nothing to do",
-                 source="user", details={"coalescedChanges": pending.get("coalescedChanges")})
+        ctx.emit(
+            "config_change",
+            "RestartCancelled",
+            "the pending change was reverted to the running config; nothing to do",
+            source="user",
+            details={"coalescedChanges": pending.get("coalescedChanges")},
+        )
     if ctx.status.get("configHash") != pod.config_hash:
         ctx.decision.status["configHash"] = pod.config_hash
     if pod.ready and not pod.terminated:
         if ctx.phase != Phase.RUNNING:
             ctx.set_phase(Phase.RUNNING)
-        if _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.TRUE \
-                or pending:
+        if (
+            _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.TRUE
+            or pending
+        ):
             _mark_healthy(ctx)
         return True
     # The node restarts a crashed container; report it, do not intervene.
     if _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.FALSE:
-        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "PodNotReady",
-                          f"{pod.name} is not ready (container restarts: {pod.restart_count})")
-        ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, "PodNotReady",
-                          f"{pod.name} is not ready")
+        ctx.set_condition(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            "PodNotReady",
+            f"{pod.name} is not ready (container restarts: {pod.restart_count})",
+        )
+        ctx.set_condition(
+            ConditionType.DEGRADED, ConditionStatus.TRUE, "PodNotReady", f"{pod.name} is not ready"
+        )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
 
 
 def _mark_healthy(ctx: _Context) -> None:
-    ctx.set_condition(ConditionType.READY, ConditionStatus.TRUE, "BotReady",
-                      "the bot is trading with its current config")
-    ctx.set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "UpToDate",
-                      "the running pod has the desired config")
-    ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.FALSE, "Healthy",
-                      "no failed attempts")
+    ctx.set_condition(
+        ConditionType.READY,
+        ConditionStatus.TRUE,
+        "BotReady",
+        "the bot is trading with its current config",
+    )
+    ctx.set_condition(
+        ConditionType.PROGRESSING,
+        ConditionStatus.FALSE,
+        "UpToDate",
+        "the running pod has the desired config",
+    )
+    ctx.set_condition(
+        ConditionType.DEGRADED, ConditionStatus.FALSE, "Healthy", "no failed attempts"
+    )
 
 
 CHAIN: tuple[Check, ...] = (
@@ -630,9 +767,12 @@ def _finish_restart(ctx: _Context, result: RestartResult) -> None:
     if last.get("result") != RestartResult.IN_PROGRESS:
         return
     started = parse_time(last.get("startedAt"))
-    last.update(completedAt=ctx.ts(), result=str(result),
-                attempts=int(ctx.pending.get("attempts") or 0) + (
-                    1 if result == RestartResult.SUCCEEDED else 0))
+    last.update(
+        completedAt=ctx.ts(),
+        result=str(result),
+        attempts=int(ctx.pending.get("attempts") or 0)
+        + (1 if result == RestartResult.SUCCEEDED else 0),
+    )
     if started:
         last["durationSeconds"] = round((ctx.now - started).total_seconds(), 3)
     restarts["last"] = last

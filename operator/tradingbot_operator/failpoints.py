@@ -11,8 +11,12 @@ import os
 import signal
 
 FAILPOINT_ENV = "TRADINGBOT_OPERATOR_FAILPOINT"
-POINTS = ("after-pending-recorded", "after-restart-recorded", "after-pod-deleted",
-          "after-pod-created")
+POINTS = (
+    "after-pending-recorded",
+    "after-restart-recorded",
+    "after-pod-deleted",
+    "after-pod-created",
+)
 
 
 def failpoint(name: str) -> None:

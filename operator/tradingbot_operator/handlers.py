@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -30,7 +31,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     persistence.finalizer = FINALIZER
     persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration")
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
     # Watches can silently stall without these (kopf issues 585, 614, 957).
     kopf_settings.watching.server_timeout = settings.watch_server_timeout
     kopf_settings.watching.client_timeout = settings.watch_client_timeout
@@ -61,30 +63,34 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:
             fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
     memo["fleet"] = fleet
-    log.info("tradingbot operator started (namespace: %s, max concurrent restarts: %s)",
-             operator_settings.namespace or "all", operator_settings.max_concurrent_restarts
-             or "unlimited")
+    log.info(
+        "tradingbot operator started (namespace: %s, max concurrent restarts: %s)",
+        operator_settings.namespace or "all",
+        operator_settings.max_concurrent_restarts or "unlimited",
+    )
 
 
 @kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def bot_loop(namespace: str, name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo,
-                   **_: Any) -> None:
-    await BotReconciler(memo["fleet"], namespace, name).run(stopped)
+async def bot_loop(
+    namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
+) -> None:
+    await BotReconciler(memo["fleet"], str(namespace), name).run(stopped)
 
 
 @kopf.on.event(API_GROUP, VERSION, PLURAL)
-def bot_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo["fleet"].wake(namespace, name)
+def bot_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    memo["fleet"].wake(str(namespace), name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_BOT: kopf.PRESENT})
-def pod_changed(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
-    memo["fleet"].wake(namespace, labels[LABEL_BOT])
+def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    memo["fleet"].wake(str(namespace), labels[LABEL_BOT])
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL)
-async def bot_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def bot_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """The finalizer: stop the bot gracefully, keep its state, then let the object go."""
-    decision = await BotReconciler(memo["fleet"], namespace, name).reconcile_once(deleting=True)
+    reconciler = BotReconciler(memo["fleet"], str(namespace), name)
+    decision = await reconciler.reconcile_once(deleting=True)
     if not decision.finalize:
         raise kopf.TemporaryError("waiting for the bot to stop gracefully", delay=1)

@@ -84,9 +84,9 @@ def config_hash(
     return hashlib.sha256(canonical_json(material).encode()).hexdigest()[:HASH_LENGTH]
 
 
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "spec") -> (
-    list[str]
-):
+def changed_fields(
+    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "spec"
+) -> list[str]:
     """Dotted paths of the leaves that differ between two specs, sorted."""
     paths: list[str] = []
     for key in sorted(set(old) | set(new)):

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from kubernetes import client, config
 
@@ -48,8 +48,14 @@ class ApiError(Exception):
         return self.status == 409
 
 
-def _path(group: str, version: str, namespace: str | None, plural: str,
-          name: str | None = None, sub: str | None = None) -> str:
+def _path(
+    group: str,
+    version: str,
+    namespace: str | None,
+    plural: str,
+    name: str | None = None,
+    sub: str | None = None,
+) -> str:
     base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
     if namespace:
         base += f"/namespaces/{quote(namespace)}"
@@ -74,68 +80,97 @@ class KubeApi:
             config.load_kube_config()
         return cls(client.ApiClient())
 
-    async def request(self, method: str, path: str, *, body: Any = None,
-                      query: Mapping[str, Any] | None = None,
-                      content_type: str = "application/json") -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         return await asyncio.to_thread(self._request, method, path, body, query, content_type)
 
-    def _request(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
-                 content_type: str) -> Any:
+    def _request(
+        self, method: str, path: str, body: Any, query: Mapping[str, Any] | None, content_type: str
+    ) -> Any:
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
         method, url, headers, payload, _ = self.api_client.param_serialize(
-            method=method, resource_path=path, query_params=params,
+            method=method,
+            resource_path=path,
+            query_params=params,
             header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"],
+            body=body,
+            auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(method, url, header_params=headers, body=payload,
-                                            _request_timeout=REQUEST_TIMEOUT)
+        response = self.api_client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=REQUEST_TIMEOUT
+        )
         data = response.read()
         if not 200 <= response.status < 300:
-            raise ApiError(int(response.status), str(response.reason),
-                           data.decode(errors="replace") if data else "")
+            raise ApiError(
+                int(response.status),
+                str(response.reason),
+                data.decode(errors="replace") if data else "",
+            )
         return json.loads(data) if data else None
 
     # -- TradingBots --------------------------------------------------------------------
 
     async def get_bot(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(await self.request(
-            "GET", _path(API_GROUP, VERSION, namespace, PLURAL, name)))
+        return dict(await self.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL, name)))
 
     async def list_bots(self, namespace: str | None = None) -> list[dict[str, Any]]:
         result = await self.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL))
         return list(result.get("items") or [])
 
-    async def patch_bot_status(self, namespace: str, name: str, patch: Mapping[str, Any],
-                               resource_version: str | None) -> dict[str, Any]:
+    async def patch_bot_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
         """Merge-patch the status; with resource_version, fail on a concurrent change."""
         body: dict[str, Any] = {"status": dict(patch)}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return dict(await self.request(
-            "PATCH", _path(API_GROUP, VERSION, namespace, PLURAL, name, "status"),
-            body=body, content_type="application/merge-patch+json"))
+        return dict(
+            await self.request(
+                "PATCH",
+                _path(API_GROUP, VERSION, namespace, PLURAL, name, "status"),
+                body=body,
+                content_type="application/merge-patch+json",
+            )
+        )
 
     async def patch_bot(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        await self.request("PATCH", _path(API_GROUP, VERSION, namespace, PLURAL, name),
-                           body=dict(patch), content_type="application/merge-patch+json")
+        await self.request(
+            "PATCH",
+            _path(API_GROUP, VERSION, namespace, PLURAL, name),
+            body=dict(patch),
+            content_type="application/merge-patch+json",
+        )
 
     # -- pods ---------------------------------------------------------------------------
 
     async def list_bot_pods(self, namespace: str, bot: str) -> list[dict[str, Any]]:
-        result = await self.request("GET", _path("", "v1", namespace, "pods"),
-                                    query={"labelSelector": f"{LABEL_BOT}={bot}"})
+        result = await self.request(
+            "GET", _path("", "v1", namespace, "pods"), query={"labelSelector": f"{LABEL_BOT}={bot}"}
+        )
         return list(result.get("items") or [])
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         group, version, plural = _PLURALS[str(obj["kind"])]
         namespace = obj["metadata"].get("namespace")
-        return dict(await self.request("POST", _path(group, version, namespace, plural),
-                                       body=dict(obj)))
+        return dict(
+            await self.request("POST", _path(group, version, namespace, plural), body=dict(obj))
+        )
 
     async def delete_pod(self, namespace: str, name: str, uid: str, grace: int) -> None:
         """Delete exactly this pod (uid precondition), with its grace period."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": grace,
-                "preconditions": {"uid": uid}}
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": grace,
+            "preconditions": {"uid": uid},
+        }
         try:
             await self.request("DELETE", _path("", "v1", namespace, "pods", name), body=body)
         except ApiError as err:
@@ -147,10 +182,15 @@ class KubeApi:
         """Server-side apply of an object the operator owns."""
         group, version, plural = _PLURALS[str(obj["kind"])]
         meta = obj["metadata"]
-        return dict(await self.request(
-            "PATCH", _path(group, version, meta.get("namespace"), plural, meta["name"]),
-            body=json.dumps(obj), query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content_type="application/apply-patch+yaml"))
+        return dict(
+            await self.request(
+                "PATCH",
+                _path(group, version, meta.get("namespace"), plural, meta["name"]),
+                body=json.dumps(obj),
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                content_type="application/apply-patch+yaml",
+            )
+        )
 
     async def create_if_absent(self, obj: Mapping[str, Any]) -> None:
         try:

@@ -21,8 +21,12 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             # Scalars only: kopf attaches its whole settings object to every record.
-            if key not in _STANDARD and key not in _DROPPED and not key.startswith("_") \
-                    and isinstance(value, str | int | float | bool):
+            if (
+                key not in _STANDARD
+                and key not in _DROPPED
+                and not key.startswith("_")
+                and isinstance(value, str | int | float | bool)
+            ):
                 entry[key] = value
         ref = getattr(record, "k8s_ref", None)
         if isinstance(ref, dict):

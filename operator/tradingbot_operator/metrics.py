@@ -21,33 +21,60 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.restarts = Counter(f"{PREFIX}_restarts_total", "Bot restarts executed",
-                                ["namespace", "bot", "reason", "result"], registry=r)
+        self.restarts = Counter(
+            f"{PREFIX}_restarts_total",
+            "Bot restarts executed",
+            ["namespace", "bot", "reason", "result"],
+            registry=r,
+        )
         self.restart_duration = Histogram(
             f"{PREFIX}_restart_duration_seconds",
-            "From the old pod's deletion to the new pod ready", ["namespace", "bot"],
-            buckets=DURATION_BUCKETS, registry=r)
-        self.stops = Counter(f"{PREFIX}_stops_total", "Graceful bot stops",
-                             ["namespace", "bot", "trigger"], registry=r)
-        self.coalesced = Counter(f"{PREFIX}_coalesced_changes_total",
-                                 "Changes merged into an already pending action",
-                                 ["namespace", "bot"], registry=r)
-        self.pending = Gauge(f"{PREFIX}_pending_actions", "Bots with a pending action",
-                             registry=r)
-        self.rate_limited = Counter(f"{PREFIX}_rate_limited_total",
-                                    "Restarts deferred by the hourly limit",
-                                    ["namespace", "bot"], registry=r)
-        self.reconcile_errors = Counter(f"{PREFIX}_reconcile_errors_total",
-                                        "Reconcile passes that failed", ["error_type"],
-                                        registry=r)
+            "From the old pod's deletion to the new pod ready",
+            ["namespace", "bot"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.stops = Counter(
+            f"{PREFIX}_stops_total",
+            "Graceful bot stops",
+            ["namespace", "bot", "trigger"],
+            registry=r,
+        )
+        self.coalesced = Counter(
+            f"{PREFIX}_coalesced_changes_total",
+            "Changes merged into an already pending action",
+            ["namespace", "bot"],
+            registry=r,
+        )
+        self.pending = Gauge(f"{PREFIX}_pending_actions", "Bots with a pending action", registry=r)
+        self.rate_limited = Counter(
+            f"{PREFIX}_rate_limited_total",
+            "Restarts deferred by the hourly limit",
+            ["namespace", "bot"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            f"{PREFIX}_reconcile_errors_total",
+            "Reconcile passes that failed",
+            ["error_type"],
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
-            f"{PREFIX}_reconcile_duration_seconds", "One reconcile pass of one bot",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+            f"{PREFIX}_reconcile_duration_seconds",
+            "One reconcile pass of one bot",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
         self.bots = Gauge(f"{PREFIX}_bots", "TradingBots by phase", ["phase"], registry=r)
-        self.audit_events = Counter(f"{PREFIX}_audit_events_total", "Audit events recorded",
-                                    ["event_type", "severity"], registry=r)
-        self.audit_write_errors = Counter(f"{PREFIX}_audit_write_errors_total",
-                                          "Audit events a sink failed to write", registry=r)
+        self.audit_events = Counter(
+            f"{PREFIX}_audit_events_total",
+            "Audit events recorded",
+            ["event_type", "severity"],
+            registry=r,
+        )
+        self.audit_write_errors = Counter(
+            f"{PREFIX}_audit_write_errors_total", "Audit events a sink failed to write", registry=r
+        )
         for phase in Phase:
             self.bots.labels(phase=str(phase)).set(0)
         self._phases: dict[tuple[str, str], tuple[str, bool]] = {}
@@ -78,8 +105,7 @@ class OperatorMetrics:
     def observe_audit_error(self, event: AuditEvent, error_type: str) -> None:
         self.audit_write_errors.inc()
 
-    def set_bot_state(self, namespace: str, name: str, phase: str | None,
-                      pending: bool) -> None:
+    def set_bot_state(self, namespace: str, name: str, phase: str | None, pending: bool) -> None:
         """Record a bot's latest phase (None when it is gone); gauges update incrementally."""
         key = (namespace, name)
         before = self._phases.pop(key, None)

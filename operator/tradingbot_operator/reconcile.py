@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +81,10 @@ ERROR_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
     restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
     return PodFacts(
         name=str(meta.get("name")),
@@ -101,25 +103,26 @@ def restart_policy(spec: Mapping[str, Any]) -> RestartPolicy:
     return RestartPolicy(
         coalesce_seconds=float(policy.get("coalesceSeconds", DEFAULT_COALESCE_SECONDS)),
         max_attempts=int(policy.get("maxAttempts", DEFAULT_MAX_ATTEMPTS)),
-        grace_period_seconds=int(policy.get("gracePeriodSeconds",
-                                            DEFAULT_GRACE_PERIOD_SECONDS)),
-        max_restarts_per_hour=int(policy.get("maxRestartsPerHour",
-                                             DEFAULT_MAX_RESTARTS_PER_HOUR)),
+        grace_period_seconds=int(policy.get("gracePeriodSeconds", DEFAULT_GRACE_PERIOD_SECONDS)),
+        max_restarts_per_hour=int(policy.get("maxRestartsPerHour", DEFAULT_MAX_RESTARTS_PER_HOUR)),
     )
 
 
-def spec_changes(applied: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> (
-    tuple[FieldChange, ...]
-):
+def spec_changes(
+    applied: Mapping[str, Any] | None, spec: Mapping[str, Any]
+) -> tuple[FieldChange, ...]:
     """What changed between the spec the live pod was started with and the current one."""
     if applied is None:
         return ()
-    return tuple(FieldChange(path, value_at(applied, path), value_at(spec, path))
-                 for path in changed_fields(applied, spec))
+    return tuple(
+        FieldChange(path, value_at(applied, path), value_at(spec, path))
+        for path in changed_fields(applied, spec)
+    )
 
 
-def bot_facts(body: Mapping[str, Any], pods: list[PodFacts],
-              raw_pods: list[Mapping[str, Any]]) -> BotFacts:
+def bot_facts(
+    body: Mapping[str, Any], pods: Sequence[PodFacts], raw_pods: Sequence[Mapping[str, Any]]
+) -> BotFacts:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     annotations = meta.get("annotations") or {}
@@ -200,11 +203,11 @@ class BotReconciler:
                         log.debug("%s/%s changed during reconcile; again", *self.key)
                         continue
                     failures += 1
-                    self.fleet.metrics.reconcile_errors.labels(
-                        error_type=type(err).__name__).inc()
+                    self.fleet.metrics.reconcile_errors.labels(error_type=type(err).__name__).inc()
                     delay = ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS)) - 1]
-                    log.warning("reconcile of %s/%s failed (%s); retrying in %ss",
-                                *self.key, err, delay)
+                    log.warning(
+                        "reconcile of %s/%s failed (%s); retrying in %ss", *self.key, err, delay
+                    )
                     await self._sleep(delay, stopped)
                     continue
                 if decision.requeue_after is None:
@@ -261,8 +264,9 @@ class BotReconciler:
             self.fleet.restart_slots.discard(self.key)
         try:
             if decision.status:
-                await api.patch_bot_status(self.namespace, self.name, decision.status,
-                                           meta.get("resourceVersion"))
+                await api.patch_bot_status(
+                    self.namespace, self.name, decision.status, meta.get("resourceVersion")
+                )
         except BaseException:
             if held:
                 self.fleet.restart_slots.add(self.key)
@@ -271,19 +275,24 @@ class BotReconciler:
             raise
         if decision.status.get("phase") == Phase.RESTARTING and decision.actions:
             failpoint("after-restart-recorded")
-        elif (decision.status.get("pendingAction") or {}).get("lastRequestedAt") and \
-                not decision.actions:
+        elif (decision.status.get("pendingAction") or {}).get(
+            "lastRequestedAt"
+        ) and not decision.actions:
             failpoint("after-pending-recorded")
-        pending = (decision.status["pendingAction"] is not None
-                   if "pendingAction" in decision.status
-                   else bool((body.get("status") or {}).get("pendingAction")))
-        self.fleet.metrics.set_bot_state(self.namespace, self.name,
-                                         str(phase_after or Phase.PENDING), pending)
+        pending = (
+            decision.status["pendingAction"] is not None
+            if "pendingAction" in decision.status
+            else bool((body.get("status") or {}).get("pendingAction"))
+        )
+        self.fleet.metrics.set_bot_state(
+            self.namespace, self.name, str(phase_after or Phase.PENDING), pending
+        )
         spec = body.get("spec") or {}
         for action in decision.actions:
             if isinstance(action, DeletePod):
-                await api.delete_pod(self.namespace, action.name, action.uid,
-                                     action.grace_period_seconds)
+                await api.delete_pod(
+                    self.namespace, action.name, action.uid, action.grace_period_seconds
+                )
                 failpoint("after-pod-deleted")
             elif isinstance(action, CreatePod):
                 for obj in render_bot_objects(bot, spec):
@@ -298,8 +307,14 @@ class BotReconciler:
                     if not err.conflict:  # same name = same hash: created by an earlier pass
                         raise
                 failpoint("after-pod-created")
-        involved = InvolvedObject(API_VERSION, KIND, self.namespace, self.name,
-                                  str(meta["uid"]), meta.get("resourceVersion"))
+        involved = InvolvedObject(
+            API_VERSION,
+            KIND,
+            self.namespace,
+            self.name,
+            str(meta["uid"]),
+            meta.get("resourceVersion"),
+        )
         for event in decision.events:
             await self.fleet.recorder.record(event, involved)
         if decision.finalize:

@@ -89,8 +89,7 @@ def kube_event_body(
             "namespace": involved.namespace,
             "name": involved.name,
             "uid": involved.uid,
-            **({"resourceVersion": involved.resource_version}
-               if involved.resource_version else {}),
+            **({"resourceVersion": involved.resource_version} if involved.resource_version else {}),
         },
         "reason": event.reason,
         "message": message[:MAX_EVENT_MESSAGE],
@@ -115,9 +114,13 @@ class AuditRecorder:
     already happened and must stay recorded wherever possible.
     """
 
-    def __init__(self, sinks: list[Sink], on_event: Callable[[AuditEvent], None] | None = None,
-                 on_error: Callable[[AuditEvent, str], None] | None = None,
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        sinks: list[Sink],
+        on_event: Callable[[AuditEvent], None] | None = None,
+        on_error: Callable[[AuditEvent, str], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
         self.sinks = sinks
         self.on_event = on_event
         self.on_error = on_error
@@ -125,16 +128,25 @@ class AuditRecorder:
 
     async def record(self, event: AuditEvent, involved: InvolvedObject) -> None:
         now = self.clock()
-        log.info("audit %s %s/%s: %s", event.reason, event.namespace, event.target,
-                 event.message, extra={"event_type": event.event_type,
-                                       "severity": event.severity})
+        log.info(
+            "audit %s %s/%s: %s",
+            event.reason,
+            event.namespace,
+            event.target,
+            event.message,
+            extra={"event_type": event.event_type, "severity": event.severity},
+        )
         if self.on_event:
             self.on_event(event)
         for sink in self.sinks:
             try:
                 await sink(event, involved, now)
             except Exception as err:  # a sink failure must not stop the reconcile loop
-                log.warning("audit sink %s failed for %s: %s", getattr(sink, "__name__", sink),
-                            event.reason, err)
+                log.warning(
+                    "audit sink %s failed for %s: %s",
+                    getattr(sink, "__name__", sink),
+                    event.reason,
+                    err,
+                )
                 if self.on_error:
                     self.on_error(event, type(err).__name__)

@@ -75,8 +75,11 @@ def pod_name(bot: str, config_hash: str) -> str:
 
 
 def _meta(bot: BotRef, name: str, *, owned: bool = True, component: str = "bot") -> dict:
-    meta: dict[str, Any] = {"name": name, "namespace": bot.namespace,
-                            "labels": bot_labels(bot, component)}
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": bot.namespace,
+        "labels": bot_labels(bot, component),
+    }
     if owned:
         meta["ownerReferences"] = [owner_reference(bot)]
     return meta
@@ -89,8 +92,9 @@ def render_bot_pod(
     settings: OperatorSettings,
 ) -> dict[str, Any]:
     """The one pod that runs a bot: least privilege, restricted security, probes."""
-    grace = int((spec.get("restartPolicy") or {}).get("gracePeriodSeconds")
-                or DEFAULT_GRACE_PERIOD_SECONDS)
+    grace = int(
+        (spec.get("restartPolicy") or {}).get("gracePeriodSeconds") or DEFAULT_GRACE_PERIOD_SECONDS
+    )
     state = spec.get("state") or {}
     port = settings.bot_metrics_port
     env: list[dict[str, Any]] = [
@@ -107,8 +111,9 @@ def render_bot_pod(
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if state.get("backend") == "pvc":
         env.append({"name": "STATE_DIR", "value": settings.state_mount_path})
-        volumes.append({"name": STATE_VOLUME,
-                        "persistentVolumeClaim": {"claimName": state_pvc_name(bot.name)}})
+        volumes.append(
+            {"name": STATE_VOLUME, "persistentVolumeClaim": {"claimName": state_pvc_name(bot.name)}}
+        )
         mounts.append({"name": STATE_VOLUME, "mountPath": settings.state_mount_path})
     probe_common = {"httpGet": {"port": "metrics"}, "timeoutSeconds": 2}
     container = {
@@ -118,11 +123,19 @@ def render_bot_pod(
         "command": list(settings.bot_command),
         "env": env,
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
-        "readinessProbe": {**probe_common, "httpGet": {"path": "/readyz", "port": "metrics"},
-                           "periodSeconds": 2, "failureThreshold": 3},
-        "livenessProbe": {**probe_common, "httpGet": {"path": "/healthz", "port": "metrics"},
-                          "initialDelaySeconds": 10, "periodSeconds": 10,
-                          "failureThreshold": 6},
+        "readinessProbe": {
+            **probe_common,
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            **probe_common,
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
         "resources": dict(spec.get("resources") or DEFAULT_RESOURCES),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -165,33 +178,60 @@ def render_bot_pod(
 
 
 def render_bot_service_account(bot: BotRef) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": _meta(bot, service_account_name(bot.name)),
-            "automountServiceAccountToken": True}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(bot, service_account_name(bot.name)),
+        "automountServiceAccountToken": True,
+    }
 
 
 def render_bot_role(bot: BotRef, spec: Mapping[str, Any]) -> dict[str, Any]:
     """Exactly what one bot needs, each rule pinned to its own objects by name."""
     rules: list[dict[str, Any]] = [
-        {"apiGroups": [API_GROUP], "resources": [PLURAL], "resourceNames": [bot.name],
-         "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"],
-         "resourceNames": [bot.name], "verbs": ["get", "patch"]},
-        {"apiGroups": [""], "resources": ["configmaps"],
-         "resourceNames": [state_configmap_name(bot.name)],
-         "verbs": ["get", "update", "patch"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "resourceNames": [lease_name(bot.name)], "verbs": ["get", "update", "patch"]},
+        {
+            "apiGroups": [API_GROUP],
+            "resources": [PLURAL],
+            "resourceNames": [bot.name],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": [API_GROUP],
+            "resources": [f"{PLURAL}/status"],
+            "resourceNames": [bot.name],
+            "verbs": ["get", "patch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [state_configmap_name(bot.name)],
+            "verbs": ["get", "update", "patch"],
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease_name(bot.name)],
+            "verbs": ["get", "update", "patch"],
+        },
         # Events cannot be restricted by name: creating one is the whole permission.
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
-         "verbs": ["create", "patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
     secret = ((spec.get("exchange") or {}).get("credentialsSecretRef") or {}).get("name")
     if secret:
-        rules.append({"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret],
-                      "verbs": ["get"]})
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": _meta(bot, service_account_name(bot.name)), "rules": rules}
+        rules.append(
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [secret],
+                "verbs": ["get"],
+            }
+        )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(bot, service_account_name(bot.name)),
+        "rules": rules,
+    }
 
 
 def render_bot_role_binding(bot: BotRef) -> dict[str, Any]:
@@ -208,10 +248,12 @@ def render_bot_role_binding(bot: BotRef) -> dict[str, Any]:
 def render_state_configmap(bot: BotRef) -> dict[str, Any]:
     """The (empty) state ConfigMap; the bot fills it. Not owned by the TradingBot, so
     deleting the bot keeps its positions (SPEC §4)."""
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(bot, state_configmap_name(bot.name), owned=False,
-                              component="state"),
-            "data": {}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(bot, state_configmap_name(bot.name), owned=False, component="state"),
+        "data": {},
+    }
 
 
 def render_state_pvc(bot: BotRef, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,16 +264,22 @@ def render_state_pvc(bot: BotRef, spec: Mapping[str, Any]) -> dict[str, Any]:
     }
     if pvc.get("storageClassName"):
         claim["storageClassName"] = pvc["storageClassName"]
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": _meta(bot, state_pvc_name(bot.name), owned=False, component="state"),
-            "spec": claim}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(bot, state_pvc_name(bot.name), owned=False, component="state"),
+        "spec": claim,
+    }
 
 
 def render_lease(bot: BotRef) -> dict[str, Any]:
     """The fencing Lease, created unheld; only the trading process ever holds it."""
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": _meta(bot, lease_name(bot.name), owned=False, component="fencing"),
-            "spec": {}}
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": _meta(bot, lease_name(bot.name), owned=False, component="fencing"),
+        "spec": {},
+    }
 
 
 def render_bot_objects(bot: BotRef, spec: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -17,31 +17,39 @@ class OperatorSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     namespace: str | None = Field(
-        default=None, description="Watch only this namespace; all namespaces when unset.")
+        default=None, description="Watch only this namespace; all namespaces when unset."
+    )
     bot_image: str = Field(
         default="ghcr.io/r7/tradingbot:0.1.0",
         description="Image for bots whose spec.image is unset. Not part of the config hash, "
-                    "so changing it restarts no running bot.")
+        "so changing it restarts no running bot.",
+    )
     bot_command: tuple[str, ...] = Field(
-        default=("python", "-m", "tradingbot"), description="Bot container command.")
-    metrics_port: int = Field(default=8000, ge=0, le=65535,
-                              description="Operator /metrics port (0 disables).")
+        default=("python", "-m", "tradingbot"), description="Bot container command."
+    )
+    metrics_port: int = Field(
+        default=8000, ge=0, le=65535, description="Operator /metrics port (0 disables)."
+    )
     metrics_host: str = Field(default="0.0.0.0", description="Operator /metrics bind address.")
-    bot_metrics_port: int = Field(default=8080, ge=1, le=65535,
-                                  description="Port of the bot's /metrics, /healthz, /readyz.")
+    bot_metrics_port: int = Field(
+        default=8080, ge=1, le=65535, description="Port of the bot's /metrics, /healthz, /readyz."
+    )
     max_concurrent_restarts: int = Field(
-        default=0, ge=0, description="Bots restarting at once, operator-wide; 0 = unlimited.")
+        default=0, ge=0, description="Bots restarting at once, operator-wide; 0 = unlimited."
+    )
     ready_timeout_seconds: float = Field(
-        default=120.0, gt=0, description="A new bot pod not ready within this is a failed "
-                                         "attempt.")
-    state_mount_path: str = Field(default="/var/lib/tradingbot",
-                                  description="Where a PVC-backed bot's state volume mounts.")
+        default=120.0, gt=0, description="A new bot pod not ready within this is a failed attempt."
+    )
+    state_mount_path: str = Field(
+        default="/var/lib/tradingbot", description="Where a PVC-backed bot's state volume mounts."
+    )
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object)\
-            -> OperatorSettings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: object
+    ) -> OperatorSettings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for name, info in cls.model_fields.items():

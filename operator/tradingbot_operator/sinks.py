@@ -12,8 +12,9 @@ from tradingbot_operator.recorder import AuditEvent, InvolvedObject, Sink, kube_
 def kube_event_sink(api: KubeApi, host: str | None = None) -> Sink:
     reporter = host or socket.gethostname()
 
-    async def post_kube_event(event: AuditEvent, involved: InvolvedObject,
-                              now: dt.datetime) -> None:
+    async def post_kube_event(
+        event: AuditEvent, involved: InvolvedObject, now: dt.datetime
+    ) -> None:
         await api.create(kube_event_body(event, involved, now, reporter))
 
     return post_kube_event

@@ -14,10 +14,16 @@ from tests import kube
 
 
 @pytest.fixture(scope="session")
-def process_node(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) \
-        -> Iterator[ProcessNode]:
-    node = ProcessNode(cluster.kubeconfig, tmp_path_factory.mktemp("node"),
-                       server=cluster.server, ca_cert=cluster.pki.ca_cert, namespaces=set())
+def process_node(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessNode]:
+    node = ProcessNode(
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("node"),
+        server=cluster.server,
+        ca_cert=cluster.pki.ca_cert,
+        namespaces=set(),
+    )
     node.start()
     yield node
     node.stop(timeout=30)
@@ -34,6 +40,7 @@ def node_namespace(api_client: client.ApiClient, process_node: ProcessNode) -> I
     with contextlib.suppress(client.ApiException):
         for pod in core.list_namespaced_pod(name).items:
             core.delete_namespaced_pod(pod.metadata.name, name, grace_period_seconds=1)
-    kube.wait_for(lambda: not core.list_namespaced_pod(name).items, timeout=30,
-                  message=f"pods of {name} gone")
+    kube.wait_for(
+        lambda: not core.list_namespaced_pod(name).items, timeout=30, message=f"pods of {name} gone"
+    )
     process_node.namespaces.discard(name)

@@ -34,26 +34,41 @@ SERVER = textwrap.dedent("""
 
 def pod(name: str, **env: str) -> dict:
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
         "spec": {
             "serviceAccountName": "default",
             "terminationGracePeriodSeconds": 3,
-            "containers": [{
-                "name": "main", "image": "python", "command": ["python", "-c", SERVER],
-                "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
-                                   "periodSeconds": 1},
-                "env": [
-                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                    {"name": "MY_NAMESPACE",
-                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                    {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys",
-                                                                       "key": "apiKey"}}},
-                    {"name": "DATA", "value": "/data"},
-                    *({"name": k, "value": v} for k, v in env.items()),
-                ],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python",
+                    "command": ["python", "-c", SERVER],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/readyz", "port": "http"},
+                        "periodSeconds": 1,
+                    },
+                    "env": [
+                        {
+                            "name": "POD_IP",
+                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                        },
+                        {
+                            "name": "MY_NAMESPACE",
+                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                        },
+                        {
+                            "name": "API_KEY",
+                            "valueFrom": {"secretKeyRef": {"name": "keys", "key": "apiKey"}},
+                        },
+                        {"name": "DATA", "value": "/data"},
+                        *({"name": k, "value": v} for k, v in env.items()),
+                    ],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
             "volumes": [{"name": "data", "emptyDir": {}}],
         },
     }
@@ -75,12 +90,17 @@ def get_env(p: client.V1Pod) -> dict:
 
 @pytest.fixture
 def keys(core_api: client.CoreV1Api, node_namespace: str) -> None:
-    core_api.create_namespaced_secret(node_namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="keys"), string_data={"apiKey": "k-123"}))
+    core_api.create_namespaced_secret(
+        node_namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="keys"), string_data={"apiKey": "k-123"}),
+    )
 
 
 def test_pods_run_as_processes_with_their_own_ip_env_and_readiness(
-    core_api: client.CoreV1Api, node_namespace: str, keys: None, process_node: ProcessNode,
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
+    process_node: ProcessNode,
 ) -> None:
     for name in ("one", "two"):
         core_api.create_namespaced_pod(node_namespace, pod(name))
@@ -96,7 +116,10 @@ def test_pods_run_as_processes_with_their_own_ip_env_and_readiness(
 
 
 def test_the_pod_token_carries_exactly_its_service_account_rbac(
-    core_api: client.CoreV1Api, node_namespace: str, keys: None, api_client: client.ApiClient,
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
+    api_client: client.ApiClient,
 ) -> None:
     core_api.create_namespaced_pod(node_namespace, pod("whoami"))
     p = ready_pod(core_api, node_namespace, "whoami")
@@ -111,34 +134,57 @@ def test_the_pod_token_carries_exactly_its_service_account_rbac(
 
 
 def test_deletion_sends_sigterm_then_removes_the_pod(
-    core_api: client.CoreV1Api, node_namespace: str, keys: None,
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
 ) -> None:
     core_api.create_namespaced_pod(node_namespace, pod("graceful"))
     p = ready_pod(core_api, node_namespace, "graceful")
     data_dir = get_env(p)["DATA"]
     core_api.delete_namespaced_pod("graceful", node_namespace)
-    kube.wait_for(lambda: not [x for x in core_api.list_namespaced_pod(node_namespace).items
-                               if x.metadata.name == "graceful"],
-                  timeout=15, message="pod removed by the node")
+    kube.wait_for(
+        lambda: (
+            not [
+                x
+                for x in core_api.list_namespaced_pod(node_namespace).items
+                if x.metadata.name == "graceful"
+            ]
+        ),
+        timeout=15,
+        message="pod removed by the node",
+    )
     with open(f"{data_dir}/sigterm") as marker:
         assert marker.read() == "got it"
 
 
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(
-    core_api: client.CoreV1Api, node_namespace: str, keys: None,
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
 ) -> None:
     core_api.create_namespaced_pod(node_namespace, pod("stubborn", IGNORE_TERM="1"))
     ready_pod(core_api, node_namespace, "stubborn")
     started = time.monotonic()
     core_api.delete_namespaced_pod("stubborn", node_namespace)
-    kube.wait_for(lambda: not [x for x in core_api.list_namespaced_pod(node_namespace).items
-                               if x.metadata.name == "stubborn"],
-                  timeout=20, message="pod removed after SIGKILL")
+    kube.wait_for(
+        lambda: (
+            not [
+                x
+                for x in core_api.list_namespaced_pod(node_namespace).items
+                if x.metadata.name == "stubborn"
+            ]
+        ),
+        timeout=20,
+        message="pod removed after SIGKILL",
+    )
     assert time.monotonic() - started >= 3  # waited the grace period first
 
 
 def test_a_crashed_container_is_restarted_and_counted(
-    core_api: client.CoreV1Api, node_namespace: str, keys: None, process_node: ProcessNode,
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
+    process_node: ProcessNode,
 ) -> None:
     core_api.create_namespaced_pod(node_namespace, pod("crashy"))
     ready_pod(core_api, node_namespace, "crashy")
@@ -149,4 +195,5 @@ def test_a_crashed_container_is_restarted_and_counted(
         p = core_api.read_namespaced_pod("crashy", node_namespace)
         status = p.status.container_statuses[0]
         return status.restart_count == 1 and status.ready
+
     kube.wait_for(restarted, timeout=30, message="container restarted and ready")

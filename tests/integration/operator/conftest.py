@@ -32,19 +32,24 @@ def census(api_client: client.ApiClient, namespace: str) -> Iterator[PodCensus]:
     yield thread
     thread.stop()
     assert all(n <= 1 for n in thread.max_per_bot.values()), (
-        f"two pods of one bot existed at once: {thread.max_per_bot}")
+        f"two pods of one bot existed at once: {thread.max_per_bot}"
+    )
 
 
 @pytest.fixture
 def start_operator(
-    kubeconfig: Path, namespace: str, tmp_path: Path, apply_crds: list[str],
+    kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+    apply_crds: list[str],
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
     def _start(*args: str, **env: str) -> OperatorProcess:
-        proc = OperatorProcess(kubeconfig, namespace, tmp_path / f"operator-{len(started)}.log",
-                               args=args)
+        proc = OperatorProcess(
+            kubeconfig, namespace, tmp_path / f"operator-{len(started)}.log", args=args
+        )
         started.append(proc)
         return proc.start(**env)
 

@@ -20,17 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
+from tradingbot_operator.api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 
 from localkube.cluster import free_port
-from tradingbot_operator.api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 from tests import kube
 
 
 class OperatorProcess:
     """`python -m tradingbot_operator` for one namespace, killable at will."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path,
-                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
@@ -43,9 +49,19 @@ class OperatorProcess:
         environ = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env, **env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tradingbot_operator", "--namespace", self.namespace,
-                 "--metrics-port", str(self.metrics_port), *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=environ,
+                [
+                    sys.executable,
+                    "-m",
+                    "tradingbot_operator",
+                    "--namespace",
+                    self.namespace,
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environ,
             )
         kube.wait_for(self._serving, timeout=30, message="operator metrics endpoint")
         return self
@@ -135,13 +151,21 @@ class Kubelet(threading.Thread):
         ready = "False" if self.crash else "True"
         status = {
             "phase": "Running",
-            "conditions": [{"type": "Ready", "status": ready},
-                           {"type": "ContainersReady", "status": ready}],
-            "containerStatuses": [{
-                "name": "bot", "ready": not self.crash, "restartCount": 5 if self.crash else 0,
-                "image": "bot", "imageID": "", "started": True,
-                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
-            }],
+            "conditions": [
+                {"type": "Ready", "status": ready},
+                {"type": "ContainersReady", "status": ready},
+            ],
+            "containerStatuses": [
+                {
+                    "name": "bot",
+                    "ready": not self.crash,
+                    "restartCount": 5 if self.crash else 0,
+                    "image": "bot",
+                    "imageID": "",
+                    "started": True,
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                }
+            ],
         }
         with contextlib.suppress(client.ApiException):
             self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
@@ -170,8 +194,11 @@ class PodCensus(threading.Thread):
         while not self._stop.is_set():
             with contextlib.suppress(Exception):
                 for event in self._watch.stream(
-                    self.core.list_namespaced_pod, self.namespace, resource_version=rv,
-                    label_selector=LABEL_BOT, timeout_seconds=5,
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    resource_version=rv,
+                    label_selector=LABEL_BOT,
+                    timeout_seconds=5,
                 ):
                     pod = event["object"]
                     rv = pod.metadata.resource_version
@@ -195,8 +222,12 @@ def bot_manifest(name: str, spec: dict[str, Any], **annotations: str) -> dict[st
     meta: dict[str, Any] = {"name": name}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": f"{API_GROUP}/{VERSION}", "kind": "TradingBot", "metadata": meta,
-            "spec": spec}
+    return {
+        "apiVersion": f"{API_GROUP}/{VERSION}",
+        "kind": "TradingBot",
+        "metadata": meta,
+        "spec": spec,
+    }
 
 
 class Bots:
@@ -208,34 +239,48 @@ class Bots:
         self.namespace = namespace
 
     def create(self, name: str, spec: dict[str, Any], **annotations: str) -> dict[str, Any]:
-        return dict(self.custom.create_namespaced_custom_object(
-            API_GROUP, VERSION, self.namespace, PLURAL, bot_manifest(name, spec, **annotations)))
+        return dict(
+            self.custom.create_namespaced_custom_object(
+                API_GROUP, VERSION, self.namespace, PLURAL, bot_manifest(name, spec, **annotations)
+            )
+        )
 
     def get(self, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(API_GROUP, VERSION, self.namespace,
-                                                             PLURAL, name))
+        return dict(
+            self.custom.get_namespaced_custom_object(
+                API_GROUP, VERSION, self.namespace, PLURAL, name
+            )
+        )
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL,
-                                                   name, patch)
+        self.custom.patch_namespaced_custom_object(
+            API_GROUP, VERSION, self.namespace, PLURAL, name, patch
+        )
 
     def annotate(self, name: str, **annotations: str | None) -> None:
         self.patch(name, {"metadata": {"annotations": annotations}})
 
     def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL,
-                                                    name)
+        self.custom.delete_namespaced_custom_object(
+            API_GROUP, VERSION, self.namespace, PLURAL, name
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.get(name).get("status") or {})
 
     def pods(self, name: str) -> list[client.V1Pod]:
-        return list(self.core.list_namespaced_pod(
-            self.namespace, label_selector=f"{LABEL_BOT}={name}").items)
+        return list(
+            self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"{LABEL_BOT}={name}"
+            ).items
+        )
 
     def events(self, name: str) -> list[client.CoreV1Event]:
-        return [e for e in self.core.list_namespaced_event(self.namespace).items
-                if e.involved_object.name == name and e.involved_object.kind == "TradingBot"]
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.namespace).items
+            if e.involved_object.name == name and e.involved_object.kind == "TradingBot"
+        ]
 
     def reasons(self, name: str) -> list[str]:
         # Event timestamps have one-second precision; etcd revisions order creations exactly.
@@ -249,8 +294,9 @@ class Bots:
 
         return dict(kube.wait_for(reached, timeout=timeout, message=f"{name} phase {phase}"))
 
-    def wait_running_with(self, name: str, config_hash: str | None = None,
-                          timeout: float = 30) -> dict[str, Any]:
+    def wait_running_with(
+        self, name: str, config_hash: str | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             status = self.status(name)
             if status.get("phase") != "Running" or status.get("pendingAction"):

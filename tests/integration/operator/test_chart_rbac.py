@@ -23,21 +23,38 @@ CHART = binaries.REPO_ROOT / "helm" / "tradingbot-operator"
 def render_chart(namespace: str, **values: str) -> list[dict]:
     sets = [f"--set={k}={v}" for k, v in values.items()]
     out = subprocess.run(
-        [str(binaries.require_binary("helm")), "template", "tb", str(CHART),
-         "--namespace", namespace, "--kube-version", binaries.read_versions()[
-             "KUBERNETES_VERSION"], *sets],
-        check=True, capture_output=True, text=True, timeout=60,
+        [
+            str(binaries.require_binary("helm")),
+            "template",
+            "tb",
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            binaries.read_versions()["KUBERNETES_VERSION"],
+            *sets,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 @pytest.fixture
 def chart_operator(
-    cluster: LocalCluster, api_client: client.ApiClient, namespace: str, tmp_path: Path,
+    cluster: LocalCluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
     apply_crds: list[str],
 ) -> Callable[[], OperatorProcess]:
-    identity = [d for d in render_chart(namespace, watchNamespace=namespace)
-                if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    identity = [
+        d
+        for d in render_chart(namespace, watchNamespace=namespace)
+        if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+    ]
     assert {d["kind"] for d in identity} == {"ServiceAccount", "Role", "RoleBinding"}
     kube.apply(api_client, identity)
     sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
@@ -55,31 +72,54 @@ def chart_operator(
 
 
 def test_operator_with_the_chart_role_runs_restarts_and_deletes_a_live_bot(
-    chart_operator: Callable[[], OperatorProcess], bots: Bots, kubelet: Kubelet,
-    census: PodCensus, core_api: client.CoreV1Api,
+    chart_operator: Callable[[], OperatorProcess],
+    bots: Bots,
+    kubelet: Kubelet,
+    census: PodCensus,
+    core_api: client.CoreV1Api,
 ) -> None:
-    core_api.create_namespaced_secret(bots.namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="exchange-keys"),
-        string_data={"apiKey": "k", "secret": "s"}))
+    core_api.create_namespaced_secret(
+        bots.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="exchange-keys"),
+            string_data={"apiKey": "k", "secret": "s"},
+        ),
+    )
     spec = copy.deepcopy(VALID_BASE_SPEC)
-    spec["exchange"] = {"id": "binance", "mode": "sandbox",
-                        "credentialsSecretRef": {"name": "exchange-keys"}}
+    spec["exchange"] = {
+        "id": "binance",
+        "mode": "sandbox",
+        "credentialsSecretRef": {"name": "exchange-keys"},
+    }
     op = chart_operator()
     bots.create("bot-a", spec)
     bots.wait_running_with("bot-a")
     bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 4}}})
-    kube.wait_for(lambda: bots.status("bot-a").get("restarts", {}).get("total") == 1,
-                  timeout=30, message="restart with the chart's permissions")
+    kube.wait_for(
+        lambda: bots.status("bot-a").get("restarts", {}).get("total") == 1,
+        timeout=30,
+        message="restart with the chart's permissions",
+    )
     bots.delete("bot-a")
-    kube.wait_for(lambda: not [b for b in bots.custom.list_namespaced_custom_object(
-        "trading.r7.dev", "v1alpha1", bots.namespace, "tradingbots")["items"]],
-        timeout=30, message="finalizer released")
+    kube.wait_for(
+        lambda: (
+            not [
+                b
+                for b in bots.custom.list_namespaced_custom_object(
+                    "trading.r7.dev", "v1alpha1", bots.namespace, "tradingbots"
+                )["items"]
+            ]
+        ),
+        timeout=30,
+        message="finalizer released",
+    )
     assert op.metric("tradingbot_operator_reconcile_errors_total") == 0, op.logs()
 
 
 def test_chart_crd_is_the_crd_in_crds() -> None:
     assert (CHART / "crds" / "tradingbots.trading.r7.dev.yaml").read_text() == (
-        binaries.REPO_ROOT / "crds" / "tradingbots.trading.r7.dev.yaml").read_text()
+        binaries.REPO_ROOT / "crds" / "tradingbots.trading.r7.dev.yaml"
+    ).read_text()
 
 
 def test_chart_renders_a_single_recreate_operator_under_restricted_security() -> None:

@@ -11,8 +11,9 @@ from tests.integration.invalid_specs import INVALID_SPECS
 from tests.integration.operator.harness import Bots
 
 
-@pytest.mark.parametrize(("sentence", "spec", "field"), INVALID_SPECS,
-                         ids=[case[0] for case in INVALID_SPECS])
+@pytest.mark.parametrize(
+    ("sentence", "spec", "field"), INVALID_SPECS, ids=[case[0] for case in INVALID_SPECS]
+)
 def test_invalid_spec_is_rejected_naming_the_field(
     bots: Bots, sentence: str, spec: dict, field: str
 ) -> None:

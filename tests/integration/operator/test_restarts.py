@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+from tradingbot_operator.failpoints import POINTS
 
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
-from tradingbot_operator.failpoints import POINTS
 
 
 def base_spec(**restart_policy: int) -> dict:
@@ -45,22 +45,36 @@ def test_ten_patches_in_one_second_make_exactly_one_restart(
     before = start_bot(bots, coalesceSeconds=2)
     started = time.monotonic()
     for i in range(10):
-        bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 3 + i},
-                                      "strategy": {"params": {"window": 10 + i}}}})
+        bots.patch(
+            "bot-a",
+            {
+                "spec": {
+                    "risk": {"maxOpenPositions": 3 + i},
+                    "strategy": {"params": {"window": 10 + i}},
+                }
+            },
+        )
         time.sleep(0.08)
     assert time.monotonic() - started < 1.5
     after = kube.wait_for(
-        lambda: (s := bots.status("bot-a")).get("restarts", {}).get("total") == 1
-        and s.get("phase") == "Running" and s,
-        timeout=30, message="one completed restart")
+        lambda: (
+            (s := bots.status("bot-a")).get("restarts", {}).get("total") == 1
+            and s.get("phase") == "Running"
+            and s
+        ),
+        timeout=30,
+        message="one completed restart",
+    )
     time.sleep(3)  # nothing else may follow
     status = bots.status("bot-a")
     assert status["restarts"]["total"] == 1
     assert status["configHash"] != before["configHash"]
     last = after["restarts"]["last"]
     assert last["result"] == "succeeded"
-    assert sorted(last["changedFields"]) == ["spec.risk.maxOpenPositions",
-                                             "spec.strategy.params.window"]
+    assert sorted(last["changedFields"]) == [
+        "spec.risk.maxOpenPositions",
+        "spec.strategy.params.window",
+    ]
     assert last["durationSeconds"] >= 0
     reasons = bots.reasons("bot-a")
     assert reasons.count("RestartStarted") == 1
@@ -72,11 +86,11 @@ def test_ten_patches_in_one_second_make_exactly_one_restart(
     # intermediate versions the operator observes depends on timing, the last one does not.
     assert all("spec.risk.maxOpenPositions: 2 -> " in e.message for e in changed)
     assert any("spec.risk.maxOpenPositions: 2 -> 12" in e.message for e in changed)
-    assert operator.metric("tradingbot_operator_restarts_total", bot="bot-a",
-                           result="succeeded") == 1
+    assert (
+        operator.metric("tradingbot_operator_restarts_total", bot="bot-a", result="succeeded") == 1
+    )
     assert operator.metric("tradingbot_operator_coalesced_changes_total", bot="bot-a") >= 1
-    assert operator.metric("tradingbot_operator_restart_duration_seconds_count",
-                           bot="bot-a") == 1
+    assert operator.metric("tradingbot_operator_restart_duration_seconds_count", bot="bot-a") == 1
 
 
 def test_an_edit_reverted_inside_the_window_restarts_nothing(
@@ -86,8 +100,9 @@ def test_an_edit_reverted_inside_the_window_restarts_nothing(
     bots.patch("bot-a", {"spec": {"symbols": ["BTC/USDT"]}})
     kube.wait_for(lambda: bots.status("bot-a").get("pendingAction"), message="pending")
     bots.patch("bot-a", {"spec": {"symbols": ["BTC/USDT", "ETH/USDT"]}})
-    kube.wait_for(lambda: not bots.status("bot-a").get("pendingAction"),
-                  message="pending cancelled")
+    kube.wait_for(
+        lambda: not bots.status("bot-a").get("pendingAction"), message="pending cancelled"
+    )
     time.sleep(4)
     assert bots.status("bot-a").get("restarts", {}).get("total", 0) == 0
     assert len(census.created["bot-a"]) == 1
@@ -96,16 +111,20 @@ def test_an_edit_reverted_inside_the_window_restarts_nothing(
 
 @pytest.mark.parametrize("point", POINTS)
 def test_operator_killed_at_each_step_of_a_restart_finishes_it_with_one_pod(
-    point: str, bots: Bots, start_operator: Callable[..., OperatorProcess],
-    kubelet: Kubelet, census: PodCensus,
+    point: str,
+    bots: Bots,
+    start_operator: Callable[..., OperatorProcess],
+    kubelet: Kubelet,
+    census: PodCensus,
 ) -> None:
     first = start_operator()
     before = start_bot(bots, coalesceSeconds=1)
     first.stop()
     doomed = start_operator(TRADINGBOT_OPERATOR_FAILPOINT=point)
     bots.patch("bot-a", {"spec": {"symbols": ["BTC/USDT", "SOL/USDT"]}})
-    kube.wait_for(lambda: doomed.exited() is not None, timeout=30,
-                  message=f"operator to die at {point}")
+    kube.wait_for(
+        lambda: doomed.exited() is not None, timeout=30, message=f"operator to die at {point}"
+    )
     assert doomed.exited() == -9
     start_operator()
     status = bots.wait_running_with("bot-a", timeout=40)
@@ -117,7 +136,9 @@ def test_operator_killed_at_each_step_of_a_restart_finishes_it_with_one_pod(
 
 
 def test_a_kill_at_a_random_moment_during_restarts_never_yields_two_pods(
-    bots: Bots, start_operator: Callable[..., OperatorProcess], kubelet: Kubelet,
+    bots: Bots,
+    start_operator: Callable[..., OperatorProcess],
+    kubelet: Kubelet,
     census: PodCensus,
 ) -> None:
     op = start_operator()
@@ -135,11 +156,22 @@ def test_the_restart_annotation_restarts_once_and_records_the_reason(
     bots: Bots, operator: OperatorProcess, kubelet: Kubelet, census: PodCensus
 ) -> None:
     start_bot(bots, coalesceSeconds=1)
-    bots.annotate("bot-a", **{"trading.r7.dev/restartedAt": "2026-11-29T10:00:00Z",
-                              "trading.r7.dev/restart-reason": "rotate exchange keys"})
+    bots.annotate(
+        "bot-a",
+        **{
+            "trading.r7.dev/restartedAt": "2026-11-29T10:00:00Z",
+            "trading.r7.dev/restart-reason": "rotate exchange keys",
+        },
+    )
     status = kube.wait_for(
-        lambda: (s := bots.status("bot-a")).get("restarts", {}).get("total") == 1
-        and s["phase"] == "Running" and s, timeout=30, message="restart")
+        lambda: (
+            (s := bots.status("bot-a")).get("restarts", {}).get("total") == 1
+            and s["phase"] == "Running"
+            and s
+        ),
+        timeout=30,
+        message="restart",
+    )
     assert status["restarts"]["last"]["reason"] == "rotate exchange keys"
     assert status["restarts"]["last"]["changedFields"] == []
     # The same annotation value again is no new request.
@@ -147,8 +179,11 @@ def test_the_restart_annotation_restarts_once_and_records_the_reason(
     time.sleep(3)
     assert bots.status("bot-a")["restarts"]["total"] == 1
     bots.annotate("bot-a", **{"kubectl.kubernetes.io/restartedAt": "2026-11-29T10:05:00Z"})
-    kube.wait_for(lambda: bots.status("bot-a")["restarts"]["total"] == 2, timeout=30,
-                  message="kubectl rollout-style restart")
+    kube.wait_for(
+        lambda: bots.status("bot-a")["restarts"]["total"] == 2,
+        timeout=30,
+        message="kubectl rollout-style restart",
+    )
 
 
 def test_hourly_rate_limit_defers_the_restart_and_says_so(
@@ -156,13 +191,15 @@ def test_hourly_rate_limit_defers_the_restart_and_says_so(
 ) -> None:
     start_bot(bots, coalesceSeconds=0, maxRestartsPerHour=1)
     bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 3}}})
-    kube.wait_for(lambda: bots.status("bot-a").get("restarts", {}).get("total") == 1,
-                  message="first restart")
+    kube.wait_for(
+        lambda: bots.status("bot-a").get("restarts", {}).get("total") == 1, message="first restart"
+    )
     bots.wait_running_with("bot-a")
     bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 4}}})
     pending = kube.wait_for(
         lambda: (bots.status("bot-a").get("pendingAction") or {}).get("notBefore"),
-        message="deferred restart")
+        message="deferred restart",
+    )
     assert pending
     assert "RateLimited" in bots.reasons("bot-a")
     assert bots.status("bot-a")["restarts"]["total"] == 1
@@ -170,7 +207,9 @@ def test_hourly_rate_limit_defers_the_restart_and_says_so(
 
 
 def test_a_bot_that_never_becomes_ready_ends_failed_and_degraded(
-    bots: Bots, start_operator: Callable[..., OperatorProcess], kubelet: Kubelet,
+    bots: Bots,
+    start_operator: Callable[..., OperatorProcess],
+    kubelet: Kubelet,
     census: PodCensus,
 ) -> None:
     start_operator("--ready-timeout", "1")

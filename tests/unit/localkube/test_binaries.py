@@ -33,8 +33,9 @@ def test_cache_is_keyed_by_component_and_version(
 
 
 def test_kube_apiserver_is_stamped_with_the_pinned_version() -> None:
-    kube = binaries.components({"KUBERNETES_VERSION": "1.37.2", "ETCD_VERSION": "3.6.16",
-                                "HELM_VERSION": "3.22.0"})[1]
+    kube = binaries.components(
+        {"KUBERNETES_VERSION": "1.37.2", "ETCD_VERSION": "3.6.16", "HELM_VERSION": "3.22.0"}
+    )[1]
     assert "-X k8s.io/component-base/version.gitVersion=v1.37.2" in kube.ldflags
     assert "-X k8s.io/component-base/version.gitMinor=37" in kube.ldflags
     assert kube.programs == ("kube-apiserver", "kubectl")
@@ -97,7 +98,10 @@ def test_committed_kube_gomod_replaces_the_same_modules_as_the_generator_would()
     gomod = (binaries.TOOLS_DIR / "kube" / "go.mod").read_text()
     version = binaries.read_versions()["KUBERNETES_VERSION"]
     _, minor, patch = version.split(".")
-    replaced = [line.split()[0] for line in gomod.splitlines()
-                if f"=> k8s.io/" in line and line.strip().endswith(f"v0.{minor}.{patch}")]
+    replaced = [
+        line.split()[0]
+        for line in gomod.splitlines()
+        if "=> k8s.io/" in line and line.strip().endswith(f"v0.{minor}.{patch}")
+    ]
     assert len(replaced) == 33
     assert f"k8s.io/kubernetes v{version}" in gomod

@@ -41,8 +41,9 @@ def test_existing_material_is_kept_so_kubeconfigs_stay_valid(tmp_path: Path) -> 
 
 def test_kubeconfig_is_self_contained_and_private(tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki").ensure()
-    path = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:6443", pki.ca_cert, "me",
-                            token="t0k3n", namespace="ns1")
+    path = write_kubeconfig(
+        tmp_path / "kc", "https://127.0.0.1:6443", pki.ca_cert, "me", token="t0k3n", namespace="ns1"
+    )
     config = yaml.safe_load(path.read_text())
     assert config["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     assert config["users"][0]["user"] == {"token": "t0k3n"}

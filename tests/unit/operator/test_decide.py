@@ -204,8 +204,7 @@ def test_suspend_stops_gracefully_then_resume_starts_again() -> None:
     assert world.phase == "Running"
     assert world.creates() == 1
     assert world.status.get("restarts", {}).get("total", 0) == 0
-    assert [r for r in world.reasons() if r in ("Stopped", "Resumed")] == ["Stopped",
-                                                                          "Resumed"]
+    assert [r for r in world.reasons() if r in ("Stopped", "Resumed")] == ["Stopped", "Resumed"]
 
 
 def test_halt_stops_at_once_ignoring_window_rate_limit_and_slots() -> None:

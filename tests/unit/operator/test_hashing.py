@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tradingbot_operator.hashing import changed_fields, config_hash, restart_token
 from tradingbot_operator.reconcile import SPEC_DEFAULTS, spec_changes
+
+from tests.integration.invalid_specs import VALID_BASE_SPEC
 
 
 def h(spec: dict, annotations: dict | None = None) -> str:
@@ -26,25 +26,31 @@ def edited(**paths: object) -> dict:
     return spec
 
 
-@pytest.mark.parametrize("path,value", [
-    ("profile", "meme"),
-    ("symbols", ["BTC/USDT"]),
-    ("risk__stopLossPct", 5.0),
-    ("strategy__params", {"window": 20}),
-    ("image", "registry.example/bot:2"),
-    ("restartPolicy__gracePeriodSeconds", 60),
-    ("exchange__id", "kraken"),
-])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("profile", "meme"),
+        ("symbols", ["BTC/USDT"]),
+        ("risk__stopLossPct", 5.0),
+        ("strategy__params", {"window": 20}),
+        ("image", "registry.example/bot:2"),
+        ("restartPolicy__gracePeriodSeconds", 60),
+        ("exchange__id", "kraken"),
+    ],
+)
 def test_fields_that_shape_the_pod_change_the_hash(path: str, value: object) -> None:
     assert h(edited(**{path: value})) != h(VALID_BASE_SPEC)
 
 
-@pytest.mark.parametrize("path,value", [
-    ("suspend", True),
-    ("restartPolicy__coalesceSeconds", 30),
-    ("restartPolicy__maxAttempts", 9),
-    ("restartPolicy__maxRestartsPerHour", 2),
-])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("suspend", True),
+        ("restartPolicy__coalesceSeconds", 30),
+        ("restartPolicy__maxAttempts", 9),
+        ("restartPolicy__maxRestartsPerHour", 2),
+    ],
+)
 def test_fields_that_only_tune_the_operator_do_not(path: str, value: object) -> None:
     assert h(edited(**{path: value})) == h(VALID_BASE_SPEC)
 
@@ -66,8 +72,9 @@ def test_key_order_does_not_matter() -> None:
 def test_a_restart_annotation_changes_the_hash_and_the_same_value_does_not_again() -> None:
     first = h(VALID_BASE_SPEC, {"trading.r7.dev/restartedAt": "2026-11-29T10:00:00Z"})
     assert first != h(VALID_BASE_SPEC)
-    assert first == h(VALID_BASE_SPEC, {"trading.r7.dev/restartedAt": "2026-11-29T10:00:00Z",
-                                        "unrelated": "x"})
+    assert first == h(
+        VALID_BASE_SPEC, {"trading.r7.dev/restartedAt": "2026-11-29T10:00:00Z", "unrelated": "x"}
+    )
     assert restart_token({"kubectl.kubernetes.io/restartedAt": "t"}) == "|t"
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tradingbot_operator.render import (
     BotRef,
     render_bot_objects,
     render_bot_pod,
 )
 from tradingbot_operator.settings import OperatorSettings
+
+from tests.integration.invalid_specs import VALID_BASE_SPEC
 
 GOLDEN = Path(__file__).parent / "golden"
 BOT = BotRef(namespace="trading", name="bot-medio", uid="0a1b2c3d-0000-4000-8000-000000000001")
@@ -28,15 +28,19 @@ SETTINGS = OperatorSettings(bot_image="ghcr.io/r7/tradingbot:test")
 def pvc_spec() -> dict:
     spec = copy.deepcopy(VALID_BASE_SPEC)
     spec["state"] = {"backend": "pvc", "pvc": {"size": "2Gi", "storageClassName": "fast"}}
-    spec["exchange"] = {"id": "kraken", "mode": "live",
-                        "credentialsSecretRef": {"name": "kraken-keys"}}
+    spec["exchange"] = {
+        "id": "kraken",
+        "mode": "live",
+        "credentialsSecretRef": {"name": "kraken-keys"},
+    }
     spec["nodeSelector"] = {"pool": "trading"}
     return spec
 
 
 CASES = {
-    "pod-configmap-state": lambda: render_bot_pod(BOT, VALID_BASE_SPEC, "0123456789abcdef",
-                                                  SETTINGS),
+    "pod-configmap-state": lambda: render_bot_pod(
+        BOT, VALID_BASE_SPEC, "0123456789abcdef", SETTINGS
+    ),
     "pod-pvc-state-live": lambda: render_bot_pod(BOT, pvc_spec(), "fedcba9876543210", SETTINGS),
     "objects-configmap-state": lambda: render_bot_objects(BOT, VALID_BASE_SPEC),
     "objects-pvc-state-live": lambda: render_bot_objects(BOT, pvc_spec()),
@@ -68,8 +72,12 @@ def test_pod_meets_the_restricted_pod_security_profile() -> None:
 def test_the_operator_default_image_is_not_part_of_the_pod_identity() -> None:
     """Upgrading the operator (new default image) must not rename or re-hash running pods."""
     a = render_bot_pod(BOT, VALID_BASE_SPEC, "0123456789abcdef", SETTINGS)
-    b = render_bot_pod(BOT, VALID_BASE_SPEC, "0123456789abcdef",
-                       OperatorSettings(bot_image="ghcr.io/r7/tradingbot:99"))
+    b = render_bot_pod(
+        BOT,
+        VALID_BASE_SPEC,
+        "0123456789abcdef",
+        OperatorSettings(bot_image="ghcr.io/r7/tradingbot:99"),
+    )
     assert a["metadata"] == b["metadata"]
 
 
@@ -80,8 +88,14 @@ def test_the_bot_role_names_every_object_it_may_touch() -> None:
             assert rule.get("resourceNames"), rule
         assert "delete" not in rule["verbs"] and "*" not in rule["verbs"]
     secrets = [r for r in role["rules"] if r["resources"] == ["secrets"]]
-    assert secrets == [{"apiGroups": [""], "resources": ["secrets"],
-                        "resourceNames": ["kraken-keys"], "verbs": ["get"]}]
+    assert secrets == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["kraken-keys"],
+            "verbs": ["get"],
+        }
+    ]
 
 
 def test_state_objects_are_not_owned_by_the_bot_so_deletion_keeps_them() -> None:

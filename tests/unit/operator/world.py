@@ -40,8 +40,13 @@ def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 class World:
     def __init__(self, name: str = "bot-a", desired: str = "h1", **policy: Any) -> None:
         self.now = T0
-        self.bot = BotFacts(namespace="ns", name=name, desired_hash=desired, status={},
-                            policy=RestartPolicy(**policy))
+        self.bot = BotFacts(
+            namespace="ns",
+            name=name,
+            desired_hash=desired,
+            status={},
+            policy=RestartPolicy(**policy),
+        )
         self.pods: list[PodFacts] = []
         self.decisions: list[Decision] = []
         self.limits = OperatorLimits()
@@ -54,14 +59,21 @@ class World:
         self.bot = dataclasses.replace(self.bot, status=merge(dict(self.bot.status), d.status))
         for action in d.actions:
             if isinstance(action, DeletePod):
-                self.pods = [dataclasses.replace(p, deleting=True) if p.uid == action.uid else p
-                             for p in self.pods]
+                self.pods = [
+                    dataclasses.replace(p, deleting=True) if p.uid == action.uid else p
+                    for p in self.pods
+                ]
             elif isinstance(action, CreatePod):
                 assert not self.pods, "created a pod while another exists"
                 self._serial += 1
-                self.pods.append(PodFacts(name=f"{self.bot.name}-{self._serial}",
-                                          uid=f"uid-{self._serial}",
-                                          config_hash=action.config_hash, created_at=self.now))
+                self.pods.append(
+                    PodFacts(
+                        name=f"{self.bot.name}-{self._serial}",
+                        uid=f"uid-{self._serial}",
+                        config_hash=action.config_hash,
+                        created_at=self.now,
+                    )
+                )
         return d
 
     def settle(self, max_steps: int = 20) -> None:
@@ -77,7 +89,8 @@ class World:
     # the world ---------------------------------------------------------------------------
     def edit(self, desired: str, *changes: str) -> None:
         self.bot = dataclasses.replace(
-            self.bot, desired_hash=desired,
+            self.bot,
+            desired_hash=desired,
             changes=tuple(FieldChange(c, "old", "new") for c in changes),
         )
 
@@ -88,12 +101,10 @@ class World:
         self.now += dt.timedelta(seconds=seconds)
 
     def make_ready(self) -> None:
-        self.pods = [dataclasses.replace(p, ready=True) if not p.deleting else p
-                     for p in self.pods]
+        self.pods = [dataclasses.replace(p, ready=True) if not p.deleting else p for p in self.pods]
 
     def crash(self, restarts: int = 3) -> None:
-        self.pods = [dataclasses.replace(p, ready=False, restart_count=restarts)
-                     for p in self.pods]
+        self.pods = [dataclasses.replace(p, ready=False, restart_count=restarts) for p in self.pods]
 
     def finish_deletions(self) -> None:
         self.pods = [p for p in self.pods if not p.deleting]
