@@ -41,10 +41,14 @@ test-integration: tools
 test-e2e: tools
 	$(PY) -m pytest tests/e2e
 
-lint: setup ## ruff, mypy
+HELM_BIN = $(PY) -c 'from localkube.binaries import require_binary as r; print(r("helm"))'
+
+lint: tools ## ruff, mypy, helm lint, CRD/chart agreement
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	"$$($(HELM_BIN))" lint --strict helm/tradingbot-operator
+	diff -u crds/tradingbots.trading.r7.dev.yaml helm/tradingbot-operator/crds/tradingbots.trading.r7.dev.yaml
 
 bench: tools ## benchmarks; results written to docs/benchmarks.md
 	$(PY) -m benchmarks
