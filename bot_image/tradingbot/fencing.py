@@ -1,0 +1,297 @@
+"""Fencing: at most one process trades for a bot, by holding the Lease `<bot>-trader`.
+
+A process trades only while it holds the Lease (coordination.k8s.io/v1). It renews every
+`renew_interval` seconds; if it cannot renew for `renew_deadline` seconds (shorter than the
+lease duration) it considers the Lease lost and stops trading, before anyone else may take it.
+
+Another process takes the Lease only when it is absent, released (no holder), or expired.
+Expiry is judged the way client-go's leader election does: by how long this process has seen
+the same resourceVersion, on its own monotonic clock, so clock skew between nodes cannot make
+two holders. Every write carries the resourceVersion it read, so two contenders cannot both
+win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tradingbot.clock import micro_time
+from tradingbot.constants import LABEL_BOT
+from tradingbot.kube import KubeApi, KubeApiError, arequest, namespaced_path
+
+log = logging.getLogger(__name__)
+
+LEASE_GROUP_VERSION = "coordination.k8s.io/v1"
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """The parts of a Lease the decision needs."""
+
+    holder: str
+    duration_seconds: int
+    resource_version: str
+    transitions: int = 0
+    acquire_time: str = ""
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> LeaseView:
+        spec = obj.get("spec") or {}
+        return cls(
+            holder=spec.get("holderIdentity") or "",
+            duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
+            resource_version=str(obj["metadata"]["resourceVersion"]),
+            transitions=int(spec.get("leaseTransitions") or 0),
+            acquire_time=spec.get("acquireTime") or "",
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Since when (monotonic seconds) this process has seen `resource_version` unchanged."""
+
+    resource_version: str
+    since: float
+
+
+def observe(previous: Observation | None, view: LeaseView, now: float) -> Observation:
+    if previous is not None and previous.resource_version == view.resource_version:
+        return previous
+    return Observation(view.resource_version, now)
+
+
+def may_acquire(
+    view: LeaseView | None,
+    identity: str,
+    observation: Observation | None,
+    now: float,
+    default_duration: int,
+) -> tuple[bool, str]:
+    """Whether `identity` may take the Lease now, and why (for the log)."""
+    if view is None:
+        return True, "absent"
+    if not view.holder:
+        return True, "released"
+    if view.holder == identity:
+        return True, "already ours"
+    duration = view.duration_seconds or default_duration
+    if observation is not None and now - observation.since >= duration:
+        return True, f"expired (held by {view.holder}, unchanged for {duration}s)"
+    return False, f"held by {view.holder}"
+
+
+class LeaseLostError(Exception):
+    """The Lease is no longer ours: stop trading now."""
+
+
+class LeaseFence:
+    def __init__(
+        self,
+        api: KubeApi,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        bot: str = "",
+        duration_seconds: int = 15,
+        renew_interval: float = 5.0,
+        renew_deadline: float = 10.0,
+        retry_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not renew_interval < renew_deadline < duration_seconds:
+            raise ValueError("need renew_interval < renew_deadline < duration_seconds")
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.bot = bot
+        self.duration_seconds = duration_seconds
+        self.renew_interval = renew_interval
+        self.renew_deadline = renew_deadline
+        self.retry_interval = retry_interval
+        self.clock = clock
+        # A request must give up before the deadline it is racing against.
+        self.request_timeout = max(1.0, renew_deadline - renew_interval)
+        self.path = namespaced_path(LEASE_GROUP_VERSION, namespace, "leases", name)
+        self.lost = asyncio.Event()
+        self._acquired = False
+        self._last_renewed = 0.0
+        self._object: dict[str, Any] | None = None
+        self._observation: Observation | None = None
+        self._acquire_time = ""
+
+    @property
+    def held(self) -> bool:
+        """True while this process may trade: acquired, not lost, renewed recently."""
+        return (
+            self._acquired
+            and not self.lost.is_set()
+            and self.clock() - self._last_renewed < self.renew_deadline
+        )
+
+    def _spec(self, *, transitions: int) -> dict[str, Any]:
+        now = micro_time()
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.duration_seconds,
+            "acquireTime": self._acquire_time or now,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+
+    async def _read(self) -> dict[str, Any] | None:
+        try:
+            return await arequest(self.api, "GET", self.path, timeout=self.request_timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def try_acquire(self) -> bool:
+        """One attempt; True when this process now holds the Lease."""
+        obj = await self._read()
+        now = self.clock()
+        view = LeaseView.from_object(obj) if obj else None
+        if view is not None:
+            self._observation = observe(self._observation, view, now)
+        allowed, why = may_acquire(
+            view, self.identity, self._observation, now, self.duration_seconds
+        )
+        if not allowed:
+            log.info("waiting for the trader lease", extra={"lease": self.name, "why": why})
+            return False
+        self._acquire_time = (
+            micro_time()
+            if view is None or view.holder != self.identity
+            else (view.acquire_time or micro_time())
+        )
+        transitions = (
+            0 if view is None else view.transitions + (0 if view.holder == self.identity else 1)
+        )
+        body: dict[str, Any]
+        try:
+            if obj is None:
+                body = {
+                    "apiVersion": LEASE_GROUP_VERSION,
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": self.namespace,
+                        "labels": {LABEL_BOT: self.bot} if self.bot else {},
+                    },
+                    "spec": self._spec(transitions=transitions),
+                }
+                result = await arequest(
+                    self.api,
+                    "POST",
+                    namespaced_path(LEASE_GROUP_VERSION, self.namespace, "leases"),
+                    body,
+                    timeout=self.request_timeout,
+                )
+            else:
+                body = {**obj, "spec": self._spec(transitions=transitions)}
+                result = await arequest(
+                    self.api, "PUT", self.path, body, timeout=self.request_timeout
+                )
+        except KubeApiError as exc:
+            if exc.status == 409:
+                log.info("lost the race for the trader lease", extra={"lease": self.name})
+                return False
+            raise
+        self._object = result
+        self._acquired = True
+        self._last_renewed = self.clock()
+        self.lost.clear()
+        log.info(
+            "acquired the trader lease",
+            extra={"lease": self.name, "why": why, "identity": self.identity},
+        )
+        return True
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait until the Lease is ours (True) or `stop` is set (False)."""
+        while not stop.is_set():
+            try:
+                if await self.try_acquire():
+                    return True
+            except Exception as exc:
+                log.warning("lease request failed", extra={"lease": self.name, "error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.retry_interval)
+        return False
+
+    async def renew_once(self) -> None:
+        """Renew, raising LeaseLostError when someone else holds the Lease now."""
+        if self._object is None:
+            raise LeaseLostError("lease was never acquired")
+        spec = dict(self._object.get("spec") or {})
+        body = {
+            **self._object,
+            "spec": {**self._spec(transitions=int(spec.get("leaseTransitions") or 0))},
+        }
+        try:
+            self._object = await arequest(
+                self.api, "PUT", self.path, body, timeout=self.request_timeout
+            )
+        except KubeApiError as exc:
+            if exc.status not in (404, 409):
+                raise
+            fresh = await self._read()
+            holder = ((fresh or {}).get("spec") or {}).get("holderIdentity") or ""
+            if holder != self.identity:
+                raise LeaseLostError(f"lease {self.name} now held by {holder or 'nobody'}") from exc
+            self._object = fresh  # our own Lease changed (e.g. a label): retry next round
+            return
+        self._last_renewed = self.clock()
+
+    async def keep_renewed(self) -> None:
+        """Renew until the Lease is lost (sets `lost`) or the task is cancelled."""
+        while not self.lost.is_set():
+            await asyncio.sleep(self.renew_interval)
+            try:
+                await self.renew_once()
+            except LeaseLostError as exc:
+                log.error("trader lease lost", extra={"lease": self.name, "error": str(exc)})
+                self.lost.set()
+                return
+            except Exception as exc:
+                log.warning("lease renewal failed", extra={"lease": self.name, "error": str(exc)})
+            if self.clock() - self._last_renewed >= self.renew_deadline:
+                log.error(
+                    "trader lease not renewed within the deadline",
+                    extra={"lease": self.name, "deadline": self.renew_deadline},
+                )
+                self.lost.set()
+                return
+
+    async def release(self) -> None:
+        """Give the Lease up (no holder) so a successor need not wait for expiry."""
+        if not self._acquired:
+            return
+        self._acquired = False
+        try:
+            obj = await self._read()
+            if obj is None or (obj.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            spec = dict(obj.get("spec") or {})
+            spec.pop("holderIdentity", None)
+            spec["renewTime"] = micro_time()
+            # client-go releases with a 1 s duration so that readers agree it is over.
+            spec["leaseDurationSeconds"] = 1
+            spec.pop("acquireTime", None)
+            await arequest(
+                self.api, "PUT", self.path, {**obj, "spec": spec}, timeout=self.request_timeout
+            )
+            log.info("released the trader lease", extra={"lease": self.name})
+        except Exception as exc:
+            log.warning(
+                "could not release the trader lease; it will expire",
+                extra={"lease": self.name, "error": str(exc)},
+            )

@@ -1,0 +1,181 @@
+"""The trader Lease: who may take it, renewal, loss, release (in-memory API, fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from tradingbot.fencing import (
+    LeaseFence,
+    LeaseLostError,
+    LeaseView,
+    Observation,
+    may_acquire,
+    observe,
+)
+
+from tests.unit.bot.fakekube import FakeKube
+
+NS = "bots"
+GV = "coordination.k8s.io/v1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fence(kube: FakeKube, identity: str, clock: Clock) -> LeaseFence:
+    return LeaseFence(
+        kube,
+        NS,
+        "alpha-trader",
+        identity,
+        bot="alpha",
+        duration_seconds=15,
+        renew_interval=5,
+        renew_deadline=10,
+        retry_interval=0.01,
+        clock=clock,
+    )
+
+
+def holder(kube: FakeKube) -> str | None:
+    obj = kube.get_object(GV, NS, "leases", "alpha-trader")
+    assert obj is not None
+    return obj["spec"].get("holderIdentity")
+
+
+def test_may_acquire_rules() -> None:
+    held = LeaseView("pod-a", 15, "7")
+    assert may_acquire(None, "pod-b", None, 0, 15) == (True, "absent")
+    assert may_acquire(LeaseView("", 15, "7"), "pod-b", None, 0, 15) == (True, "released")
+    assert may_acquire(held, "pod-a", None, 0, 15)[0]
+    seen = Observation("7", since=100.0)
+    assert may_acquire(held, "pod-b", seen, 114.9, 15) == (False, "held by pod-a")
+    assert may_acquire(held, "pod-b", seen, 115.0, 15)[0]
+    assert may_acquire(held, "pod-b", None, 1e9, 15)[0] is False  # never observed: wait
+
+
+def test_observation_restarts_when_the_lease_changes() -> None:
+    first = observe(None, LeaseView("a", 15, "1"), 10.0)
+    assert observe(first, LeaseView("a", 15, "1"), 20.0) is first
+    assert observe(first, LeaseView("a", 15, "2"), 20.0) == Observation("2", 20.0)
+
+
+async def test_acquire_absent_and_precreated_leases() -> None:
+    kube, clock = FakeKube(), Clock()
+    a = fence(kube, "pod-a", clock)
+    assert await a.try_acquire() and a.held
+    obj = kube.get_object(GV, NS, "leases", "alpha-trader")
+    assert obj is not None
+    assert obj["spec"]["leaseDurationSeconds"] == 15
+    assert obj["metadata"]["labels"] == {"trading.r7.dev/bot": "alpha"}
+    assert obj["spec"]["renewTime"].endswith("Z") and len(obj["spec"]["renewTime"]) == 27
+
+    kube2 = FakeKube()
+    kube2.put_object(GV, NS, "leases", {"metadata": {"name": "alpha-trader"}, "spec": {}})
+    b = fence(kube2, "pod-b", clock)
+    assert await b.try_acquire()
+    assert holder(kube2) == "pod-b"
+
+
+async def test_second_instance_waits_until_expiry_then_takes_over() -> None:
+    kube, clock = FakeKube(), Clock()
+    a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
+    assert await a.try_acquire()
+    assert not await b.try_acquire()
+    clock.now += 14
+    assert not await b.try_acquire()
+    clock.now += 1  # a has not renewed for a full lease duration as b observed it
+    assert await b.try_acquire()
+    assert holder(kube) == "pod-b"
+    obj = kube.get_object(GV, NS, "leases", "alpha-trader")
+    assert obj is not None and obj["spec"]["leaseTransitions"] == 1
+    # a finds out at its next renewal and stops.
+    with pytest.raises(LeaseLostError):
+        await a.renew_once()
+
+
+async def test_renewals_keep_others_out() -> None:
+    kube, clock = FakeKube(), Clock()
+    a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
+    assert await a.try_acquire()
+    for _ in range(5):
+        clock.now += 5
+        assert not await b.try_acquire()
+        await a.renew_once()
+    assert a.held
+
+
+async def test_released_lease_is_taken_at_once() -> None:
+    kube, clock = FakeKube(), Clock()
+    a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
+    assert await a.try_acquire()
+    await a.release()
+    assert not a.held
+    assert holder(kube) is None
+    assert await b.try_acquire()
+
+
+async def test_release_does_not_touch_a_lease_held_by_someone_else() -> None:
+    kube, clock = FakeKube(), Clock()
+    a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
+    assert await a.try_acquire()
+    assert not await b.try_acquire()
+    clock.now += 15
+    assert await b.try_acquire()
+    await a.release()
+    assert holder(kube) == "pod-b"
+
+
+async def test_racing_contenders_cannot_both_win() -> None:
+    kube, clock = FakeKube(), Clock()
+    kube.put_object(GV, NS, "leases", {"metadata": {"name": "alpha-trader"}, "spec": {}})
+    a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
+    barrier = threading.Barrier(2, timeout=5)
+
+    def both_read_before_either_writes(method: str, path: str, body: object) -> None:
+        if method == "GET":
+            barrier.wait()
+
+    kube.hook = both_read_before_either_writes
+    results = await asyncio.gather(a.try_acquire(), b.try_acquire())
+    assert sorted(results) == [False, True]
+
+
+async def test_unrenewed_lease_is_lost_after_the_deadline() -> None:
+    kube, clock = FakeKube(), Clock()
+    a = fence(kube, "pod-a", clock)
+    a.renew_interval = 0.01
+    assert await a.try_acquire()
+    kube.fail["PUT"] = 10_000
+    task = asyncio.create_task(a.keep_renewed())
+    await asyncio.sleep(0.05)
+    assert a.held  # failures within the deadline are tolerated
+    clock.now += 10
+    await asyncio.wait_for(task, 5)
+    assert a.lost.is_set() and not a.held
+
+
+async def test_acquire_waits_and_returns_false_on_stop() -> None:
+    kube, clock = FakeKube(), Clock()
+    assert await fence(kube, "pod-a", clock).try_acquire()
+    stop = asyncio.Event()
+    b = fence(kube, "pod-b", clock)
+    waiter = asyncio.create_task(b.acquire(stop))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    stop.set()
+    assert await asyncio.wait_for(waiter, 2) is False
+
+
+def test_timing_must_leave_room() -> None:
+    with pytest.raises(ValueError):
+        LeaseFence(
+            FakeKube(), NS, "x", "y", duration_seconds=10, renew_interval=5, renew_deadline=12
+        )
