@@ -89,6 +89,10 @@ class PodRun:
     deleting_since: float | None = None
     grace: float = 30.0
     start_time: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def live_processes(self) -> int:
+        return sum(1 for c in self.containers if c.proc is not None and c.proc.poll() is None)
 
     @property
     def key(self) -> str:
@@ -176,6 +180,17 @@ class ProcessNode:
         for thread in self.threads:
             thread.join(timeout=5)
         self.api.close()
+
+    def live_processes(self, label: str) -> dict[str, int]:
+        """Running processes per value of a pod label (e.g. bots by their bot label)."""
+        with self.lock:
+            runs = list(self.pods.values())
+        counts: dict[str, int] = {}
+        for run in runs:
+            value = run.labels.get(label)
+            if value is not None:
+                counts[value] = counts.get(value, 0) + run.live_processes()
+        return counts
 
     # -- node object and heartbeat -----------------------------------------------------
 
@@ -290,6 +305,12 @@ class ProcessNode:
                         stream.stop()
                         return
                     obj = event["object"]
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: list again
+                        resource_version = None
+                        break
+                    if isinstance(obj, dict):
+                        resource_version = obj.get("metadata", {}).get("resourceVersion")
+                        continue
                     resource_version = obj.metadata.resource_version
                     if event["type"] != "BOOKMARK":
                         handler(event["type"], obj)
@@ -406,6 +427,7 @@ class ProcessNode:
         root.mkdir(parents=True, exist_ok=True)
         spec = self.api.sanitize_for_serialization(pod.spec)
         run = PodRun(
+            labels=dict(pod.metadata.labels or {}),
             namespace=pod.metadata.namespace,
             name=pod.metadata.name,
             uid=pod.metadata.uid,

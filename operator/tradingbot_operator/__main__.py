@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="ready_timeout_seconds",
         help="seconds a new bot pod may take to become ready",
     )
+    parser.add_argument(
+        "--bot-env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra environment for every bot container (repeatable)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         max_concurrent_restarts=args.max_concurrent_restarts,
         ready_timeout_seconds=args.ready_timeout_seconds,
+        bot_env=tuple(args.bot_env) if args.bot_env else None,
     )
     namespaces = [settings.namespace] if settings.namespace else []
     asyncio.run(

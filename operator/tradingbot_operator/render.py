@@ -107,6 +107,7 @@ def render_bot_pod(
         {"name": "GRACE_PERIOD_SECONDS", "value": str(grace)},
         {"name": "CONFIG_HASH", "value": config_hash},
     ]
+    env += [{"name": k, "value": v} for k, _, v in (e.partition("=") for e in settings.bot_env)]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if state.get("backend") == "pvc":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "TRADINGBOT_OPERATOR_"
 
@@ -43,8 +43,22 @@ class OperatorSettings(BaseModel):
     state_mount_path: str = Field(
         default="/var/lib/tradingbot", description="Where a PVC-backed bot's state volume mounts."
     )
+    bot_env: tuple[str, ...] = Field(
+        default=(),
+        description="Extra KEY=VALUE environment for every bot container (e.g. TICK_SECONDS); "
+        "operator-supplied, so not part of the config hash.",
+    )
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
+
+    @field_validator("bot_env")
+    @classmethod
+    def _key_value_pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            key, sep, _ = item.partition("=")
+            if not sep or not key.isidentifier():
+                raise ValueError(f"bot_env entries must be KEY=VALUE, got {item!r}")
+        return value
 
     @classmethod
     def from_env(
