@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -11,6 +12,7 @@ from kubernetes import client
 from localkube.cluster import LocalCluster
 from localkube.node import ProcessNode
 from tests import kube
+from tests.e2e.harness import E2E
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +46,17 @@ def node_namespace(api_client: client.ApiClient, process_node: ProcessNode) -> I
         lambda: not core.list_namespaced_pod(name).items, timeout=30, message=f"pods of {name} gone"
     )
     process_node.namespaces.discard(name)
+
+
+@pytest.fixture
+def e2e(
+    cluster: LocalCluster,
+    api_client: client.ApiClient,
+    node_namespace: str,
+    process_node: ProcessNode,
+    apply_crds: list[str],
+    tmp_path: Path,
+) -> Iterator[E2E]:
+    env = E2E(cluster, api_client, node_namespace, process_node, tmp_path)
+    yield env
+    env.close()

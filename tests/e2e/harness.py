@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 from tradingbot_operator.api.constants import LABEL_BOT
 
@@ -105,20 +104,6 @@ class StateRecorder(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
-
-
-@pytest.fixture
-def e2e(
-    cluster: LocalCluster,
-    api_client: client.ApiClient,
-    node_namespace: str,
-    process_node: ProcessNode,
-    apply_crds: list[str],
-    tmp_path: Path,
-) -> Iterator[E2E]:
-    env = E2E(cluster, api_client, node_namespace, process_node, tmp_path)
-    yield env
-    env.close()
 
 
 class E2E:

@@ -7,7 +7,7 @@ import signal
 import time
 
 from tests import kube
-from tests.e2e.harness import E2E, e2e, ledger  # noqa: F401  (fixture)
+from tests.e2e.harness import E2E, ledger
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 
 
