@@ -5,12 +5,32 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from benchmarks.report import write_section
 
-# name -> module; each module has TITLE and run() -> markdown.
-BENCHMARKS = {
-    "localkube": "benchmarks.localkube_bench",
+# name -> (module, title, positional arguments for its run() -> markdown).
+BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "localkube": (
+        "benchmarks.localkube_bench",
+        "Local control plane start-up (cached binaries)",
+        (),
+    ),
+    "restart": (
+        "benchmarks.restart_bench",
+        "Restart latency (edit to new bot ready with state restored)",
+        (),
+    ),
+    "bot": (
+        "benchmarks.bot_bench",
+        "Bot process start and state checkpoint latency",
+        (["--localkube"],),
+    ),
+    "audit": (
+        "benchmarks.audit_bench",
+        "Audit log: durable appends, queries and verify on 1,000,000 events",
+        (),
+    ),
 }
 
 
@@ -23,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
     for name in names:
-        module = importlib.import_module(BENCHMARKS[name])
-        print(f"[bench] {name}: {module.TITLE}", file=sys.stderr, flush=True)
-        body = module.run()
-        write_section(name, module.TITLE, f"python -m benchmarks {name}", body)
+        module_name, title, run_args = BENCHMARKS[name]
+        module = importlib.import_module(module_name)
+        print(f"[bench] {name}: {title}", file=sys.stderr, flush=True)
+        body = module.run(*run_args)
+        write_section(name, title, f"python -m benchmarks {name}", body)
         print(body)
     return 0
 

@@ -127,7 +127,7 @@ def render_bot_pod(
         "readinessProbe": {
             **probe_common,
             "httpGet": {"path": "/readyz", "port": "metrics"},
-            "periodSeconds": 2,
+            "periodSeconds": 1,
             "failureThreshold": 3,
         },
         "livenessProbe": {
