@@ -17,6 +17,8 @@ POINTS = (
     "after-pod-deleted",
     "after-pod-created",
 )
+# Between the status write that carries audit events and their delivery to the audit log.
+AUDIT_POINTS = ("before-audit-delivery",)
 
 
 def failpoint(name: str) -> None:

@@ -370,7 +370,7 @@ def status_row(bot: Mapping[str, Any], now: datetime) -> list[str]:
     phase = str(status.get("phase") or "-")
     if is_halted(bot) and phase != Phase.HALTED:
         # The kill switch is set but the operator has not reported it yet: say so, it matters.
-        phase = f"{phase} (halt requested)"
+        phase = "halt requested" if phase == "-" else f"{phase} (halt requested)"
     return [
         str(meta.get("name", "")),
         str(spec.get("profile") or "-"),
@@ -917,7 +917,6 @@ class Kube:
 
         self.api = api
         self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
         self.server = str(getattr(api.configuration, "host", ""))
         self._errors = _kube_errors()
 
@@ -1013,9 +1012,13 @@ class Kube:
 
     def read_state(self, namespace: str, bot: str) -> Mapping[str, str]:
         """The data of the bot's state ConfigMap; PluginError when missing or forbidden."""
+        # CoreV1Api is imported here, not up front: its module alone takes about a second to
+        # import, and only `positions` needs it.
+        from kubernetes import client
+
         name = state_configmap_name(bot)
         try:
-            configmap = self.core.read_namespaced_config_map(name, namespace)
+            configmap = client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
         except self._errors as exc:
             raise api_error(
                 exc,
@@ -1135,6 +1138,7 @@ class _Watcher(threading.Thread):
             raise
         finally:
             stream_watch.stop()
+            stream.close()  # runs the generator's cleanup: the connection goes back now
             self._current = None
         return resource_version
 
@@ -1352,6 +1356,10 @@ def _label(bot: Mapping[str, Any], with_namespace: bool) -> str:
 _EXIT_RANK: Final = (EXIT_OK, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_FORBIDDEN)
 
 
+def _exit_rank(code: int) -> int:
+    return _EXIT_RANK.index(code) if code in _EXIT_RANK else 1
+
+
 def _apply_each(
     ctx: Context,
     bots: Sequence[Mapping[str, Any]],
@@ -1372,7 +1380,7 @@ def _apply_each(
                 ctx.kube.patch_bot(str(meta.get("namespace")), str(meta.get("name")), body)
         except PluginError as exc:
             ctx.err.write(f"error: {exc.message}\n")
-            worst = max(worst, exc.code, key=_EXIT_RANK.index)
+            worst = max(worst, exc.code, key=_exit_rank)
             continue
         ctx.out.write(f"{_label(bot, with_namespace)} {message}\n")
     return worst
@@ -1433,7 +1441,11 @@ def cmd_restart(ctx: Context) -> int:
             ANNOTATION_RESTARTED_AT
         )
         body = restart_patch(restart_stamp(now, previous), reason)
-        note = " (note: halted; it stays stopped until unhalt)" if is_halted(bot) else ""
+        note = ""
+        if is_halted(bot):
+            note = " (note: halted; it stays stopped until unhalt)"
+        elif is_suspended(bot):
+            note = " (note: stopped; the new config applies on resume)"
         return body, f"restart requested{note}"
 
     return _apply_each(ctx, bots, plan)

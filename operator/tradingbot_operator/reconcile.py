@@ -48,7 +48,7 @@ from tradingbot_operator.failpoints import failpoint
 from tradingbot_operator.hashing import changed_fields, config_hash, value_at
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
-from tradingbot_operator.recorder import AuditRecorder, InvolvedObject
+from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
 from tradingbot_operator.render import (
     ANNOTATION_APPLIED_SPEC,
     BotRef,
@@ -72,6 +72,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
         "maxRestartsPerHour": DEFAULT_MAX_RESTARTS_PER_HOUR,
     },
 }
+MAX_OUTBOX = 200
 ERROR_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
 
 
@@ -262,17 +263,32 @@ class BotReconciler:
             self.fleet.restart_slots.add(self.key)
         else:
             self.fleet.restart_slots.discard(self.key)
+        # The events of this decision are written with the status change they describe (an
+        # outbox in status), so a crash cannot separate an action from its audit record.
+        now = utcnow()
+        events = [
+            event.stamped(now, f"{meta['uid']}/{meta.get('resourceVersion')}/{i}")
+            for i, event in enumerate(decision.events)
+        ]
+        outbox = [AuditEvent.from_outbox(e) for e in (body.get("status") or {}).get(
+            "auditOutbox") or []]
+        if events:
+            outbox = (outbox + events)[-MAX_OUTBOX:]
+            decision.status["auditOutbox"] = [e.to_outbox() for e in outbox]
+        resource_version = meta.get("resourceVersion")
         try:
             if decision.status:
-                await api.patch_bot_status(
-                    self.namespace, self.name, decision.status, meta.get("resourceVersion")
+                patched = await api.patch_bot_status(
+                    self.namespace, self.name, decision.status, resource_version
                 )
+                resource_version = patched["metadata"]["resourceVersion"]
         except BaseException:
             if held:
                 self.fleet.restart_slots.add(self.key)
             else:
                 self.fleet.restart_slots.discard(self.key)
             raise
+        self.fleet.recorder.decided(events)
         if decision.status.get("phase") == Phase.RESTARTING and decision.actions:
             failpoint("after-restart-recorded")
         elif (decision.status.get("pendingAction") or {}).get(
@@ -315,9 +331,23 @@ class BotReconciler:
             str(meta["uid"]),
             meta.get("resourceVersion"),
         )
-        for event in decision.events:
-            await self.fleet.recorder.record(event, involved)
+        failpoint("before-audit-delivery")
+        if outbox:
+            if await self.fleet.recorder.deliver(outbox, involved):
+                try:
+                    await api.patch_bot_status(
+                        self.namespace, self.name, {"auditOutbox": None}, resource_version
+                    )
+                except ApiError as err:
+                    if not err.conflict:  # changed meanwhile: the next pass delivers again
+                        raise
+                outbox = []
+            else:
+                decision.requeue_after = min(decision.requeue_after or 2.0, 2.0)
         if decision.finalize:
+            if outbox:  # the object would vanish with its undelivered audit events
+                decision.finalize = False
+                return
             await self.cleanup(bot)
 
     async def cleanup(self, bot: BotRef) -> None:

@@ -1,22 +1,26 @@
-"""The single audit recorder: every control action passes through `AuditRecorder.record`.
+"""The single audit recorder: every control action passes through here.
 
-An `AuditEvent` carries the SPEC §6 schema. The recorder turns it into a Kubernetes Event on
-the TradingBot (for humans and `kubectl describe`) and hands it to every durable sink (the
-hash-chained JSONL log), so no caller can post an Event and forget the audit line or the
-reverse. Secrets are redacted here, once, before anything leaves the process.
+An `AuditEvent` carries the SPEC §6 schema. Events are decided together with the status
+change they describe and stored in the same status write (`status.auditOutbox`), so a crash
+can never separate an action from its record. `AuditRecorder.deliver` then hands the outbox
+to every sink: the durable hash-chained log (required: an event leaves the outbox only once
+the log acknowledged it) and a Kubernetes Event on the TradingBot for humans (best effort).
+Every event has a deterministic `dedup_key`, so redelivery after a crash writes nothing twice.
+Secrets are redacted here, once, before anything leaves the process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tradingbot_operator.audit.schema import redact_secrets
-from tradingbot_operator.timeutil import format_time, utcnow
+from tradingbot_operator.timeutil import format_time, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,18 @@ class AuditEvent:
     details: Mapping[str, Any] = field(default_factory=dict)
     user_id: str | None = None
     dedup_key: str | None = None
+    timestamp: str | None = None
 
-    def audit_record(self, timestamp: dt.datetime) -> dict[str, Any]:
-        """The line for the durable log (timestamp, seq and hashes are the writer's)."""
+    def stamped(self, timestamp: dt.datetime, dedup_key: str) -> AuditEvent:
+        return dataclasses.replace(self, timestamp=format_time(timestamp), dedup_key=dedup_key)
+
+    def audit_record(self) -> dict[str, Any]:
+        """The line for the durable log (seq and hashes are the writer's)."""
         details = dict(redact_secrets(dict(self.details)))
         details.setdefault("message", self.message)
+        details.setdefault("reason", self.reason)
         return {
-            "timestamp": format_time(timestamp),
+            "timestamp": self.timestamp or format_time(utcnow()),
             "event_type": self.event_type,
             "severity": self.severity,
             "source": self.source,
@@ -56,6 +65,17 @@ class AuditEvent:
             "user_id": self.user_id,
             "dedup_key": self.dedup_key,
         }
+
+    def to_outbox(self) -> dict[str, Any]:
+        """The event as stored in status.auditOutbox (secrets already redacted)."""
+        record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        record["details"] = dict(redact_secrets(dict(self.details)))
+        return record
+
+    @classmethod
+    def from_outbox(cls, record: Mapping[str, Any]) -> AuditEvent:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -68,28 +88,30 @@ class InvolvedObject:
     resource_version: str | None = None
 
 
-def kube_event_body(
-    event: AuditEvent, involved: InvolvedObject, now: dt.datetime, host: str
-) -> dict[str, Any]:
+def kube_event_name(involved: InvolvedObject, event: AuditEvent) -> str:
+    """Deterministic per event, so a redelivered event is refused as AlreadyExists."""
+    key = event.dedup_key or f"{event.reason}/{event.timestamp}/{event.message}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{involved.name}.{digest}"
+
+
+def kube_event_body(event: AuditEvent, involved: InvolvedObject, host: str) -> dict[str, Any]:
     """A core/v1 Event for the TradingBot; Warning for anything not `info`."""
     message = event.message
     if event.user_id:
-        message = f"{message} (by {event.user_id})"
-    stamp = format_time(now)
-    digest = hashlib.sha1(
-        f"{involved.uid}/{event.reason}/{stamp}/{event.message}".encode(), usedforsecurity=False
-    ).hexdigest()[:10]
+        message = f"{message} (by {event.user_id} via {event.source})"
+    moment = parse_time(event.timestamp) or utcnow()
+    stamp = moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{involved.name}.{digest}", "namespace": involved.namespace},
+        "metadata": {"name": kube_event_name(involved, event), "namespace": involved.namespace},
         "involvedObject": {
             "apiVersion": involved.api_version,
             "kind": involved.kind,
             "namespace": involved.namespace,
             "name": involved.name,
             "uid": involved.uid,
-            **({"resourceVersion": involved.resource_version} if involved.resource_version else {}),
         },
         "reason": event.reason,
         "message": message[:MAX_EVENT_MESSAGE],
@@ -104,49 +126,56 @@ def kube_event_body(
     }
 
 
-Sink = Callable[[AuditEvent, InvolvedObject, dt.datetime], Awaitable[None]]
+# A sink takes a batch and raises if it could not store all of it.
+Sink = Callable[[Sequence[AuditEvent], InvolvedObject], Awaitable[None]]
 
 
 class AuditRecorder:
-    """Fans every event out to the Kubernetes Event sink and the durable sinks.
+    """Delivers events to the durable sinks (must succeed) and the best-effort sinks.
 
-    A failing sink is logged and counted, never raised into the reconcile loop: the action
-    already happened and must stay recorded wherever possible.
+    A failing sink is logged and counted, never raised into the reconcile loop: the events
+    stay in the outbox and the next pass delivers them again.
     """
 
     def __init__(
         self,
-        sinks: list[Sink],
+        durable: Sequence[Sink] = (),
+        best_effort: Sequence[Sink] = (),
         on_event: Callable[[AuditEvent], None] | None = None,
         on_error: Callable[[AuditEvent, str], None] | None = None,
-        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self.sinks = sinks
+        self.durable = list(durable)
+        self.best_effort = list(best_effort)
         self.on_event = on_event
         self.on_error = on_error
-        self.clock = clock
 
-    async def record(self, event: AuditEvent, involved: InvolvedObject) -> None:
-        now = self.clock()
-        log.info(
-            "audit %s %s/%s: %s",
-            event.reason,
-            event.namespace,
-            event.target,
-            event.message,
-            extra={"event_type": event.event_type, "severity": event.severity},
-        )
-        if self.on_event:
-            self.on_event(event)
-        for sink in self.sinks:
+    def decided(self, events: Sequence[AuditEvent]) -> None:
+        """Count and log events once, when the status write that carries them succeeded."""
+        for event in events:
+            log.info("audit %s %s/%s: %s", event.reason, event.namespace, event.target,
+                     event.message)
+            if self.on_event:
+                self.on_event(event)
+
+    async def deliver(self, events: Sequence[AuditEvent], involved: InvolvedObject) -> bool:
+        """True when every durable sink stored every event (so the outbox may be emptied)."""
+        if not events:
+            return True
+        stored = True
+        for sink in self.durable:
             try:
-                await sink(event, involved, now)
-            except Exception as err:  # a sink failure must not stop the reconcile loop
-                log.warning(
-                    "audit sink %s failed for %s: %s",
-                    getattr(sink, "__name__", sink),
-                    event.reason,
-                    err,
-                )
+                await sink(events, involved)
+            except Exception as err:  # retried from the outbox on the next pass
+                stored = False
+                log.warning("audit log did not take %d event(s) for %s/%s: %s", len(events),
+                            involved.namespace, involved.name, err)
                 if self.on_error:
-                    self.on_error(event, type(err).__name__)
+                    for event in events:
+                        self.on_error(event, type(err).__name__)
+        for sink in self.best_effort:
+            try:
+                await sink(events, involved)
+            except Exception as err:
+                log.warning("posting Events for %s/%s failed: %s", involved.namespace,
+                            involved.name, err)
+        return stored

@@ -48,6 +48,11 @@ class OperatorSettings(BaseModel):
         description="Extra KEY=VALUE environment for every bot container (e.g. TICK_SECONDS); "
         "operator-supplied, so not part of the config hash.",
     )
+    audit_url: str | None = Field(
+        default=None,
+        description="Base URL of the audit sidecar's ingest endpoint (http://127.0.0.1:8900 in "
+        "the operator pod). Unset: Kubernetes Events only.",
+    )
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
 

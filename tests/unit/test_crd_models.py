@@ -805,6 +805,7 @@ def _full_status() -> dict[str, Any]:
             "lastShutdownClean": True,
             "restoredFromSeq": 41,
         },
+        "auditOutbox": [{"dedup_key": "uid:1:0", "event_type": "restart", "details": {}}],
         "kopf": {"progress": {}},  # written by other tools; ignored, not an error
     }
 

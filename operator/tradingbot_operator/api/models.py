@@ -425,6 +425,7 @@ class TradingBotStatus(_StatusModel):
     desired_config_hash: str | None = None
     pod: PodRef | None = None
     pending_action: PendingAction | None = None
+    audit_outbox: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
     restarts: RestartsStatus = Field(default_factory=RestartsStatus)
     positions: PositionsStatus = Field(default_factory=PositionsStatus)
     pnl: PnlStatus = Field(default_factory=PnlStatus)

@@ -3,6 +3,10 @@
 Write with `open_writer(log_dir)` (one writer process per directory); read with `query`,
 `summary`, `export_json`; check integrity with `verify_log`. The same operations are on the
 command line: `python -m tradingbot_operator.audit --log-dir DIR {query,summary,export,verify}`.
+
+In a cluster the log has one writer, the sidecar (`... serve`, module `server`); the operator
+sends it events with `client.AuditClient`. Neither is imported here, so the library and the
+read-only commands do not load aiohttp or the Kubernetes client.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""`python -m tradingbot_operator.audit --log-dir DIR {query,summary,export,verify,append}`.
+"""`python -m tradingbot_operator.audit --log-dir DIR {serve,query,summary,export,verify,append}`.
 
 Exit codes: 0 success; 1 verification failed or the operation failed (message on stderr);
-2 bad arguments.
+2 bad arguments. `serve` runs the audit sidecar (see server.py) until SIGTERM.
 """
 
 from __future__ import annotations
@@ -114,7 +114,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     append_cmd.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     append_cmd.add_argument("--retention-days", type=int, default=None)
+
+    serve_cmd = commands.add_parser(
+        "serve", help="run the audit sidecar: the log's single writer and its HTTP API"
+    )
+    serve_cmd.add_argument(
+        "--ingest-listen",
+        default="127.0.0.1:8900",
+        metavar="HOST:PORT",
+        help="unauthenticated operator ingest; keep it on loopback (default 127.0.0.1:8900)",
+    )
+    serve_cmd.add_argument(
+        "--listen",
+        default="0.0.0.0:8901",
+        metavar="HOST:PORT",
+        help="bot ingest, read API, /healthz, /metrics (default 0.0.0.0:8901)",
+    )
+    serve_cmd.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="for TokenReview/SubjectAccessReview (default: in-cluster, else ~/.kube/config)",
+    )
+    serve_cmd.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    serve_cmd.add_argument("--retention-days", type=int, default=None)
+    serve_cmd.add_argument("--tls-cert-file", metavar="PATH", help="serve --listen over TLS")
+    serve_cmd.add_argument("--tls-key-file", metavar="PATH")
+    serve_cmd.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=10.0,
+        help="how long token and permission checks are remembered (default 10)",
+    )
+    serve_cmd.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=20.0,
+        help="seconds in-flight requests get after SIGTERM (default 20)",
+    )
+    serve_cmd.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the read-only commands should not pay for aiohttp and the kube client.
+    import asyncio
+
+    from tradingbot_operator.logging_setup import configure_logging
+
+    from .server import ServeOptions, run
+
+    configure_logging(args.log_level)
+    options = ServeOptions(
+        log_dir=args.log_dir,
+        ingest_listen=args.ingest_listen,
+        listen=args.listen,
+        kubeconfig=args.kubeconfig,
+        max_file_bytes=args.max_file_bytes,
+        retention_days=args.retention_days,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
+        auth_cache_seconds=args.auth_cache_seconds,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    asyncio.run(run(options))
+    return 0
 
 
 def _filter_from(args: argparse.Namespace, now: datetime) -> AuditFilter:
@@ -241,6 +304,8 @@ def main(
     try:
         if args.command == "append":
             return _cmd_append(args, stdin or sys.stdin, out)
+        if args.command == "serve":
+            return _cmd_serve(args)
         if not args.log_dir.is_dir():
             raise ValueError(f"{args.log_dir} is not a directory")
         if args.command == "verify":

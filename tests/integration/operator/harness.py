@@ -287,6 +287,16 @@ class Bots:
         events = sorted(self.events(name), key=lambda e: int(e.metadata.resource_version))
         return [e.reason for e in events]
 
+    def wait_reason(self, name: str, reason: str, timeout: float = 15) -> list[str]:
+        """Events are posted right after the status write they belong to: wait for them."""
+        return list(
+            kube.wait_for(
+                lambda: (r := self.reasons(name)) and reason in r and r,
+                timeout=timeout,
+                message=f"{name} Event {reason}",
+            )
+        )
+
     def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             status = self.status(name)

@@ -19,7 +19,7 @@ def test_suspend_stops_and_resume_starts_without_counting_restarts(
     bots.patch("bot-a", {"spec": {"suspend": False}})
     status = bots.wait_running_with("bot-a")
     assert status.get("restarts", {}).get("total", 0) == 0
-    reasons = bots.reasons("bot-a")
+    reasons = bots.wait_reason("bot-a", "Resumed")
     assert reasons.index("Stopped") < reasons.index("Resumed")
     assert operator.metric("tradingbot_operator_stops_total", bot="bot-a") == 1
 
@@ -33,6 +33,7 @@ def test_halt_stops_at_once_ignoring_the_coalescing_window(
     bots.wait_phase("bot-a", "Halted", timeout=10)
     kube.wait_for(lambda: bots.pods("bot-a") == [], timeout=10, message="pod gone")
     assert time.monotonic() - started < 600
+    bots.wait_reason("bot-a", "Halted")
     halted = [e for e in bots.events("bot-a") if e.reason == "Halted"]
     assert halted and halted[0].type == "Warning"
     bots.annotate("bot-a", **{"trading.r7.dev/halt": None})
@@ -57,4 +58,4 @@ def test_deleting_a_bot_stops_it_keeps_its_state_then_releases_the_object(
     assert bots.pods("bot-a") == []
     state = bots.core.read_namespaced_config_map("bot-a-state", bots.namespace)
     assert state.metadata.owner_references is None  # survives garbage collection
-    assert "Stopped" in bots.reasons("bot-a")
+    bots.wait_reason("bot-a", "Stopped")

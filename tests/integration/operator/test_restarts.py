@@ -36,7 +36,7 @@ def test_first_start_runs_one_pod_with_the_desired_hash(
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
     assert status["observedGeneration"] == 1
-    assert "Started" in bots.reasons("bot-a")
+    bots.wait_reason("bot-a", "Started")
 
 
 def test_ten_patches_in_one_second_make_exactly_one_restart(
@@ -106,7 +106,7 @@ def test_an_edit_reverted_inside_the_window_restarts_nothing(
     time.sleep(4)
     assert bots.status("bot-a").get("restarts", {}).get("total", 0) == 0
     assert len(census.created["bot-a"]) == 1
-    assert "RestartCancelled" in bots.reasons("bot-a")
+    bots.wait_reason("bot-a", "RestartCancelled")
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -201,7 +201,7 @@ def test_hourly_rate_limit_defers_the_restart_and_says_so(
         message="deferred restart",
     )
     assert pending
-    assert "RateLimited" in bots.reasons("bot-a")
+    bots.wait_reason("bot-a", "RateLimited")
     assert bots.status("bot-a")["restarts"]["total"] == 1
     assert operator.metric("tradingbot_operator_rate_limited_total", bot="bot-a") == 1
 
