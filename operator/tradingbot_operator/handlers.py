@@ -53,15 +53,18 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
     metrics.serve(operator_settings.metrics_port, operator_settings.metrics_host)
     recorder = AuditRecorder(
-        durable=[audit_log_sink(operator_settings.audit_url)] if operator_settings.audit_url
+        durable=[audit_log_sink(operator_settings.audit_url)]
+        if operator_settings.audit_url
         else [],
         best_effort=[kube_event_sink(api)],
         on_event=metrics.observe_event,
         on_error=metrics.observe_audit_error,
     )
     if not operator_settings.audit_url:
-        log.warning("no audit log configured (TRADINGBOT_OPERATOR_AUDIT_URL): actions are "
-                    "recorded as Kubernetes Events only")
+        log.warning(
+            "no audit log configured (TRADINGBOT_OPERATOR_AUDIT_URL): actions are "
+            "recorded as Kubernetes Events only"
+        )
     fleet = Fleet(settings=operator_settings, api=api, recorder=recorder, metrics=metrics)
     # Bots caught mid-restart by an operator restart still hold their restart slots.
     for bot in await api.list_bots(operator_settings.namespace):

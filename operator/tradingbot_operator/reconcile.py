@@ -270,8 +270,9 @@ class BotReconciler:
             event.stamped(now, f"{meta['uid']}/{meta.get('resourceVersion')}/{i}")
             for i, event in enumerate(decision.events)
         ]
-        outbox = [AuditEvent.from_outbox(e) for e in (body.get("status") or {}).get(
-            "auditOutbox") or []]
+        outbox = [
+            AuditEvent.from_outbox(e) for e in (body.get("status") or {}).get("auditOutbox") or []
+        ]
         if events:
             outbox = (outbox + events)[-MAX_OUTBOX:]
             decision.status["auditOutbox"] = [e.to_outbox() for e in outbox]

@@ -152,8 +152,9 @@ class AuditRecorder:
     def decided(self, events: Sequence[AuditEvent]) -> None:
         """Count and log events once, when the status write that carries them succeeded."""
         for event in events:
-            log.info("audit %s %s/%s: %s", event.reason, event.namespace, event.target,
-                     event.message)
+            log.info(
+                "audit %s %s/%s: %s", event.reason, event.namespace, event.target, event.message
+            )
             if self.on_event:
                 self.on_event(event)
 
@@ -167,8 +168,13 @@ class AuditRecorder:
                 await sink(events, involved)
             except Exception as err:  # retried from the outbox on the next pass
                 stored = False
-                log.warning("audit log did not take %d event(s) for %s/%s: %s", len(events),
-                            involved.namespace, involved.name, err)
+                log.warning(
+                    "audit log did not take %d event(s) for %s/%s: %s",
+                    len(events),
+                    involved.namespace,
+                    involved.name,
+                    err,
+                )
                 if self.on_error:
                     for event in events:
                         self.on_error(event, type(err).__name__)
@@ -176,6 +182,7 @@ class AuditRecorder:
             try:
                 await sink(events, involved)
             except Exception as err:
-                log.warning("posting Events for %s/%s failed: %s", involved.namespace,
-                            involved.name, err)
+                log.warning(
+                    "posting Events for %s/%s failed: %s", involved.namespace, involved.name, err
+                )
         return stored

@@ -33,12 +33,17 @@ def audit_log_sink(base_url: str) -> Sink:
     url = base_url.rstrip("/") + "/v1/events"
     timeout = aiohttp.ClientTimeout(total=AUDIT_TIMEOUT_SECONDS)
 
-    async def append_to_audit_log(events: Sequence[AuditEvent], involved: InvolvedObject,
-                                  ) -> None:
+    async def append_to_audit_log(
+        events: Sequence[AuditEvent],
+        involved: InvolvedObject,
+    ) -> None:
         payload = {"events": [e.audit_record() for e in events]}
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            url, data=json.dumps(payload), headers={"Content-Type": "application/json"}
-        ) as response:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(
+                url, data=json.dumps(payload), headers={"Content-Type": "application/json"}
+            ) as response,
+        ):
             if response.status != 200:
                 text = await response.text()
                 raise RuntimeError(f"audit log answered {response.status}: {text[:300]}")

@@ -20,9 +20,16 @@ BOT = InvolvedObject("trading.r7.dev/v1alpha1", "TradingBot", "ns", "bot-a", "ui
 
 def event(**details: object) -> AuditEvent:
     return AuditEvent(
-        event_type="config_change", severity="info", source="kubectl", namespace="ns",
-        target="bot-a", action="ConfigChanged", reason="ConfigChanged", message="changed",
-        details=details, user_id="alice",
+        event_type="config_change",
+        severity="info",
+        source="kubectl",
+        namespace="ns",
+        target="bot-a",
+        action="ConfigChanged",
+        reason="ConfigChanged",
+        message="changed",
+        details=details,
+        user_id="alice",
     ).stamped(NOW, "uid-1/42/0")
 
 
@@ -38,8 +45,18 @@ def test_outbox_round_trip_keeps_everything_but_secrets() -> None:
 
 def test_audit_record_has_the_spec_schema_fields() -> None:
     record = event().audit_record()
-    assert set(record) == {"timestamp", "event_type", "severity", "source", "namespace",
-                           "target", "action", "details", "user_id", "dedup_key"}
+    assert set(record) == {
+        "timestamp",
+        "event_type",
+        "severity",
+        "source",
+        "namespace",
+        "target",
+        "action",
+        "details",
+        "user_id",
+        "dedup_key",
+    }
     assert record["user_id"] == "alice" and record["dedup_key"] == "uid-1/42/0"
 
 
