@@ -423,7 +423,12 @@ class SerialWriter:
 
     async def start(self) -> None:
         """Open the writer; raises what open_writer raises (e.g. another writer holds the lock)."""
-        self._writer = await self._run(self._open_log)
+        try:
+            self._writer = await self._run(self._open_log)
+        except BaseException:
+            self._closing = True
+            self._executor.shutdown(wait=False)
+            raise
         self._consumer = asyncio.create_task(self._consume(), name="audit-writer")
 
     async def append(self, events: Sequence[Mapping[str, Any]]) -> list[AppendResult]:
@@ -480,7 +485,14 @@ class SerialWriter:
                     break
                 batch.append(item)
                 size += len(item.events)
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                # A bug here must not stop the consumer: every later request would hang.
+                log.exception("audit batch failed unexpectedly")
+                self._failed = True
+                for pending in batch:
+                    _settle(pending.future, WriterUnavailableError(f"audit write failed: {exc}"))
 
     async def _write(self, batch: list[_Pending]) -> None:
         events = [event for pending in batch for event in pending.events]
@@ -809,22 +821,25 @@ class AuditServer:
         return await self._store(prepared)
 
     async def _get_events(self, request: web.Request) -> web.Response:
+        identity = await self._authenticate(request)
         flt, limit = parse_read_params(_multi(request), self._clock(), allow_limit=True)
-        await self._authorize_read(request, flt.namespace)
+        await self._authorize_read(identity, flt.namespace)
         records = await self._read(lambda: query(self.log_dir, flt, limit=limit + 1))
         return _json({"events": records[:limit], "truncated": len(records) > limit})
 
     async def _get_summary(self, request: web.Request) -> web.Response:
+        identity = await self._authenticate(request)
         flt, _limit = parse_read_params(_multi(request), self._clock(), allow_limit=False)
-        await self._authorize_read(request, flt.namespace)
+        await self._authorize_read(identity, flt.namespace)
         result = await self._read(lambda: summary(self.log_dir, flt).to_json())
         return _json(_summary_json(result))
 
     async def _get_verify(self, request: web.Request) -> web.Response:
+        identity = await self._authenticate(request)
         if request.query:
             raise HttpError(400, "verify takes no query parameters")
         # The chain covers every namespace, so checking it is a cluster-wide read.
-        await self._authorize_read(request, ())
+        await self._authorize_read(identity, ())
         result = await self._read(lambda: verify_log(self.log_dir))
         return _json(
             {
@@ -859,8 +874,7 @@ class AuditServer:
             raise HttpError(401, "the bearer token is invalid or expired", challenge)
         return identity
 
-    async def _authorize_read(self, request: web.Request, namespaces: Sequence[str]) -> Identity:
-        identity = await self._authenticate(request)
+    async def _authorize_read(self, identity: Identity, namespaces: Sequence[str]) -> None:
         # Every requested namespace must be readable: "any of" filters would otherwise let
         # one permitted namespace carry a forbidden one along.
         checks = [replace(AUDIT_READ, namespace=ns) for ns in namespaces]
@@ -872,7 +886,6 @@ class AuditServer:
                 raise HttpError(503, "cannot check permissions now", {"Retry-After": "2"}) from None
             if not allowed:
                 raise HttpError(403, f"{identity.username} may not {check.describe()}")
-        return identity
 
     async def _read_events(self, request: web.Request) -> list[dict[str, Any]]:
         length = request.content_length
@@ -976,15 +989,15 @@ class RunningServer:
     runners: list[web.AppRunner]
     ingest_address: tuple[str, int]
     api_address: tuple[str, int]
-    tasks: list[asyncio.Task[None]]
+    timers: list[asyncio.Task[None]]
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests (and so their writes), close the writer."""
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
+        for timer in self.timers:
+            timer.cancel()
+        for timer in self.timers:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await timer
         # Both listeners stop accepting at once; each then waits for its in-flight handlers.
         await asyncio.gather(*(runner.cleanup() for runner in self.runners))
         await self.server.close()
@@ -1040,10 +1053,10 @@ async def start_server(
             await runner.cleanup()
         await server.close()
         raise
-    tasks: list[asyncio.Task[None]] = []
+    timers: list[asyncio.Task[None]] = []
     if retention_interval:
-        tasks.append(asyncio.create_task(_retention_loop(server.writer, retention_interval)))
-    return RunningServer(server, runners, _address(ingest), _address(api), tasks)
+        timers.append(asyncio.create_task(_retention_loop(server.writer, retention_interval)))
+    return RunningServer(server, runners, _address(ingest), _address(api), timers)
 
 
 def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
