@@ -130,6 +130,36 @@ def operator_kubeconfig(
     )
 
 
+def webhook_tls(cluster: LocalCluster, directory: Path) -> tuple[Path, Path, str]:
+    """A serving certificate for a webhook on 127.0.0.1, signed by the cluster's CA; returns
+    (certificate, key, caBundle for the webhook configuration)."""
+    import base64
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "webhook.crt", directory / "webhook.key"
+    if not cert.exists():
+        cluster.pki.issue(
+            cert,
+            key,
+            common_name="tradingbot-webhook",
+            server=True,
+            dns_names=("localhost",),
+            ips=("127.0.0.1",),
+        )
+    return cert, key, base64.b64encode(cluster.pki.ca_cert.read_bytes()).decode()
+
+
+def identity_key(path: Path) -> Path:
+    """The secret that signs identity stamps, created once and kept with the cluster data."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path
+
+
 def apply_samples(api: client.ApiClient, namespace: str) -> list[str]:
     samples = load_yaml_dir(SAMPLES)
     apply_objects(api, samples, namespace)

@@ -8,7 +8,8 @@ import sys
 
 import kopf
 
-from tradingbot_operator import handlers  # noqa: F401  (registers the kopf handlers)
+from tradingbot_operator import handlers, webhook  # noqa: F401  (registers kopf handlers)
+from tradingbot_operator.handlers import identity_key
 from tradingbot_operator.logging_setup import configure_logging
 from tradingbot_operator.settings import OperatorSettings
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         ready_timeout_seconds=args.ready_timeout_seconds,
         bot_env=tuple(args.bot_env) if args.bot_env else None,
     )
+    if settings.webhook_listen:
+        if not (settings.webhook_cert_file and settings.webhook_key_file):
+            parser.error("the webhook needs TRADINGBOT_OPERATOR_WEBHOOK_CERT_FILE and _KEY_FILE")
+        webhook.register(identity_key(settings), settings.operator_user)
     namespaces = [settings.namespace] if settings.namespace else []
     asyncio.run(
         kopf.operator(

@@ -93,7 +93,8 @@ class BotFacts:
     deleting: bool = False
     restart_reason: str | None = None
     changes: tuple[FieldChange, ...] = ()
-    requested_by: str | None = None
+    requested_by: str | None = None  # verified identity of the latest change, if any
+    request_source: str = "unverified"  # kubectl, gitops, plugin, ... (see identity.py)
 
 
 @dataclass(frozen=True)
@@ -228,18 +229,21 @@ class _Context:
         details: Mapping[str, Any] | None = None,
         source: str = "operator",
     ) -> None:
+        # "user" marks an event caused by someone's change: it carries their verified
+        # identity and tool, or says the identity could not be verified.
+        by_user = source == "user"
         self.decision.events.append(
             AuditEvent(
                 event_type=event_type,
                 severity=severity,
-                source=source,
+                source=self.bot.request_source if by_user else source,
                 namespace=self.bot.namespace,
                 target=self.bot.name,
                 action=reason,
                 reason=reason,
                 message=message,
                 details=dict(details or {}),
-                user_id=self.bot.requested_by if source != "operator" else None,
+                user_id=self.bot.requested_by if by_user else None,
             )
         )
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -45,10 +47,42 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     kopf_settings.posting.reporting_component = "tradingbot-operator"
 
 
+def identity_key(settings: OperatorSettings) -> bytes:
+    """The key that signs identity stamps: from a file (a Secret), else random per process."""
+    if settings.identity_key_file:
+        return Path(settings.identity_key_file).read_bytes().strip()
+    return _EPHEMERAL_KEY
+
+
+_EPHEMERAL_KEY = secrets.token_bytes(32)
+
+
+def configure_webhook_server(
+    kopf_settings: kopf.OperatorSettings, settings: OperatorSettings
+) -> None:
+    if not settings.webhook_listen:
+        return
+    host, _, port = settings.webhook_listen.rpartition(":")
+    kopf_settings.admission.server = kopf.WebhookServer(
+        addr=host or "0.0.0.0",
+        port=int(port),
+        certfile=settings.webhook_cert_file,
+        pkeyfile=settings.webhook_key_file,
+    )
+    # The configurations come from the chart (or localkube): our own timeouts and
+    # failurePolicy, no cluster-wide write permission for the operator.
+    kopf_settings.admission.managed = None
+    if not settings.identity_key_file:
+        log.warning(
+            "no identity key file: identity stamps are verifiable only until the operator restarts"
+        )
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator_settings: OperatorSettings = memo.get("settings") or OperatorSettings.from_env()
     configure_kopf(settings, operator_settings)
+    configure_webhook_server(settings, operator_settings)
     api = KubeApi.from_environment()
     metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
     metrics.serve(operator_settings.metrics_port, operator_settings.metrics_host)
@@ -65,7 +99,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             "no audit log configured (TRADINGBOT_OPERATOR_AUDIT_URL): actions are "
             "recorded as Kubernetes Events only"
         )
-    fleet = Fleet(settings=operator_settings, api=api, recorder=recorder, metrics=metrics)
+    fleet = Fleet(
+        settings=operator_settings,
+        api=api,
+        recorder=recorder,
+        metrics=metrics,
+        identity_key=identity_key(operator_settings),
+    )
     # Bots caught mid-restart by an operator restart still hold their restart slots.
     for bot in await api.list_bots(operator_settings.namespace):
         if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:

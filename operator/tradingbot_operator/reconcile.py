@@ -46,6 +46,7 @@ from tradingbot_operator.decide import (
 )
 from tradingbot_operator.failpoints import failpoint
 from tradingbot_operator.hashing import changed_fields, config_hash, value_at
+from tradingbot_operator.identity import UNVERIFIED, Identity, verified_identity
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
@@ -122,12 +123,18 @@ def spec_changes(
 
 
 def bot_facts(
-    body: Mapping[str, Any], pods: Sequence[PodFacts], raw_pods: Sequence[Mapping[str, Any]]
+    body: Mapping[str, Any],
+    pods: Sequence[PodFacts],
+    raw_pods: Sequence[Mapping[str, Any]],
+    identity_key: bytes = b"",
 ) -> BotFacts:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     annotations = meta.get("annotations") or {}
     desired = config_hash(spec, annotations, SPEC_DEFAULTS)
+    identity = (
+        verified_identity(body, identity_key) if identity_key else Identity(None, UNVERIFIED, False)
+    )
     applied = None
     for raw in raw_pods:
         raw_meta = raw.get("metadata") or {}
@@ -148,6 +155,8 @@ def bot_facts(
         deleting=bool(meta.get("deletionTimestamp")),
         restart_reason=annotations.get(ANNOTATION_RESTART_REASON),
         changes=spec_changes(applied, spec),
+        requested_by=identity.user,
+        request_source=identity.source,
     )
 
 
@@ -162,6 +171,7 @@ class Fleet:
     api: KubeApi
     recorder: AuditRecorder
     metrics: OperatorMetrics
+    identity_key: bytes = b""
     restart_slots: set[tuple[str, str]] = field(default_factory=set)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
@@ -242,7 +252,7 @@ class BotReconciler:
             raise
         raw_pods = await api.list_bot_pods(self.namespace, self.name)
         pods = [pod_facts(p) for p in raw_pods]
-        facts = bot_facts(body, pods, raw_pods)
+        facts = bot_facts(body, pods, raw_pods, self.fleet.identity_key)
         if deleting and not facts.deleting:
             facts = dataclasses.replace(facts, deleting=True)
         decision = decide(facts, pods, utcnow(), self.fleet.limits_for(self.key))

@@ -53,6 +53,23 @@ class OperatorSettings(BaseModel):
         description="Base URL of the audit sidecar's ingest endpoint (http://127.0.0.1:8900 in "
         "the operator pod). Unset: Kubernetes Events only.",
     )
+    webhook_listen: str | None = Field(
+        default=None,
+        description="host:port of the admission webhook server (identity stamps, spec "
+        "checks); unset disables the webhooks.",
+    )
+    webhook_cert_file: str | None = Field(default=None, description="Webhook TLS certificate.")
+    webhook_key_file: str | None = Field(default=None, description="Webhook TLS key.")
+    identity_key_file: str | None = Field(
+        default=None,
+        description="Secret key that signs identity stamps; without it a random key is used "
+        "and stamps made before a restart read as unverified.",
+    )
+    operator_user: str | None = Field(
+        default=None,
+        description="The operator's own Kubernetes username, so its writes read as source "
+        "`operator` (system:serviceaccount:<ns>:<sa>).",
+    )
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
 
