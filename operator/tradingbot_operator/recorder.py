@@ -91,8 +91,11 @@ class InvolvedObject:
 def kube_event_name(involved: InvolvedObject, event: AuditEvent) -> str:
     """Deterministic per event, so a redelivered event is refused as AlreadyExists."""
     key = event.dedup_key or f"{event.reason}/{event.timestamp}/{event.message}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return f"{involved.name}.{digest}"
+    return event_name_for_key(involved.name, key)
+
+
+def event_name_for_key(bot: str, dedup_key: str) -> str:
+    return f"{bot}.{hashlib.sha256(dedup_key.encode()).hexdigest()[:16]}"
 
 
 def kube_event_body(event: AuditEvent, involved: InvolvedObject, host: str) -> dict[str, Any]:
