@@ -160,6 +160,60 @@ def identity_key(path: Path) -> Path:
     return path
 
 
+AUDIT_ACCOUNT = "tradingbot-audit"
+
+
+def operator_username(namespace: str = OPERATOR_NAMESPACE) -> str:
+    sa = next(
+        d["metadata"]["name"] for d in render_chart(namespace) if d["kind"] == "ServiceAccount"
+    )
+    return f"system:serviceaccount:{namespace}:{sa}"
+
+
+def audit_kubeconfig(
+    cluster: LocalCluster, api: client.ApiClient, path: Path, namespace: str = OPERATOR_NAMESPACE
+) -> Path:
+    """The audit sidecar's identity: may review tokens and access, nothing else."""
+    ensure_namespace(api, namespace)
+    apply_objects(
+        api,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": AUDIT_ACCOUNT, "namespace": namespace},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"{AUDIT_ACCOUNT}-auth-delegator"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "system:auth-delegator",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": AUDIT_ACCOUNT, "namespace": namespace}
+                ],
+            },
+        ],
+    )
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        AUDIT_ACCOUNT,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7 * 24 * 3600)
+        ),
+    )
+    return write_kubeconfig(
+        path,
+        cluster.server,
+        cluster.pki.ca_cert,
+        f"system:serviceaccount:{namespace}:{AUDIT_ACCOUNT}",
+        token=token.status.token,
+    )
+
+
 def apply_samples(api: client.ApiClient, namespace: str) -> list[str]:
     samples = load_yaml_dir(SAMPLES)
     apply_objects(api, samples, namespace)

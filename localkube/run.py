@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+from tradingbot_operator.webhook import webhook_configurations
 
 from localkube import binaries, product
 from localkube.cluster import ClusterError, LocalCluster, free_port
@@ -126,8 +127,23 @@ class LocalRun:
         kubeconfig = product.operator_kubeconfig(
             self.cluster, api, self.data_dir / "operator.kubeconfig"
         )
+        audit = self.start_audit_sidecar(api)
+        webhook_port = free_port(9443)
+        cert, key, ca_bundle = product.webhook_tls(self.cluster, self.data_dir / "webhook")
         metrics_port = free_port(8000)
         log_path = self.cluster.logs / "operator.log"
+        operator_env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "TRADINGBOT_OPERATOR_AUDIT_URL": audit,
+            "TRADINGBOT_OPERATOR_WEBHOOK_LISTEN": f"127.0.0.1:{webhook_port}",
+            "TRADINGBOT_OPERATOR_WEBHOOK_CERT_FILE": str(cert),
+            "TRADINGBOT_OPERATOR_WEBHOOK_KEY_FILE": str(key),
+            "TRADINGBOT_OPERATOR_IDENTITY_KEY_FILE": str(
+                product.identity_key(self.data_dir / "identity.key")
+            ),
+            "TRADINGBOT_OPERATOR_OPERATOR_USER": product.operator_username(),
+        }
         with open(log_path, "ab") as log:
             self.operator = subprocess.Popen(
                 [
@@ -142,12 +158,18 @@ class LocalRun:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+                env=operator_env,
                 cwd=binaries.REPO_ROOT,
             )
+        product.apply_objects(
+            api,
+            webhook_configurations(
+                {"url": f"https://127.0.0.1:{webhook_port}", "caBundle": ca_bundle}
+            ),
+        )
         self.say(
             f"operator running as the chart's ServiceAccount (log {log_path}, "
-            f"metrics http://127.0.0.1:{metrics_port}/metrics)"
+            f"metrics http://127.0.0.1:{metrics_port}/metrics, webhook :{webhook_port})"
         )
         names = product.apply_samples(api, BOT_NAMESPACE)
         self.say(f"sample bots applied in namespace {BOT_NAMESPACE}: {', '.join(names)}")
@@ -159,6 +181,38 @@ class LocalRun:
             "  Ctrl-C stops the bots gracefully; `make run` again resumes them."
         )
         self.api = api
+
+    def start_audit_sidecar(self, api: client.ApiClient) -> str:
+        """The audit log writer, as the chart's audit identity; returns its ingest URL."""
+        kubeconfig = product.audit_kubeconfig(self.cluster, api, self.data_dir / "audit.kubeconfig")
+        ingest, read = free_port(8900), free_port(8901)
+        log_path = self.cluster.logs / "audit.log"
+        with open(log_path, "ab") as log:
+            self.sidecar = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tradingbot_operator.audit",
+                    "--log-dir",
+                    str(self.data_dir / "audit"),
+                    "serve",
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "--ingest-listen",
+                    f"127.0.0.1:{ingest}",
+                    "--listen",
+                    f"127.0.0.1:{read}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=binaries.REPO_ROOT,
+            )
+        self.say(
+            f"audit log in {self.data_dir / 'audit'}; read API http://127.0.0.1:{read} "
+            f"(kubectl tradingbot audit --log-dir {self.data_dir / 'audit'})"
+        )
+        return f"http://127.0.0.1:{ingest}"
 
     def watch(self) -> None:
         custom = client.CustomObjectsApi(self.api)
@@ -200,6 +254,13 @@ class LocalRun:
                 self.operator.kill()
         if self.node:
             self.node.stop(timeout=60)
+        sidecar = getattr(self, "sidecar", None)
+        if sidecar is not None and sidecar.poll() is None:
+            sidecar.send_signal(signal.SIGTERM)  # finishes in-flight writes, closes the log
+            try:
+                sidecar.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sidecar.kill()
         self.cluster.stop()
         self.say("stopped; state kept in " + str(self.data_dir))
 
