@@ -137,3 +137,39 @@ def test_chart_renders_a_single_recreate_operator_under_restricted_security() ->
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         if rule["resources"] == ["secrets"]:
             assert rule["verbs"] == ["get"]
+
+
+def test_chart_webhooks_are_the_ones_the_operator_serves() -> None:
+    from tradingbot_operator.webhook import webhook_configurations
+
+    docs = render_chart("tradingbot-system")
+    expected = webhook_configurations({"url": "https://example"})
+
+    def without_client_config(doc: dict) -> list[dict]:
+        return [{k: v for k, v in w.items() if k != "clientConfig"} for w in doc["webhooks"]]
+
+    for want in expected:
+        (got,) = [d for d in docs if d["kind"] == want["kind"]]
+        assert got["metadata"]["name"] == want["metadata"]["name"]
+        assert without_client_config(got) == without_client_config(want)
+        for hook, wanted in zip(got["webhooks"], want["webhooks"], strict=True):
+            assert hook["clientConfig"]["service"]["path"] == "/" + wanted["name"].split(".")[0]
+            assert hook["clientConfig"]["caBundle"]
+
+
+def test_chart_runs_the_audit_sidecar_on_a_kept_volume() -> None:
+    docs = render_chart("tradingbot-system")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"operator", "audit"}
+    assert "--ingest-listen=127.0.0.1:8900" in containers["audit"]["args"]
+    env = {e["name"]: e.get("value") for e in containers["operator"]["env"]}
+    assert env["TRADINGBOT_OPERATOR_AUDIT_URL"] == "http://127.0.0.1:8900"
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    delegator = [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "system:auth-delegator"
+    ]
+    assert len(delegator) == 1
