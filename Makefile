@@ -11,7 +11,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 .PHONY: help setup tools run test test-unit test-integration test-e2e lint bench deploy undeploy images kind-e2e clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(UV):
 	@echo "[setup] uv not found; installing uv $(UV_VERSION) with pip"
@@ -52,6 +52,24 @@ lint: tools ## ruff, mypy, helm lint, CRD/chart agreement
 
 bench: tools ## benchmarks; results written to docs/benchmarks.md
 	$(PY) -m benchmarks
+
+RELEASE ?= tb
+RELEASE_NAMESPACE ?= tradingbot-system
+IMAGE ?= ghcr.io/r7/tradingbot:0.1.0
+
+deploy: tools ## helm upgrade --install into the current kube context
+	"$$($(HELM_BIN))" upgrade --install $(RELEASE) helm/tradingbot-operator \
+	  --namespace $(RELEASE_NAMESPACE) --create-namespace
+
+undeploy: tools ## helm uninstall (keeps the CRD, bot state and the audit volume)
+	"$$($(HELM_BIN))" uninstall $(RELEASE) --namespace $(RELEASE_NAMESPACE)
+
+images: ## build the image (operator and bot share it; needs Docker, not used by tests)
+	docker build -f bot_image/Dockerfile -t $(IMAGE) .
+	docker tag $(IMAGE) $(subst /tradingbot:,/tradingbot-operator:,$(IMAGE))
+
+kind-e2e: tools ## full e2e on kind (needs Docker and kind; opt-in)
+	IMAGE=$(IMAGE) tests/kind/run.sh
 
 clean: ## remove .venv and local cluster data (the binary cache is kept)
 	-$(PY) -m localkube down
