@@ -45,12 +45,13 @@ from tradingbot_operator.decide import (
     decide,
 )
 from tradingbot_operator.failpoints import failpoint
-from tradingbot_operator.hashing import changed_fields, config_hash, value_at
+from tradingbot_operator.hashing import changed_fields, config_hash, restart_token, value_at
 from tradingbot_operator.identity import UNVERIFIED, Identity, verified_identity
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
 from tradingbot_operator.render import (
+    ANNOTATION_APPLIED_RESTART,
     ANNOTATION_APPLIED_SPEC,
     BotRef,
     render_bot_objects,
@@ -136,9 +137,13 @@ def bot_facts(
         verified_identity(body, identity_key) if identity_key else Identity(None, UNVERIFIED, False)
     )
     applied = None
+    applied_restart = ""
     for raw in raw_pods:
         raw_meta = raw.get("metadata") or {}
         if not raw_meta.get("deletionTimestamp"):
+            applied_restart = (raw_meta.get("annotations") or {}).get(
+                ANNOTATION_APPLIED_RESTART, ""
+            )
             text = (raw_meta.get("annotations") or {}).get(ANNOTATION_APPLIED_SPEC)
             if text:
                 with contextlib.suppress(ValueError):
@@ -153,7 +158,9 @@ def bot_facts(
         suspend=bool(spec.get("suspend")),
         halt=annotations.get(ANNOTATION_HALT, "").lower() == HALT_VALUE,
         deleting=bool(meta.get("deletionTimestamp")),
-        restart_reason=annotations.get(ANNOTATION_RESTART_REASON),
+        restart_reason=annotations.get(ANNOTATION_RESTART_REASON)
+        if restart_token(annotations) not in ("", applied_restart)
+        else None,
         changes=spec_changes(applied, spec),
         requested_by=identity.user,
         request_source=identity.source,
@@ -327,7 +334,13 @@ class BotReconciler:
                         await api.create_if_absent(obj)  # never overwrite a bot's state
                     else:
                         await api.apply(obj)
-                pod = render_bot_pod(bot, spec, action.config_hash, settings)
+                pod = render_bot_pod(
+                    bot,
+                    spec,
+                    action.config_hash,
+                    settings,
+                    restart_token(meta.get("annotations") or {}),
+                )
                 try:
                     await api.create(pod)
                 except ApiError as err:

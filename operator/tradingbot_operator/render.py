@@ -27,6 +27,7 @@ from tradingbot_operator.hashing import canonical_json
 from tradingbot_operator.settings import OperatorSettings
 
 ANNOTATION_APPLIED_SPEC = f"{API_GROUP}/applied-spec"
+ANNOTATION_APPLIED_RESTART = f"{API_GROUP}/applied-restart"
 MANAGED_BY = "tradingbot-operator"
 BOT_UID = 10001
 STATE_VOLUME = "state"
@@ -90,6 +91,7 @@ def render_bot_pod(
     spec: Mapping[str, Any],
     config_hash: str,
     settings: OperatorSettings,
+    restart_request: str = "",
 ) -> dict[str, Any]:
     """The one pod that runs a bot: least privilege, restricted security, probes."""
     grace = int(
@@ -174,6 +176,9 @@ def render_bot_pod(
         # What this pod was started with: the next change is diffed against it, so Events and
         # the audit can say which fields changed, from what to what.
         ANNOTATION_APPLIED_SPEC: canonical_json(dict(spec)),
+        # The restart request this pod already answers, so a restart reason left on the bot
+        # is not reused for a later, unrelated change.
+        ANNOTATION_APPLIED_RESTART: restart_request,
     }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 

@@ -184,6 +184,15 @@ def test_the_restart_annotation_restarts_once_and_records_the_reason(
         timeout=30,
         message="kubectl rollout-style restart",
     )
+    # The reason annotation stays on the bot; it must not label a later config change.
+    bots.wait_running_with("bot-a")
+    bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 4}}})
+    status = kube.wait_for(
+        lambda: (s := bots.status("bot-a"))["restarts"]["total"] == 3 and s,
+        timeout=30,
+        message="config change restart",
+    )
+    assert status["restarts"]["last"]["reason"] == "config change"
 
 
 def test_hourly_rate_limit_defers_the_restart_and_says_so(
