@@ -85,9 +85,9 @@ def test_a_killed_bot_process_is_restarted_by_the_node_and_loses_no_fill(e2e: E2
         c for c in recorder.checkpoints if c["checkpointSeq"] < restored["checkpointSeq"]
     ][-1]
     assert ledger(restored) == ledger(last_before)
-    journal_ids = {f.get("id") or f.get("fillId") for f in last_before["journal"]}
-    restored_ids = {f.get("id") or f.get("fillId") for f in restored["journal"]}
-    assert journal_ids <= restored_ids
+    journal_ids = {f["orderId"] for f in last_before["journal"]}
+    restored_ids = {f["orderId"] for f in restored["journal"]}
+    assert journal_ids and journal_ids <= restored_ids
 
 
 def test_operator_killed_mid_restart_completes_with_one_pod(e2e: E2E) -> None:
