@@ -23,6 +23,7 @@ CRD_DIR = binaries.REPO_ROOT / "crds"
 SAMPLES = binaries.REPO_ROOT / "config" / "samples"
 FIELD_MANAGER = "localkube"
 OPERATOR_NAMESPACE = "tradingbot-system"
+TOKEN_SECONDS = 7 * 24 * 3600
 IDENTITY_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
@@ -114,18 +115,25 @@ def operator_kubeconfig(
     identity = [d for d in render_chart(namespace) if d["kind"] in IDENTITY_KINDS]
     apply_objects(api, identity, namespace)
     sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
+    return service_account_kubeconfig(cluster, api, namespace, sa, path)
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster, api: client.ApiClient, namespace: str, account: str, path: Path
+) -> Path:
+    """A kubeconfig acting as a ServiceAccount (a week-long bound token via TokenRequest)."""
     token = client.CoreV1Api(api).create_namespaced_service_account_token(
-        sa,
+        account,
         namespace,
         client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7 * 24 * 3600)
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
         ),
     )
     return write_kubeconfig(
         path,
         cluster.server,
         cluster.pki.ca_cert,
-        f"system:serviceaccount:{namespace}:{sa}",
+        f"system:serviceaccount:{namespace}:{account}",
         token=token.status.token,
     )
 
@@ -198,20 +206,7 @@ def audit_kubeconfig(
             },
         ],
     )
-    token = client.CoreV1Api(api).create_namespaced_service_account_token(
-        AUDIT_ACCOUNT,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7 * 24 * 3600)
-        ),
-    )
-    return write_kubeconfig(
-        path,
-        cluster.server,
-        cluster.pki.ca_cert,
-        f"system:serviceaccount:{namespace}:{AUDIT_ACCOUNT}",
-        token=token.status.token,
-    )
+    return service_account_kubeconfig(cluster, api, namespace, AUDIT_ACCOUNT, path)
 
 
 def apply_samples(api: client.ApiClient, namespace: str) -> list[str]:

@@ -3,43 +3,20 @@
 from __future__ import annotations
 
 import copy
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
 from localkube import binaries
 from localkube.cluster import LocalCluster
+from localkube.product import render_chart
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
 
 CHART = binaries.REPO_ROOT / "helm" / "tradingbot-operator"
-
-
-def render_chart(namespace: str, **values: str) -> list[dict]:
-    sets = [f"--set={k}={v}" for k, v in values.items()]
-    out = subprocess.run(
-        [
-            str(binaries.require_binary("helm")),
-            "template",
-            "tb",
-            str(CHART),
-            "--namespace",
-            namespace,
-            "--kube-version",
-            binaries.read_versions()["KUBERNETES_VERSION"],
-            *sets,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 @pytest.fixture
