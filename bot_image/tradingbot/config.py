@@ -19,6 +19,9 @@ Environment (set by the operator's pod template; defaults for running by hand):
 | LEASE_DURATION_SECONDS      | 15                  | Lease duration (renew every third of it) |
 | PRICE_FEED                  | strategy param      | seeded, live or auto (overrides params)  |
 | LOG_LEVEL                   | INFO                | log level                                |
+| AUDIT_URL                   | unset (no reporting)| audit sidecar base URL (http or https);  |
+|                             |                     | fills are reported as trade and          |
+|                             |                     | position_change events                   |
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Settings:
     price_feed: str | None = None
     log_level: str = "INFO"
     config_hash: str = ""
+    audit_url: str | None = None
 
     @property
     def identity(self) -> str:
@@ -87,6 +91,11 @@ class Settings:
         namespace = env.get("POD_NAMESPACE", "").strip() or default_namespace or ""
         if not namespace:
             errors.append("POD_NAMESPACE: required outside a pod")
+        audit_url = (env.get("AUDIT_URL") or "").strip().rstrip("/") or None
+        if audit_url is not None:
+            scheme, _, rest = audit_url.partition("://")
+            if scheme not in ("http", "https") or not rest:
+                errors.append(f"AUDIT_URL: must be an http:// or https:// URL, got {audit_url!r}")
         feed = env.get("PRICE_FEED") or None
         if feed is not None and feed not in ("seeded", "live", "auto"):
             errors.append(f"PRICE_FEED: must be seeded, live or auto, got {feed!r}")
@@ -106,6 +115,7 @@ class Settings:
             price_feed=feed,
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             config_hash=env.get("CONFIG_HASH", ""),
+            audit_url=audit_url,
         )
         if errors:
             raise ConfigError("invalid environment: " + "; ".join(errors))

@@ -54,10 +54,15 @@ class KubeApi(Protocol):
 
 
 class KubeClient:
-    """Raw JSON requests through the official client's authenticated transport."""
+    """Raw JSON requests through the official client's authenticated transport.
 
-    def __init__(self, api_client: Any) -> None:
+    `token_file` is the projected ServiceAccount token when running in-cluster; the kubelet
+    rotates it, so `bearer_token` reads it again on every call.
+    """
+
+    def __init__(self, api_client: Any, token_file: str | None = None) -> None:
         self.api_client = api_client
+        self.token_file = token_file
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
@@ -67,9 +72,29 @@ class KubeClient:
         path = kubeconfig or os.environ.get("KUBECONFIG")
         if path:
             return cls(config.new_client_from_config(config_file=path))
+        from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
+
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration))
+        return cls(client.ApiClient(configuration), token_file=SERVICE_TOKEN_FILENAME)
+
+    def bearer_token(self) -> str | None:
+        """The bearer token this client authenticates with (None for client certificates).
+
+        Other services that authenticate the bot by TokenReview (the audit sidecar) get the
+        same identity as the API server. Blocking: a file read, or a kubeconfig auth hook.
+        """
+        if self.token_file:
+            with open(self.token_file, encoding="utf-8") as handle:
+                return handle.read().strip() or None
+        configuration = self.api_client.configuration
+        header = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if not token:  # a token without the `Bearer` prefix
+            scheme, token = "bearer", scheme
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
 
     def request(
         self,

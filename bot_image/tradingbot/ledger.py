@@ -114,6 +114,8 @@ def apply_fill(
         day=day,
         day_realized_pnl=day_realized_pnl(state, day) + realized,
         reason=reason,
+        position_before=held.amount if held else 0.0,
+        position_after=positions[ex.symbol].amount if ex.symbol in positions else 0.0,
     )
     journal = (*state.journal, fill)[-MAX_JOURNAL_ENTRIES:]
     open_orders = tuple(

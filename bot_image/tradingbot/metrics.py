@@ -12,6 +12,12 @@ Also exported for alerts and dashboards: tradingbot_daily_loss_breached{bot} (0/
 tradingbot_daily_loss_pct{bot}, tradingbot_open_positions{bot}, tradingbot_lease_held{bot},
 tradingbot_state_write_failing{bot}, tradingbot_state_checkpoint_seq{bot},
 tradingbot_state_restored_seq{bot}.
+Audit delivery (events reported to the audit sidecar, see tradingbot.audit):
+- tradingbot_audit_events_sent_total{result}: per event and attempt; `ok` stored, `duplicate`
+  already in the log (a resend), `rejected` refused for good (HTTP 4xx, dropped), `error` not
+  delivered this time (5xx, timeout, unreachable; retried).
+- tradingbot_audit_events_dropped_total: events lost before delivery because the journal
+  trimmed their fill while it was still unaudited (sidecar unreachable for very long).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+AUDIT_RESULTS = ("ok", "duplicate", "rejected", "error")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -108,6 +115,19 @@ class BotMetrics:
             ["bot"],
             registry=r,
         )
+        self.audit_events_sent = Counter(
+            "tradingbot_audit_events_sent_total",
+            "Audit events sent to the audit sidecar, by outcome",
+            ["result"],
+            registry=r,
+        )
+        for result in AUDIT_RESULTS:
+            self.audit_events_sent.labels(result=result)
+        self.audit_events_dropped = Counter(
+            "tradingbot_audit_events_dropped_total",
+            "Audit events lost: their fill left the journal before the sidecar acknowledged it",
+            registry=r,
+        )
         for gauge in (
             self.pnl_realized,
             self.pnl_unrealized,
@@ -149,6 +169,14 @@ class BotMetrics:
         self.pnl_unrealized.labels(bot=self.bot).set(unrealized)
         self.equity.labels(bot=self.bot).set(equity)
         self.open_positions.labels(bot=self.bot).set(sum(1 for v in notional.values() if v))
+
+    def audit_sent(self, result: str, events: int) -> None:
+        if events:
+            self.audit_events_sent.labels(result=result).inc(events)
+
+    def audit_dropped(self, events: int) -> None:
+        if events:
+            self.audit_events_dropped.inc(events)
 
     def set_flag(self, gauge: Gauge, value: bool | float) -> None:
         gauge.labels(bot=self.bot).set(float(value))

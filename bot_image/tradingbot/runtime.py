@@ -11,10 +11,12 @@ Lifecycle of `python -m tradingbot`:
    `restore` checkpoint (proves this process can write and is the only writer), report the
    restored checkpointSeq (Event, status, metric). Ready.
 5. Each tick: prices, marks, daily-loss check, one decision per symbol, orders, a `fill`
-   checkpoint after every fill, a `periodic` one on schedule.
-6. SIGTERM: no new orders, a `shutdown` checkpoint, Lease released, exit 0, all inside the
-   grace period. Losing the Lease or a write conflict stops trading at once and goes back
-   to step 3.
+   checkpoint after every fill, a `periodic` one on schedule. With AUDIT_URL set, stored fills
+   are reported to the audit sidecar in the background (tradingbot.audit); acknowledgements
+   are stored as journal flags with the next checkpoint.
+6. SIGTERM: no new orders, at most a second for a last audit send, a `shutdown` checkpoint,
+   Lease released, exit 0, all inside the grace period. Losing the Lease or a write conflict
+   stops trading at once and goes back to step 3.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tradingbot.audit import (
+    SHUTDOWN_FLUSH_SECONDS,
+    AuditReporter,
+    JournalView,
+    events_per_fill,
+    mark_audited,
+    unaudited_removed,
+)
 from tradingbot.clock import utc_now_iso
 from tradingbot.config import BotConfig, ConfigError, Settings, parse_tradingbot
 from tradingbot.constants import (
@@ -75,7 +85,7 @@ from tradingbot.ledger import (
 from tradingbot.logsetup import REDACTOR
 from tradingbot.metrics import BotMetrics
 from tradingbot.risk import daily_loss_pct
-from tradingbot.state.model import OpenOrder, StateCheckpoint, StateCorruptError
+from tradingbot.state.model import Fill, OpenOrder, StateCheckpoint, StateCorruptError
 from tradingbot.state.stores import (
     SOURCE_EMPTY,
     ConfigMapStateStore,
@@ -114,6 +124,7 @@ class BotRuntime:
         metrics: BotMetrics | None = None,
         exchange_factory: Callable[[BotConfig], Any] | None = None,
         feed_factory: Callable[[BotConfig, StateCheckpoint], Any] | None = None,
+        audit_token: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -125,6 +136,10 @@ class BotRuntime:
         )
         self._exchange_factory = exchange_factory
         self._feed_factory = feed_factory
+        self._audit_token = audit_token
+        self.audit: AuditReporter | None = None
+        # Seq of the newest fill in a stored checkpoint: only those are reported.
+        self._durable_fill_seq = 0
         self.stop_event = asyncio.Event()
         self.stop_requested_at: float | None = None
         self.config: BotConfig | None = None
@@ -199,6 +214,8 @@ class BotRuntime:
             await self._close()
 
     async def _close(self) -> None:
+        if self.audit is not None:
+            await self.audit.close()
         if self._status_task is not None and not self._status_task.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._status_task, 2.0)
@@ -291,6 +308,7 @@ class BotRuntime:
             if credentials is None:
                 return
             REDACTOR.add(credentials.api_key, credentials.secret)
+        self._configure_audit()
         if self.store is None:
             if config.state_backend == "pvc":
                 self.store = FileStateStore(Path(s.state_dir))
@@ -342,6 +360,56 @@ class BotRuntime:
     def _api(self) -> KubeApi:
         assert self.api is not None
         return self.api
+
+    def _configure_audit(self) -> None:
+        s = self.settings
+        if not s.audit_url:
+            log.info(
+                "audit reporting off: AUDIT_URL is not set, fills are not sent to the audit log"
+            )
+            return
+        if self.audit is not None:
+            return
+        token = self._audit_token or getattr(self.api, "bearer_token", None)
+        if token is None:
+            log.warning(
+                "audit reporting off: the Kubernetes client offers no bearer token to "
+                "authenticate to the audit sidecar with"
+            )
+            return
+        self.audit = AuditReporter(
+            s.audit_url,
+            bot=s.bot_name,
+            namespace=s.namespace,
+            metrics=self.metrics,
+            view=self._audit_view,
+            on_acked=self._audit_acked,
+            token=token,
+            redact=REDACTOR.redact,
+        )
+        log.info("reporting fills to the audit sidecar", extra={"audit_url": s.audit_url})
+
+    def _audit_view(self) -> JournalView:
+        return JournalView(self.state.journal, self._durable_fill_seq, self.state.checkpoint_seq)
+
+    def _audit_acked(self, seqs: set[int]) -> None:
+        # Stored with the next checkpoint; until then a restart simply resends (dedup).
+        self.state = mark_audited(self.state, seqs)
+
+    def _audit_lost(self, before: tuple[Fill, ...], after: tuple[Fill, ...]) -> None:
+        """Count and report unaudited fills the journal trimmed away (never blocks)."""
+        if self.audit is None:
+            return
+        lost = unaudited_removed(before, after)
+        if not lost:
+            return
+        events = sum(events_per_fill(f) for f in lost)
+        self.metrics.audit_dropped(events)
+        log.warning(
+            "journal trimmed fills the audit sidecar has not acknowledged; their audit "
+            "events are lost",
+            extra={"events": events, "trade_seqs": [f.seq for f in lost]},
+        )
 
     async def _read_tradingbot(self) -> dict[str, Any]:
         s = self.settings
@@ -458,6 +526,20 @@ class BotRuntime:
                 "checkpoint_seq": self.state.checkpoint_seq,
             },
         )
+        if self.audit is not None:
+            # Whatever an earlier process left unaudited goes first.
+            self.audit.start()
+        try:
+            await self._trade()
+            if self.audit is not None:
+                # One last best-effort send, so the shutdown checkpoint stores the flags.
+                await self.audit.stop(self._audit_flush_budget())
+            await self._shutdown_checkpoint()
+        finally:
+            if self.audit is not None:
+                await self.audit.stop()
+
+    async def _trade(self) -> None:
         await self._start_feed()
         await self._push_status()
         self.health.phase = "trading"
@@ -490,7 +572,12 @@ class BotRuntime:
                 )
         finally:
             self.health.ready = False
-        await self._shutdown_checkpoint()
+
+    def _audit_flush_budget(self) -> float:
+        """At most SHUTDOWN_FLUSH_SECONDS, and never what the shutdown checkpoint needs."""
+        elapsed = time.monotonic() - (self.stop_requested_at or time.monotonic())
+        spare = self._shutdown_budget() - elapsed - 2.0
+        return max(0.0, min(SHUTDOWN_FLUSH_SECONDS, spare))
 
     async def _shutdown_checkpoint(self) -> None:
         elapsed = time.monotonic() - (self.stop_requested_at or time.monotonic())
@@ -772,7 +859,9 @@ class BotRuntime:
     async def _record_fill(self, result: OrderResult, reason: str) -> None:
         assert result.execution is not None
         ex = result.execution
+        before = self.state.journal
         self.state, fill = apply_fill(self.state, ex, reason=reason)
+        self._audit_lost(before, self.state.journal)
         if self.exchange.mode == "paper":
             self.state = replace(self.state, balances=dict(self.exchange.balances))
         else:
@@ -829,6 +918,8 @@ class BotRuntime:
         # Keep in memory whatever changed while the write was in flight; drop only the
         # journal entries the size guard trimmed from what was stored.
         trimmed = len(candidate.journal) - len(stored.journal)
+        if trimmed:
+            self._audit_lost(self.state.journal[:trimmed], ())
         self.state = replace(
             self.state,
             checkpoint_seq=stored.checkpoint_seq,
@@ -844,6 +935,10 @@ class BotRuntime:
         self.metrics.checkpoint(reason, seconds, stored.checkpoint_seq)
         self._last_checkpoint = time.monotonic()
         self.health.detail["checkpointSeq"] = stored.checkpoint_seq
+        if stored.journal:
+            self._durable_fill_seq = stored.journal[-1].seq
+        if self.audit is not None:
+            self.audit.notify()
         return True
 
     # ------------------------------------------------------------------ reporting

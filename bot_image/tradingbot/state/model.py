@@ -1,7 +1,10 @@
 """The versioned state document (SPEC §11) and its pure encoding, decoding and trimming.
 
 Top-level keys, exactly: schemaVersion, checkpointSeq, savedAt, reason, writerPod, positions,
-balances, stats {realizedPnl, totalTrades, wins}, openOrders, journal.
+balances, stats {realizedPnl, totalTrades, wins}, openOrders, journal. A journal entry is one
+fill; besides the trade it records the position around it (positionBefore, positionAfter) and
+whether the audit sidecar has acknowledged its events (audited, see tradingbot.audit). Those
+three are optional when reading, so states written before them still restore.
 
 Decoding is strict: anything that is not a state this code wrote (bad JSON, unknown
 schemaVersion, a missing or unexpected key, a negative amount) raises StateCorruptError,
@@ -131,9 +134,17 @@ class Fill:
     day: str  # UTC date of the fill
     day_realized_pnl: float  # realized PnL of that UTC day up to and including this fill
     reason: str = ""
+    # Amount of `symbol` held before and after this fill; None in entries written before the
+    # bot recorded it (the position_change audit event needs it).
+    position_before: float | None = None
+    position_after: float | None = None
+    # Set once the audit sidecar acknowledged this fill's events (stored durably). Delivery
+    # bookkeeping, not part of the trade: two records of the same fill compare equal whatever
+    # its value.
+    audited: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "seq": self.seq,
             "time": self.time,
             "symbol": self.symbol,
@@ -150,6 +161,12 @@ class Fill:
             "dayRealizedPnl": self.day_realized_pnl,
             "reason": self.reason,
         }
+        if self.position_before is not None:
+            doc["positionBefore"] = self.position_before
+        if self.position_after is not None:
+            doc["positionAfter"] = self.position_after
+        doc["audited"] = self.audited
+        return doc
 
     @classmethod
     def from_json(cls, raw: Any, path: str) -> Fill:
@@ -173,6 +190,9 @@ class Fill:
             day=_string(obj, "day", path),
             day_realized_pnl=_number(obj, "dayRealizedPnl", path),
             reason=str(obj.get("reason", "")),
+            position_before=_optional_number(obj, "positionBefore", path, minimum=0.0),
+            position_after=_optional_number(obj, "positionAfter", path, minimum=0.0),
+            audited=_optional_flag(obj, "audited", path),
         )
 
 
@@ -377,6 +397,19 @@ def _number(obj: dict[str, Any], key: str, path: str, *, minimum: float | None =
     if minimum is not None and value < minimum:
         raise StateCorruptError(f"{path}.{key}: must be >= {minimum:g}, got {value!r}")
     return float(value)
+
+
+def _optional_number(
+    obj: dict[str, Any], key: str, path: str, *, minimum: float | None = None
+) -> float | None:
+    return None if obj.get(key) is None else _number(obj, key, path, minimum=minimum)
+
+
+def _optional_flag(obj: dict[str, Any], key: str, path: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise StateCorruptError(f"{path}.{key}: must be true or false, got {value!r}")
+    return value
 
 
 def _integer(obj: dict[str, Any], key: str, path: str) -> int:
