@@ -321,6 +321,8 @@ class ProcessNode:
                     log.warning("watch failed (%s); retrying", err.reason)
                     self.stopping.wait(1)
             except Exception as err:
+                if self.stopping.is_set():
+                    return  # the API server going away at shutdown is expected
                 log.warning("watch failed (%s); retrying", err)
                 self.stopping.wait(1)
 

@@ -154,6 +154,8 @@ class LocalRun:
                     str(metrics_port),
                     "--max-concurrent-restarts",
                     "1",
+                    "--bot-env",
+                    f"AUDIT_URL={self.audit_read_url}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -212,6 +214,7 @@ class LocalRun:
             f"audit log in {self.data_dir / 'audit'}; read API http://127.0.0.1:{read} "
             f"(kubectl tradingbot audit --log-dir {self.data_dir / 'audit'})"
         )
+        self.audit_read_url = f"http://127.0.0.1:{read}"
         return f"http://127.0.0.1:{ingest}"
 
     def watch(self) -> None:
