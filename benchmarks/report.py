@@ -70,6 +70,11 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 def write_section(name: str, title: str, command: str, body: str) -> None:
+    # A benchmark's own title/command/machine lines would repeat the section's.
+    lines = body.strip().splitlines()
+    while lines and (lines[0].startswith(("## ", "Command:", "Machine:")) or not lines[0]):
+        lines.pop(0)
+    body = "\n".join(lines)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- bench:{name} -->\n## {title}\n\n"
