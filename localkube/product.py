@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,21 @@ def render_chart(namespace: str, release: str = "tb", **values: str) -> list[dic
 
 
 def apply_objects(
-    api: client.ApiClient, objects: list[dict[str, Any]], namespace: str | None = None
-) -> None:
+    api: client.ApiClient,
+    objects: Iterable[dict[str, Any]],
+    namespace: str | None = None,
+    field_manager: str = FIELD_MANAGER,
+) -> list[Any]:
+    """Server-side apply every object, as `kubectl apply --server-side` would."""
     dynamic = DynamicClient(api)
+    applied = []
     for obj in objects:
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        kwargs: dict[str, Any] = {"body": obj, "field_manager": FIELD_MANAGER, "force": True}
+        kwargs: dict[str, Any] = {"body": obj, "field_manager": field_manager, "force": True}
         if resource.namespaced:
-            kwargs["namespace"] = obj["metadata"].get("namespace") or namespace
-        resource.server_side_apply(**kwargs)
+            kwargs["namespace"] = obj.get("metadata", {}).get("namespace") or namespace
+        applied.append(resource.server_side_apply(**kwargs))
+    return applied
 
 
 def load_yaml_dir(directory: Path) -> list[dict[str, Any]]:

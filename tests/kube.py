@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 from kubernetes import client, config
-from kubernetes.dynamic import DynamicClient
 
+from localkube import product
 from localkube.cluster import LocalCluster, write_kubeconfig
 
 FIELD_MANAGER = "tradingbot-tests"
@@ -38,15 +38,7 @@ def apply(
     namespace: str | None = None,
 ) -> list[Any]:
     """Server-side apply every object, as `kubectl apply --server-side` would."""
-    dynamic = DynamicClient(api)
-    applied = []
-    for obj in load_documents(source):
-        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        kwargs: dict[str, Any] = {"body": obj, "field_manager": FIELD_MANAGER, "force": True}
-        if resource.namespaced:
-            kwargs["namespace"] = obj.get("metadata", {}).get("namespace") or namespace
-        applied.append(resource.server_side_apply(**kwargs))
-    return applied
+    return product.apply_objects(api, load_documents(source), namespace, FIELD_MANAGER)
 
 
 def wait_for(
