@@ -227,7 +227,10 @@ def test_a_bot_that_never_becomes_ready_ends_failed_and_degraded(
     status = bots.wait_phase("bot-a", "Failed", timeout=60)
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "AttemptsExhausted"
-    assert bots.pods("bot-a") == []
+    # Status is written before the action it records: the delete follows at once.
+    kube.wait_for(lambda: bots.pods("bot-a") == [], timeout=10, message="failed pod deleted")
+    time.sleep(2)
+    assert bots.pods("bot-a") == []  # and no new attempt is started
     kubelet.crash = False
     bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 1}}})
     bots.wait_running_with("bot-a", timeout=30)
