@@ -230,6 +230,7 @@ def _kill_switch_and_bursts(bots: Bots, observer: Observer) -> tuple[list[float]
     for _ in range(5):
         bots.wait_running_with("bench-bot", timeout=90)
         pod = bots.pods("bench-bot")[0].metadata.name
+        observer.pod_gone.pop(pod, None)  # the same config comes back under the same name
         started = time.time()
         bots.annotate("bench-bot", **{"trading.r7.dev/halt": "true"})
         gone = _wait(lambda p=pod: observer.pod_gone.get(p), 60, "halted pod gone")

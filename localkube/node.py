@@ -469,7 +469,11 @@ class ProcessNode:
 
     def _sync_loop(self) -> None:
         while not self.stopping.is_set():
-            self.wake.wait(0.25)
+            with self.lock:
+                terminating = any(r.deleting_since is not None for r in self.pods.values())
+            # A process exit raises no event: poll briskly while a pod is shutting down, so
+            # its object goes (and its successor may start) as soon as the process is gone.
+            self.wake.wait(0.02 if terminating else 0.25)
             self.wake.clear()
             with self.lock:
                 runs = list(self.pods.values())

@@ -45,7 +45,13 @@ from tradingbot_operator.decide import (
     decide,
 )
 from tradingbot_operator.failpoints import failpoint
-from tradingbot_operator.hashing import changed_fields, config_hash, restart_token, value_at
+from tradingbot_operator.hashing import (
+    canonical_json,
+    changed_fields,
+    config_hash,
+    restart_token,
+    value_at,
+)
 from tradingbot_operator.identity import UNVERIFIED, Identity, verified_identity
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
@@ -180,6 +186,7 @@ class Fleet:
     metrics: OperatorMetrics
     identity_key: bytes = b""
     restart_slots: set[tuple[str, str]] = field(default_factory=set)
+    ensured: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
     def wake(self, namespace: str, name: str) -> None:
@@ -329,11 +336,7 @@ class BotReconciler:
                 )
                 failpoint("after-pod-deleted")
             elif isinstance(action, CreatePod):
-                for obj in render_bot_objects(bot, spec):
-                    if obj["kind"] in ("ConfigMap", "Lease", "PersistentVolumeClaim"):
-                        await api.create_if_absent(obj)  # never overwrite a bot's state
-                    else:
-                        await api.apply(obj)
+                await self.ensure_bot_objects(bot, spec)
                 pod = render_bot_pod(
                     bot,
                     spec,
@@ -345,6 +348,8 @@ class BotReconciler:
                     await api.create(pod)
                 except ApiError as err:
                     if not err.conflict:  # same name = same hash: created by an earlier pass
+                        # e.g. its ServiceAccount was deleted by hand: re-apply next time
+                        self.fleet.ensured.pop(self.key, None)
                         raise
                 failpoint("after-pod-created")
         involved = InvolvedObject(
@@ -374,12 +379,27 @@ class BotReconciler:
                 return
             await self.cleanup(bot)
 
+    async def ensure_bot_objects(self, bot: BotRef, spec: Mapping[str, Any]) -> None:
+        """The bot's identity, Lease and state object, applied once per operator run and
+        again only when what they depend on changes (saves API calls on every restart)."""
+        objects = render_bot_objects(bot, spec)
+        fingerprint = (bot.uid, canonical_json(objects))
+        if self.fleet.ensured.get(self.key) == fingerprint:
+            return
+        for obj in objects:
+            if obj["kind"] in ("ConfigMap", "Lease", "PersistentVolumeClaim"):
+                await self.fleet.api.create_if_absent(obj)  # never overwrite a bot's state
+            else:
+                await self.fleet.api.apply(obj)
+        self.fleet.ensured[self.key] = fingerprint
+
     async def cleanup(self, bot: BotRef) -> None:
         """After the bot has stopped: remove its identity; keep its state and Lease."""
         name = service_account_name(bot.name)
         for kind in ("RoleBinding", "Role", "ServiceAccount"):
             await self.fleet.api.delete(kind, bot.namespace, name)
         self.fleet.restart_slots.discard(self.key)
+        self.fleet.ensured.pop(self.key, None)
         self.fleet.metrics.set_bot_state(bot.namespace, bot.name, None, False)
 
 
