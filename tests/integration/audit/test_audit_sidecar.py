@@ -15,8 +15,7 @@ from tradingbot_operator.audit import AuditFilter, query, verify_log
 from tradingbot_operator.audit.client import AuditClient, AuditDeliveryError
 
 from tests import kube
-
-from .conftest import SidecarProcess, wait_allowed
+from tests.integration.conftest import SidecarProcess, wait_allowed
 
 GROUP = "trading.r7.dev"
 StartSidecar = Callable[..., SidecarProcess]

@@ -7,7 +7,6 @@ one. Paper mode on the seeded price feed; only 127.0.0.1 is contacted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -16,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 from kubernetes import client
 from tradingbot.state import StateCheckpoint, decode_state
 
-from tests.integration.audit.conftest import SIDECAR_ACCOUNT, SidecarProcess, wait_allowed
+from tests.integration.conftest import SidecarProcess
 
 GROUP, VERSION, PLURAL = "trading.r7.dev", "v1alpha1", "tradingbots"
 BOT = "alpha"
@@ -208,44 +206,8 @@ def bot_env(
 
 @pytest.fixture
 def audit_sidecars(
-    api_client: client.ApiClient,
-    rbac_api: client.RbacAuthorizationV1Api,
-    namespace: str,
-    sa_kubeconfig: Callable[[str, str], Path],
-    tmp_path: Path,
-) -> Iterator[Callable[[], SidecarProcess]]:
-    """Starts the audit sidecar as a process (`SidecarProcess`), all on one log directory,
-    under a ServiceAccount bound to `system:auth-delegator` only (as the chart does)."""
-    binding = f"audit-sidecar-{uuid.uuid4().hex[:8]}"
-    kubeconfig = sa_kubeconfig(namespace, SIDECAR_ACCOUNT)
-    rbac_api.create_cluster_role_binding(
-        client.V1ClusterRoleBinding(
-            metadata=client.V1ObjectMeta(name=binding),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io",
-                kind="ClusterRole",
-                name="system:auth-delegator",
-            ),
-            subjects=[
-                client.RbacV1Subject(
-                    kind="ServiceAccount", name=SIDECAR_ACCOUNT, namespace=namespace
-                )
-            ],
-        )
-    )
-    user = f"system:serviceaccount:{namespace}:{SIDECAR_ACCOUNT}"
-    wait_allowed(api_client, user, None, "authentication.k8s.io", "tokenreviews", verb="create")
-    started: list[SidecarProcess] = []
-
-    def start() -> SidecarProcess:
-        process = SidecarProcess(
-            tmp_path / "audit", kubeconfig, tmp_path / f"sidecar-{len(started)}.log"
-        )
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.kill()
-    with contextlib.suppress(client.ApiException):
-        rbac_api.delete_cluster_role_binding(binding)
+    start_sidecar: Callable[..., SidecarProcess], tmp_path: Path
+) -> Callable[[], SidecarProcess]:
+    """Starts the audit sidecar as a process, every one on the same log directory, under a
+    ServiceAccount bound to `system:auth-delegator` only (as the chart does)."""
+    return lambda: start_sidecar(tmp_path / "audit")

@@ -15,7 +15,7 @@ from tradingbot.state import StateCheckpoint
 from tradingbot_operator.audit import AuditFilter, query, verify_log
 
 from tests import kube
-from tests.integration.audit.conftest import SidecarProcess
+from tests.integration.conftest import SidecarProcess
 
 from .conftest import BOT, GRACE_SECONDS, LEASE_SECONDS, BotEnv
 

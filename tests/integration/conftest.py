@@ -1,4 +1,5 @@
-"""The audit sidecar as a real process, authorizing against the real API server.
+"""Integration fixtures shared by the audit and bot tests: the audit sidecar as a real
+process, authorizing against the real API server.
 
 It runs with a kubeconfig for a ServiceAccount bound to `system:auth-delegator` only, so these
 tests also prove that this is all the RBAC the sidecar needs.
