@@ -24,6 +24,7 @@ from tradingbot_operator.api.constants import (
     Phase,
     RestartResult,
 )
+from tradingbot_operator.audit.schema import REDACTED, is_secret_key, redact_secrets
 from tradingbot_operator.hashing import canonical_json
 from tradingbot_operator.ratelimit import (
     CoalescingWindow,
@@ -482,7 +483,10 @@ def change_requested(ctx: _Context) -> bool:
                 "config_change",
                 "ConfigChanged",
                 "changed "
-                + "; ".join(f"{c.path}: {_short(c.old)} -> {_short(c.new)}" for c in bot.changes),
+                + "; ".join(
+                    f"{c.path}: {_shown(c.path, c.old)} -> {_shown(c.path, c.new)}"
+                    for c in bot.changes
+                ),
                 source="user",
                 details=_change_details(bot),
             )
@@ -804,7 +808,11 @@ def _describe_request(kind: PendingActionKind, bot: BotFacts) -> str:
     return f"restart requested ({bot.restart_reason or 'restart annotation'}); restart pending"
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _shown(path: str, value: Any, limit: int = 60) -> str:
+    """A value as an Event message may show it: secrets masked, long values cut."""
+    if is_secret_key(path.rsplit(".", 1)[-1]):
+        return REDACTED
+    value = redact_secrets(value)
     text = value if isinstance(value, str) else canonical_json(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -8,6 +8,7 @@ import pytest
 from tradingbot_operator.decide import (
     CreatePod,
     DeletePod,
+    FieldChange,
     OperatorLimits,
     PodFacts,
     decide,
@@ -322,3 +323,19 @@ def test_a_restart_recorded_but_not_acted_on_is_finished_without_counting_twice(
     world.settle()
     assert world.status["restarts"]["total"] == 1
     assert len(world.status["restarts"]["history"]) == 1
+
+
+def test_change_messages_never_show_secret_values() -> None:
+    world = running_world()
+    world.bot = dataclasses.replace(
+        world.bot,
+        desired_hash="h2",
+        changes=(
+            FieldChange("spec.strategy.params.apiSecret", "old-secret", "new-secret"),
+            FieldChange("spec.strategy.params.extra", {"token": "t0k"}, {"token": "t1k"}),
+        ),
+    )
+    world.step()
+    text = " ".join(e.message for d in world.decisions for e in d.events)
+    assert "secret" not in text.replace("apiSecret", "") and "t0k" not in text
+    assert "***" in text
