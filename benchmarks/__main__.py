@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         "Bot process start and state checkpoint latency",
         (["--localkube"],),
     ),
+    "scale": ("benchmarks.scale_bench", "Scale: 1,000 TradingBots on one operator", ()),
     "audit": (
         "benchmarks.audit_bench",
         "Audit log: durable appends, queries and verify on 1,000,000 events",

@@ -122,8 +122,11 @@ class OperatorProcess:
 class Kubelet(threading.Thread):
     """Marks every new pod in a namespace Ready (after `delay`), unless told to fail it."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str, delay: float = 0.1) -> None:
+    def __init__(
+        self, api_client: client.ApiClient, namespace: str, delay: float = 0.1, poll: float = 0.05
+    ) -> None:
         super().__init__(daemon=True)
+        self.poll = poll
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.delay = delay
@@ -145,7 +148,7 @@ class Kubelet(threading.Thread):
                     continue
                 seen.add(uid)
                 threading.Timer(self.delay, self._report, args=(pod.metadata.name,)).start()
-            self._stop.wait(0.05)
+            self._stop.wait(self.poll)
 
     def _report(self, name: str) -> None:
         ready = "False" if self.crash else "True"

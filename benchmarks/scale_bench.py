@@ -1,0 +1,154 @@
+"""Scale: N TradingBots on one operator — cold-start reconcile time and operator memory.
+
+The operator (chart identity) starts with N bots already stored and no pods; a stand-in
+kubelet marks each created pod Ready (bot processes are not run: this measures the
+operator and the API server, not N trading processes). Reported: time until every bot is
+`Running`, the operator's peak RSS, and restart latency under churn (a batch of edits
+across the fleet while it runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from benchmarks.report import summarize
+from localkube import binaries, product
+from localkube.cluster import LocalCluster
+from tests.integration.invalid_specs import VALID_BASE_SPEC
+from tests.integration.operator.harness import Kubelet, OperatorProcess
+
+NAME = "scale"
+TITLE = "Scale: 1,000 TradingBots on one operator"
+BOTS = 1000
+NAMESPACE = "scale"
+CHURN = 50
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _phases(custom: client.CustomObjectsApi) -> dict[str, str]:
+    items = custom.list_namespaced_custom_object(
+        "trading.r7.dev", "v1alpha1", NAMESPACE, "tradingbots"
+    )["items"]
+    return {b["metadata"]["name"]: (b.get("status") or {}).get("phase", "") for b in items}
+
+
+def run(bots: int = BOTS) -> str:
+    binaries.ensure()
+    with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp) / "kube") as cluster:
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        custom = client.CustomObjectsApi(api)
+        product.install_crds(api)
+        product.ensure_namespace(api, NAMESPACE)
+        product.apply_objects(
+            api,
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": NAMESPACE},
+                }
+            ],
+        )
+        spec: dict[str, Any] = copy.deepcopy(VALID_BASE_SPEC)
+        spec["restartPolicy"].update(coalesceSeconds=1, maxRestartsPerHour=100)
+        created = time.perf_counter()
+        for i in range(bots):
+            custom.create_namespaced_custom_object(
+                "trading.r7.dev",
+                "v1alpha1",
+                NAMESPACE,
+                "tradingbots",
+                {
+                    "apiVersion": "trading.r7.dev/v1alpha1",
+                    "kind": "TradingBot",
+                    "metadata": {"name": f"bot-{i:04d}"},
+                    "spec": spec,
+                },
+            )
+        create_seconds = time.perf_counter() - created
+        kubelet = Kubelet(api, NAMESPACE, delay=0.0, poll=0.5)
+        kubelet.start()
+        kubeconfig = product.operator_kubeconfig(cluster, api, Path(tmp) / "op.kubeconfig")
+        operator = OperatorProcess(kubeconfig, NAMESPACE, Path(tmp) / "operator.log")
+        peak = [0.0]
+        stop = threading.Event()
+        try:
+            started = time.perf_counter()
+            operator.start()
+            assert operator.proc is not None
+            pid = operator.proc.pid
+
+            def sample() -> None:
+                while not stop.wait(0.5):
+                    peak[0] = max(peak[0], _rss_mib(pid))
+
+            threading.Thread(target=sample, daemon=True).start()
+            deadline = started + 1800
+            while time.perf_counter() < deadline:
+                phases = _phases(custom)
+                if sum(p == "Running" for p in phases.values()) == bots:
+                    break
+                time.sleep(1)
+            cold = time.perf_counter() - started
+            running = sum(p == "Running" for p in _phases(custom).values())
+            steady_rss = _rss_mib(pid)
+            # Churn: edit CHURN bots at once and time each restart to completion.
+            edited = time.time()
+            for i in range(0, bots, max(bots // CHURN, 1)):
+                custom.patch_namespaced_custom_object(
+                    "trading.r7.dev",
+                    "v1alpha1",
+                    NAMESPACE,
+                    "tradingbots",
+                    f"bot-{i:04d}",
+                    {"spec": {"risk": {"maxOpenPositions": 3}}},
+                )
+            targets = {f"bot-{i:04d}" for i in range(0, bots, max(bots // CHURN, 1))}
+            durations: list[float] = []
+            deadline = time.perf_counter() + 600
+            while time.perf_counter() < deadline and len(durations) < len(targets):
+                durations = []
+                for item in custom.list_namespaced_custom_object(
+                    "trading.r7.dev", "v1alpha1", NAMESPACE, "tradingbots"
+                )["items"]:
+                    if item["metadata"]["name"] in targets:
+                        last = ((item.get("status") or {}).get("restarts") or {}).get("last")
+                        if last and last.get("result") == "succeeded":
+                            durations.append(float(last["durationSeconds"]))
+                time.sleep(1)
+            churn_wall = time.time() - edited
+        finally:
+            stop.set()
+            operator.stop()
+            kubelet.stop()
+    churn = summarize(durations) if durations else None
+    lines = [
+        f"{bots} TradingBots created before the operator starts ({create_seconds:.0f} s to "
+        "create); a stand-in kubelet marks pods Ready within 0.5 s (no bot processes run).",
+        "",
+        "| measurement | result |",
+        "|---|---|",
+        f"| cold start: operator start until all {bots} bots Running | {cold:.0f} s "
+        f"({running} Running) |",
+        f"| operator RSS after cold start / peak | {steady_rss:.0f} MiB / {peak[0]:.0f} MiB |",
+    ]
+    if churn:
+        lines.append(
+            f"| restart under churn ({len(durations)} bots edited at once): duration p50 / "
+            f"p95 / max | {churn['median']:.2f} s / {churn['p95']:.2f} s / "
+            f"{churn['max']:.2f} s (all done in {churn_wall:.0f} s) |"
+        )
+    return "\n".join(lines)
