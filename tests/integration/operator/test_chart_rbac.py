@@ -150,3 +150,27 @@ def test_chart_runs_the_audit_sidecar_on_a_kept_volume() -> None:
         if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "system:auth-delegator"
     ]
     assert len(delegator) == 1
+
+
+def test_every_alert_uses_metrics_the_code_exports() -> None:
+    import re
+
+    from tradingbot.metrics import BotMetrics
+    from tradingbot_operator.metrics import OperatorMetrics
+
+    exported: set[str] = set()
+    for registry in (OperatorMetrics().registry, BotMetrics("b").registry):
+        for family in registry.collect():
+            exported.update(sample.name for sample in family.samples)
+            exported.add(family.name)
+            if family.type == "counter":  # labelled counters have no samples until used
+                exported.add(family.name + "_total")
+    docs = render_chart("tradingbot-system", **{"monitoring.enabled": "true"})
+    (rules,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    assert len(exprs) >= 5
+    used = {name for expr in exprs for name in re.findall(r"tradingbot_[a-z_]+", expr)}
+    assert used and used <= exported, used - exported
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    assert "PrometheusRule" not in {d["kind"] for d in render_chart("tradingbot-system")}
