@@ -18,17 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tradingbot_operator.api.constants import (
+    ANNOTATION_CHANGE_SIGNATURE,
+    ANNOTATION_CHANGE_SOURCE,
+    ANNOTATION_CHANGED_BY,
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
     ANNOTATION_RESTARTED_AT,
-    API_GROUP,
     KUBECTL_RESTARTED_AT,
 )
 from tradingbot_operator.hashing import canonical_json, changed_fields
 
-ANNOTATION_CHANGED_BY = f"{API_GROUP}/changed-by"
-ANNOTATION_CHANGE_SOURCE = f"{API_GROUP}/change-source"
-ANNOTATION_CHANGE_SIGNATURE = f"{API_GROUP}/change-signature"
 STAMP_ANNOTATIONS = (ANNOTATION_CHANGED_BY, ANNOTATION_CHANGE_SOURCE, ANNOTATION_CHANGE_SIGNATURE)
 CONTROL_ANNOTATIONS = (
     ANNOTATION_RESTARTED_AT,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tradingbot_operator.api.constants import (
+    ANNOTATION_APPLIED_RESTART,
+    ANNOTATION_APPLIED_SPEC,
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
@@ -57,8 +59,6 @@ from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
 from tradingbot_operator.render import (
-    ANNOTATION_APPLIED_RESTART,
-    ANNOTATION_APPLIED_SPEC,
     BotRef,
     render_bot_objects,
     render_bot_pod,

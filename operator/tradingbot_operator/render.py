@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tradingbot_operator.api.constants import (
+    ANNOTATION_APPLIED_RESTART,
+    ANNOTATION_APPLIED_SPEC,
     ANNOTATION_CONFIG_HASH,
     API_GROUP,
     API_VERSION,
@@ -26,8 +28,6 @@ from tradingbot_operator.api.constants import (
 from tradingbot_operator.hashing import canonical_json
 from tradingbot_operator.settings import OperatorSettings
 
-ANNOTATION_APPLIED_SPEC = f"{API_GROUP}/applied-spec"
-ANNOTATION_APPLIED_RESTART = f"{API_GROUP}/applied-restart"
 MANAGED_BY = "tradingbot-operator"
 BOT_UID = 10001
 STATE_VOLUME = "state"

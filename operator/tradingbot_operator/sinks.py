@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Sequence
 
-import aiohttp
-
+from tradingbot_operator.audit.client import AuditClient
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.recorder import AuditEvent, InvolvedObject, Sink, kube_event_body
 
@@ -29,23 +27,14 @@ def kube_event_sink(api: KubeApi, host: str | None = None) -> Sink:
 
 
 def audit_log_sink(base_url: str) -> Sink:
-    """POST batches to the audit sidecar; it answers only after the lines are on disk."""
-    url = base_url.rstrip("/") + "/v1/events"
-    timeout = aiohttp.ClientTimeout(total=AUDIT_TIMEOUT_SECONDS)
+    """Batches to the audit sidecar, which answers only after the lines are on disk; one
+    client (and connection pool) for the operator's lifetime."""
+    audit = AuditClient(base_url, timeout=AUDIT_TIMEOUT_SECONDS)
 
     async def append_to_audit_log(
         events: Sequence[AuditEvent],
         involved: InvolvedObject,
     ) -> None:
-        payload = {"events": [e.audit_record() for e in events]}
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(
-                url, data=json.dumps(payload), headers={"Content-Type": "application/json"}
-            ) as response,
-        ):
-            if response.status != 200:
-                text = await response.text()
-                raise RuntimeError(f"audit log answered {response.status}: {text[:300]}")
+        await audit.send([e.audit_record() for e in events])
 
     return append_to_audit_log

@@ -29,6 +29,14 @@ ANNOTATION_RESTART_REASON: Final = f"{API_GROUP}/restart-reason"
 ANNOTATION_HALT: Final = f"{API_GROUP}/halt"
 HALT_VALUE: Final = "true"
 FINALIZER: Final = f"{API_GROUP}/finalizer"
+# Written by the operator on bot pods: the spec and the restart request the pod was started
+# with (the next change is diffed against them).
+ANNOTATION_APPLIED_SPEC: Final = f"{API_GROUP}/applied-spec"
+ANNOTATION_APPLIED_RESTART: Final = f"{API_GROUP}/applied-restart"
+# Written by the admission webhook on TradingBots: who made the last controlled change.
+ANNOTATION_CHANGED_BY: Final = f"{API_GROUP}/changed-by"
+ANNOTATION_CHANGE_SOURCE: Final = f"{API_GROUP}/change-source"
+ANNOTATION_CHANGE_SIGNATURE: Final = f"{API_GROUP}/change-signature"
 
 # Bot state: a ConfigMap key, or a file of that name on the PVC (previous good copy kept).
 STATE_KEY: Final = "state.json"
