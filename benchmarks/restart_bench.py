@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
-from tradingbot_operator.api.constants import LABEL_BOT
+from tradingbot_api.constants import LABEL_BOT
 from tradingbot_operator.timeutil import parse_time
 
 from benchmarks.report import summarize

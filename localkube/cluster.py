@@ -271,7 +271,8 @@ class LocalCluster:
             # No controller-manager runs here, so nothing would create a namespace's
             # `default` ServiceAccount; every pod must name the ServiceAccount it runs as.
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
-            "ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,MutatingAdmissionWebhook",
+            "MutatingAdmissionPolicy,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,"
+            "MutatingAdmissionWebhook",
             f"--cert-dir={self.data_dir / 'apiserver-certs'}",
             "--profiling=false",
             "--endpoint-reconciler-type=none",

@@ -32,6 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+from tradingbot_api.models import TradingBotSpec, validation_messages
+
 from tradingbot.constants import EXCHANGE_MODES, PROFILES
 from tradingbot.risk import RiskLimits, validate_risk
 from tradingbot.strategy import resolve_params, validate_params
@@ -142,13 +145,8 @@ class BotConfig:
 
 
 def _validated_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec through the shared API model when it is installed (same rules as the API
-    server), else as given; either way the checks below run too."""
-    try:
-        from pydantic import ValidationError
-        from tradingbot_operator.api.models import TradingBotSpec, validation_messages
-    except ImportError:
-        return dict(spec)
+    """The spec through the shared API model: the rules the API server and the operator
+    apply, so the bot never trades on a spec they would refuse."""
     try:
         return TradingBotSpec.from_dict(spec).to_dict()
     except ValidationError as exc:

@@ -4,51 +4,18 @@ Entry checks form an ordered chain; the first violation wins and is reported wit
 the check and a sentence for the log. Exits are never blocked by limits: closing a position
 only reduces risk. Stop-loss and take-profit turn into exits here, not in the strategy.
 
-Importable without ccxt or the Kubernetes client (the operator's webhook uses
-`validate_risk`).
+The presets and the bounds of `spec.risk` are part of the API (`tradingbot_api.risk`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-RISK_PATH = "spec.risk"
+from tradingbot_api.risk import DEFAULT_LIMITS, RISK_PATH, validate_risk
 
-# Defaults per profile, in the quote currency and percent. Tighter for calm markets, wider
-# stops and smaller exposure where prices swing.
-DEFAULT_LIMITS: dict[str, dict[str, float]] = {
-    "stable": {
-        "maxPositionNotional": 5000.0,
-        "maxOpenPositions": 5,
-        "stopLossPct": 1.0,
-        "takeProfitPct": 1.5,
-        "maxDailyLossPct": 2.0,
-    },
-    "medium": {
-        "maxPositionNotional": 3000.0,
-        "maxOpenPositions": 4,
-        "stopLossPct": 3.0,
-        "takeProfitPct": 5.0,
-        "maxDailyLossPct": 4.0,
-    },
-    "volatile": {
-        "maxPositionNotional": 2000.0,
-        "maxOpenPositions": 3,
-        "stopLossPct": 5.0,
-        "takeProfitPct": 10.0,
-        "maxDailyLossPct": 6.0,
-    },
-    "meme": {
-        "maxPositionNotional": 500.0,
-        "maxOpenPositions": 2,
-        "stopLossPct": 8.0,
-        "takeProfitPct": 20.0,
-        "maxDailyLossPct": 10.0,
-    },
-}
+__all__ = ["DEFAULT_LIMITS", "RISK_PATH", "RiskLimits", "validate_risk"]
 
 # Orders below this notional are skipped: exchanges reject dust (Binance: 5-10 USDT).
 MIN_ORDER_NOTIONAL = 10.0
@@ -82,36 +49,6 @@ class RiskLimits:
             take_profit_pct=float(merged["takeProfitPct"]),
             max_daily_loss_pct=float(merged["maxDailyLossPct"]),
         )
-
-
-# (type, exclusive lower bound, inclusive upper bound)
-_RISK_BOUNDS: dict[str, tuple[type, float, float]] = {
-    "maxPositionNotional": (float, 0.0, 1e12),
-    "maxOpenPositions": (int, 0, 100),
-    "stopLossPct": (float, 0.0, 100.0),
-    "takeProfitPct": (float, 0.0, 1000.0),
-    "maxDailyLossPct": (float, 0.0, 100.0),
-}
-
-
-def validate_risk(risk: Mapping[str, Any] | None) -> list[str]:
-    """Problems with `spec.risk`, each naming the field; unknown fields are errors."""
-    errors: list[str] = []
-    for name, value in (risk or {}).items():
-        if value is None:
-            continue
-        if name not in _RISK_BOUNDS:
-            errors.append(f"{RISK_PATH}.{name}: unknown field")
-            continue
-        kind, low, high = _RISK_BOUNDS[name]
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not is_number or (isinstance(value, float) and not math.isfinite(value)):
-            errors.append(f"{RISK_PATH}.{name}: must be a number, got {value!r}")
-        elif kind is int and isinstance(value, float) and not value.is_integer():
-            errors.append(f"{RISK_PATH}.{name}: must be an integer, got {value!r}")
-        elif not low < value <= high:
-            errors.append(f"{RISK_PATH}.{name}: must be > {low:g} and <= {high:g}, got {value!r}")
-    return errors
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ConditionStatus,
     ConditionType,
     PendingActionKind,

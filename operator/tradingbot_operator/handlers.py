@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     API_GROUP,
     FINALIZER,
     LABEL_BOT,

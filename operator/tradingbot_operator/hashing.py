@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ANNOTATION_RESTARTED_AT,
     KUBECTL_RESTARTED_AT,
 )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ANNOTATION_CHANGE_SIGNATURE,
     ANNOTATION_CHANGE_SOURCE,
     ANNOTATION_CHANGED_BY,

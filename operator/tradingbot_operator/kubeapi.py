@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from kubernetes import client, config
 
-from tradingbot_operator.api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
+from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 
 FIELD_MANAGER = "tradingbot-operator"
 REQUEST_TIMEOUT = 30

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tradingbot_operator.api.constants import Phase
+from tradingbot_api.constants import Phase
 from tradingbot_operator.recorder import AuditEvent
 
 PREFIX = "tradingbot_operator"

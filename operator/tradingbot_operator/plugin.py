@@ -58,7 +58,7 @@ from typing import IO, Any, Final, Protocol, TextIO
 
 import yaml
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
     ANNOTATION_RESTARTED_AT,

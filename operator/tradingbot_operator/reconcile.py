@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ANNOTATION_APPLIED_RESTART,
     ANNOTATION_APPLIED_SPEC,
     ANNOTATION_CONFIG_HASH,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ANNOTATION_APPLIED_RESTART,
     ANNOTATION_APPLIED_SPEC,
     ANNOTATION_CONFIG_HASH,

@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from tradingbot_operator.api.constants import API_GROUP, PLURAL, VERSION
+from tradingbot_api.constants import API_GROUP, PLURAL, VERSION
 from tradingbot_operator.identity import change_source, manager_of_change, stamp_changes
 from tradingbot_operator.recorder import AuditEvent, InvolvedObject
 from tradingbot_operator.timeutil import utcnow

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from tradingbot_operator.api.constants import LABEL_BOT
+from tradingbot_api.constants import LABEL_BOT
 
 from localkube import product
 from localkube.cluster import LocalCluster

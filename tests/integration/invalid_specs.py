@@ -125,9 +125,65 @@ INVALID_SPECS: list[tuple[str, Spec, str]] = [
         "spec.strategy.params",
     ),
     (
-        "more than 64 strategy params",
-        spec_with({"strategy.params": {f"p{i}": i for i in range(65)}}),
+        "a strategy parameter no profile knows",
+        spec_with({"strategy.params": {"fast": 9}}),
         "spec.strategy.params",
+    ),
+    (
+        "a parameter of another profile",
+        spec_with({"strategy.params": {"fastWindow": 9}}),
+        "spec.strategy.params.fastWindow",
+    ),
+    (
+        "a nested object as a parameter",
+        spec_with({"strategy.params": {"window": {"size": 20}}}),
+        "spec.strategy.params.window",
+    ),
+    (
+        "a megabyte of strategy parameter",
+        spec_with({"strategy.params": {"timeframe": "1m" * 550_000}}),
+        "spec.strategy.params.timeframe",
+    ),
+    (
+        "a timeframe that does not exist",
+        spec_with({"strategy.params": {"timeframe": "7m"}}),
+        "spec.strategy.params.timeframe",
+    ),
+    (
+        "a position fraction above one",
+        spec_with({"strategy.params": {"positionFraction": 1.5}}),
+        "spec.strategy.params.positionFraction",
+    ),
+    (
+        "an integer parameter given as a string",
+        spec_with({"strategy.params": {"window": "20"}}),
+        "spec.strategy.params.window",
+    ),
+    (
+        "an exit above the entry deviation",
+        spec_with({"strategy.params": {"entryZ": 1.0, "exitZ": -2.0}}),
+        "spec.strategy.params.exitZ",
+    ),
+    (
+        "a fast window not below the default slow window",
+        spec_with({"profile": "medium", "strategy.params": {"fastWindow": 40}}),
+        "spec.strategy.params.fastWindow",
+    ),
+    (
+        "an exit threshold above the entry threshold",
+        spec_with({"profile": "volatile", "strategy.params": {"exitThresholdPct": 5.0}}),
+        "spec.strategy.params.exitThresholdPct",
+    ),
+    # exchange ids come from ccxt's list
+    (
+        "an exchange ccxt does not know",
+        spec_with({"exchange.id": "notanexchange"}),
+        "spec.exchange.id",
+    ),
+    (
+        "symbols in two quote currencies",
+        spec_with({"symbols": ["BTC/USDT", "ETH/EUR"]}),
+        "spec.symbols",
     ),
     # risk
     (
@@ -360,7 +416,39 @@ VALID_SPECS: list[tuple[str, Spec]] = [
         ),
     ),
     (
-        "free-form strategy params",
-        spec_with({"strategy.params": {"fast": 9, "slow": 21, "bands": {"width": 2.0}}}),
+        "every stable parameter",
+        spec_with(
+            {
+                "strategy.params": {
+                    "timeframe": "1h",
+                    "positionFraction": 1,
+                    "priceFeed": "auto",
+                    "seed": 2**63 - 1,
+                    "startingBalance": 5e11,
+                    "feeRate": 0,
+                    "slippagePct": 5,
+                    "window": 500,
+                    "entryZ": 10,
+                    "exitZ": -9.5,
+                }
+            }
+        ),
+    ),
+    (
+        "medium windows at their bounds",
+        spec_with({"profile": "medium", "strategy.params": {"fastWindow": 199, "slowWindow": 200}}),
+    ),
+    (
+        "volatile thresholds crossing zero",
+        spec_with(
+            {
+                "profile": "volatile",
+                "strategy.params": {"entryThresholdPct": 0.5, "exitThresholdPct": -100},
+            }
+        ),
+    ),
+    (
+        "meme breakout parameters",
+        spec_with({"profile": "meme", "strategy.params": {"breakoutWindow": 5, "exitWindow": 500}}),
     ),
 ]

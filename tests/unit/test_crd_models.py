@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
-from tradingbot_operator import api
-from tradingbot_operator.api import (
+import tradingbot_api as api
+from tradingbot_api import (
     ConditionStatus,
     ConditionType,
     ExchangeMode,
@@ -596,7 +596,7 @@ def test_cel_rules_are_syntactically_plausible() -> None:
         assert re.search(r"\bself\b", expression), (path, expression)
         # Names used as self.<field> must exist in the schema node the rule sits on.
         for field in re.findall(r"(?:self|oldSelf)\.([A-Za-z]+)", expression):
-            if field not in {"split", "matches", "contains", "size"}:
+            if field not in {"split", "matches", "contains", "size", "all"}:
                 assert field in node.get("properties", {}), (path, field)
 
 
@@ -851,7 +851,7 @@ def test_validation_messages_use_json_names() -> None:
     with pytest.raises(ValidationError) as caught:
         TradingBotSpec.from_dict(spec)
     assert validation_messages(caught.value) == [
-        "spec.exchange.credentialsSecretRef: Value error, exchange.credentialsSecretRef is "
+        "spec.exchange.credentialsSecretRef: exchange.credentialsSecretRef is "
         "required when exchange.mode is live"
     ]
 
@@ -886,3 +886,19 @@ def test_stable_names() -> None:
 def test_every_api_key_derives_from_the_group() -> None:
     keys = [v for k, v in vars(api).items() if k.startswith(("LABEL_", "ANNOTATION_"))]
     assert keys and all(v.startswith(api.API_GROUP + "/") for v in keys)
+
+
+def test_the_crd_carries_exactly_the_rules_the_parameter_table_implies() -> None:
+    from tradingbot_api.cel import spec_rules
+
+    spec_node = crd_root_schema(load_crd())["properties"]["spec"]
+    assert spec_node.get("x-kubernetes-validations") == spec_rules(), (
+        "regenerate the spec-level rules from tradingbot_api.cel.spec_rules()"
+    )
+
+
+def test_the_crd_lists_the_static_exchange_ids() -> None:
+    from tradingbot_api.exchanges import EXCHANGE_IDS
+
+    exchange = crd_root_schema(load_crd())["properties"]["spec"]["properties"]["exchange"]
+    assert exchange["properties"]["id"]["enum"] == list(EXCHANGE_IDS)

@@ -46,7 +46,7 @@ from typing import Any, Final, Protocol, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from tradingbot_operator.api.constants import API_GROUP, PLURAL
+from tradingbot_api.constants import API_GROUP, PLURAL
 
 from .metrics import AuditHooks, PrometheusHooks
 from .reader import AuditFilter, parse_time_arg, query, summary

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from tradingbot_operator.api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
+from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 
 from localkube.cluster import free_port
 from tests import kube

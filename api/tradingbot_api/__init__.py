@@ -4,7 +4,7 @@ Import from here rather than from the submodules; the CRD under ``crds/`` is tes
 with these models.
 """
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
@@ -45,7 +45,7 @@ from tradingbot_operator.api.constants import (
     state_configmap_name,
     state_pvc_name,
 )
-from tradingbot_operator.api.models import (
+from tradingbot_api.models import (
     Condition,
     CredentialsSecretRef,
     ExchangeSpec,

@@ -33,11 +33,12 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    create_model,
     field_validator,
 )
 from pydantic.alias_generators import to_camel
 
-from tradingbot_operator.api.constants import (
+from tradingbot_api.constants import (
     API_VERSION,
     DEFAULT_COALESCE_SECONDS,
     DEFAULT_EXCHANGE_MODE,
@@ -56,10 +57,17 @@ from tradingbot_operator.api.constants import (
     RestartResult,
     StateBackend,
 )
+from tradingbot_api.exchanges import EXCHANGE_IDS
+from tradingbot_api.params import (
+    CROSS_RULES,
+    ParamSpec,
+    all_param_specs,
+    param_names,
+    resolve_params,
+)
 
 # Patterns shared with the CRD (the unit tests compare them string for string).
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-EXCHANGE_ID_PATTERN = r"^[a-z][a-z0-9_]{1,39}$"
 SYMBOL_PATTERN = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"
 QUANTITY_PATTERN = (
@@ -147,10 +155,26 @@ class CredentialsSecretRef(_SpecModel):
     name: DnsSubdomain
 
 
+def _known_exchange(exchange_id: str) -> str:
+    if exchange_id not in EXCHANGE_IDS:
+        raise ValueError(
+            f"{exchange_id!r} is not a ccxt exchange id (for example binance, kraken, coinbase)"
+        )
+    return exchange_id
+
+
+ExchangeId = Annotated[
+    str,
+    StringConstraints(max_length=40),
+    AfterValidator(_known_exchange),
+    WithJsonSchema({"type": "string", "maxLength": 40, "enum": list(EXCHANGE_IDS)}),
+]
+
+
 class ExchangeSpec(_SpecModel):
     """Which exchange the bot trades on and whether real orders are sent."""
 
-    id: Annotated[str, StringConstraints(max_length=40, pattern=EXCHANGE_ID_PATTERN)]
+    id: ExchangeId
     mode: ExchangeMode = ExchangeMode(DEFAULT_EXCHANGE_MODE)
     credentials_secret_ref: CredentialsSecretRef | None = Field(default=None, validate_default=True)
 
@@ -168,10 +192,63 @@ class ExchangeSpec(_SpecModel):
         return value
 
 
-class StrategySpec(_SpecModel):
-    """Strategy tuning; the keys depend on the profile and are checked by the bot/webhook."""
+def _param_field(spec: ParamSpec) -> tuple[Any, Any]:
+    """A typed, bounded, optional field for one strategy parameter (an omitted one takes the
+    profile's default)."""
+    if spec.kind is str:
+        return (
+            Annotated[
+                str,
+                StringConstraints(max_length=16),
+                WithJsonSchema({"type": "string", "maxLength": 16, "enum": list(spec.choices)}),
+                AfterValidator(_one_of(spec)),
+            ]
+            | None,
+            Field(default=None, description=spec.doc),
+        )
+    bounds: dict[str, float] = {}
+    if spec.minimum is not None:
+        bounds["gt" if spec.exclusive_minimum else "ge"] = spec.minimum
+    if spec.maximum is not None:
+        bounds["le"] = spec.maximum
+    kind = StrictInt if spec.kind is int else StrictNumber
+    return kind | None, Field(default=None, description=spec.doc, **bounds)  # type: ignore[arg-type]
 
-    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+def _one_of(spec: ParamSpec) -> Any:
+    def check(value: str) -> str:
+        if value not in spec.choices:
+            raise ValueError(f"must be one of {', '.join(spec.choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+MAX_STRATEGY_PARAMS = 32
+
+
+class _StrategyParamsBase(_SpecModel):
+    # The CRD keeps unknown names (so the admission policy can refuse them by name instead of
+    # the API server silently pruning a typo); this model refuses them too.
+    model_config = ConfigDict(json_schema_extra={"maxProperties": MAX_STRATEGY_PARAMS})
+
+
+StrategyParams = create_model(  # type: ignore[call-overload]
+    "StrategyParams",
+    __base__=_StrategyParamsBase,
+    __doc__="Strategy parameters: a closed set per profile (see tradingbot_api.params).",
+    **{name: _param_field(spec) for name, spec in all_param_specs().items()},
+)
+
+
+class StrategySpec(_SpecModel):
+    """Strategy tuning; which parameters are allowed depends on the profile."""
+
+    params: StrategyParams = Field(default_factory=StrategyParams)  # type: ignore[valid-type]
+
+    def set_params(self) -> dict[str, Any]:
+        """The parameters the spec sets (JSON names), omitted ones left out."""
+        return dict(self.params.model_dump(by_alias=True, exclude_none=True))
 
 
 class RiskSpec(_SpecModel):
@@ -312,6 +389,41 @@ class TradingBotSpec(_SpecModel):
                 raise ValueError(f"symbols[{index}]: duplicate symbol {symbol!r}")
             seen.add(symbol)
         return symbols
+
+    @field_validator("symbols")
+    @classmethod
+    def _one_quote_currency(cls, symbols: list[str]) -> list[str]:
+        # Equity, PnL and every limit are counted in one currency.
+        quote = symbols[0].partition("/")[2] if symbols else ""
+        for index, symbol in enumerate(symbols):
+            if symbol.partition("/")[2] != quote:
+                raise ValueError(
+                    f"symbols[{index}]: all symbols must share one quote currency "
+                    f"({quote}), got {symbol!r}"
+                )
+        return symbols
+
+    @field_validator("strategy")
+    @classmethod
+    def _params_of_profile(cls, strategy: StrategySpec, info: ValidationInfo) -> StrategySpec:
+        # Each profile accepts its own parameters only: a typo or another profile's knob
+        # must not silently fall back to a default while real money is at stake.
+        profile = info.data.get("profile")
+        if profile is None:
+            return strategy
+        params = strategy.set_params()
+        known = param_names(profile)
+        for name in params:
+            if name not in known:
+                raise ValueError(
+                    f"strategy.params.{name}: not a parameter of profile {profile} "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+        resolved = resolve_params(profile, params, validate=False)
+        for rule in CROSS_RULES:
+            if rule.profile == profile and not rule.holds(resolved):
+                raise ValueError(rule.message(resolved).removeprefix("spec."))
+        return strategy
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> TradingBotSpec:
@@ -559,7 +671,22 @@ def validation_messages(error: ValidationError, prefix: str = "spec") -> list[st
 
     For admission responses, Events and logs: a user must see which field to fix.
     """
-    return [
-        f"{_format_loc(detail['loc'], prefix)}: {detail['msg']}"
-        for detail in error.errors(include_url=False)
-    ]
+    return [_message(detail["loc"], detail["msg"], prefix) for detail in error.errors()]
+
+
+# A validator may name a more precise field than the one it runs on: "symbols[1]: ..." from
+# the validator of `symbols`, "strategy.params.window: ..." from the one of `strategy`.
+_NAMED_FIELD = re.compile(r"^([A-Za-z][\w]*(?:\.[A-Za-z]\w*|\[\d+\])*): (.*)$", re.DOTALL)
+
+
+def _message(loc: Sequence[int | str], msg: str, prefix: str) -> str:
+    path = _format_loc(loc, prefix)
+    text = msg.removeprefix("Value error, ")
+    named = _NAMED_FIELD.match(text)
+    if named and loc:
+        head = _format_loc(loc[:-1], prefix)
+        field = named.group(1)
+        last = _format_loc(loc[-1:], "")
+        if field == last or field.startswith((last + ".", last + "[")):
+            return f"{head}.{field}: {named.group(2)}" if head else f"{field}: {named.group(2)}"
+    return f"{path}: {text}"
