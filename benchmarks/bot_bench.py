@@ -172,10 +172,9 @@ def free_port() -> int:
 
 def offline_child(state_dir: str) -> None:
     """Run the bot in this interpreter against an in-memory API (for `--child-offline`)."""
+    from tests.unit.bot.fakekube import FakeKube
     from tradingbot.__main__ import main as bot_main
     from tradingbot.kube import KubeClient
-
-    from tests.unit.bot.fakekube import FakeKube
 
     fake = FakeKube()
     fake.put_object(
@@ -301,6 +300,7 @@ def cluster_namespace(kubeconfig: Path) -> Iterator[str]:
     import yaml
     from kubernetes import client, config
     from kubernetes.dynamic import DynamicClient
+
     from tradingbot_operator.render import BotRef, render_bot_objects
 
     api = config.new_client_from_config(config_file=str(kubeconfig))

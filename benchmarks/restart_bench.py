@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
-from tradingbot_api.constants import LABEL_BOT
-from tradingbot_operator.timeutil import parse_time
 
 from benchmarks.report import summarize
 from localkube import binaries, product
 from localkube.cluster import LocalCluster
 from localkube.node import ProcessNode
 from tests.integration.operator.harness import Bots, OperatorProcess
+from tradingbot_api.constants import LABEL_BOT
+from tradingbot_operator.timeutil import parse_time
 
 NAME = "restart"
 TITLE = "Restart latency (edit to new bot ready with state restored)"

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from tradingbot_operator.webhook import webhook_configurations
 
 from localkube import binaries, product
 from localkube.cluster import ClusterError, LocalCluster, free_port
 from localkube.node import ProcessNode
+from tradingbot_operator.webhook import webhook_configurations
 
 BOT_NAMESPACE = "trading"
 TABLE_COLUMNS = (

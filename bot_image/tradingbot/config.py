@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from tradingbot_api.models import TradingBotSpec, validation_messages
 
 from tradingbot.constants import EXCHANGE_MODES, PROFILES
 from tradingbot.risk import RiskLimits, validate_risk
 from tradingbot.strategy import resolve_params, validate_params
+from tradingbot_api.models import TradingBotSpec, validation_messages
 
 
 class ConfigError(Exception):

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from tradingbot_api.constants import LABEL_BOT
 
 from localkube import product
 from localkube.cluster import LocalCluster
 from localkube.node import ProcessNode
 from tests import kube
 from tests.integration.operator.harness import Bots, OperatorProcess
+from tradingbot_api.constants import LABEL_BOT
 
 FAST_BOT = (
     "TICK_SECONDS=0.2",

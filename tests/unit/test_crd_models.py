@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
+
 import tradingbot_api as api
 from tradingbot_api import (
     ConditionStatus,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ccxt
+
 from tradingbot_api.exchanges import CCXT_VERSION, EXCHANGE_IDS
 
 

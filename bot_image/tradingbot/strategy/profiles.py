@@ -10,6 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tradingbot.strategy.signals import (
+    Signal,
+    breakout_signal,
+    crossover_signal,
+    mean_reversion_signal,
+    momentum_signal,
+)
 from tradingbot_api.params import (
     PARAM_SPECS,
     PROFILES,
@@ -17,14 +24,6 @@ from tradingbot_api.params import (
     default_params,
     resolve_params,
     validate_params,
-)
-
-from tradingbot.strategy.signals import (
-    Signal,
-    breakout_signal,
-    crossover_signal,
-    mean_reversion_signal,
-    momentum_signal,
 )
 
 __all__ = [

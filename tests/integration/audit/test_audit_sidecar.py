@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from tradingbot_operator.audit import AuditFilter, query, verify_log
-from tradingbot_operator.audit.client import AuditClient, AuditDeliveryError
 
 from tests import kube
 from tests.integration.conftest import SidecarProcess, wait_allowed
+from tradingbot_operator.audit import AuditFilter, query, verify_log
+from tradingbot_operator.audit.client import AuditClient, AuditDeliveryError
 
 GROUP = "trading.r7.dev"
 StartSidecar = Callable[..., SidecarProcess]

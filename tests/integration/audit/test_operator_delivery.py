@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import client
-from tradingbot_operator.audit import AuditFilter, query, verify_log
-from tradingbot_operator.recorder import event_name_for_key
 
 from tests import kube
 from tests.integration.conftest import SidecarProcess
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess
 from tests.integration.operator.test_restarts import base_spec
+from tradingbot_operator.audit import AuditFilter, query, verify_log
+from tradingbot_operator.recorder import event_name_for_key
 
 
 def test_every_action_reaches_the_log_exactly_once_through_random_kills(

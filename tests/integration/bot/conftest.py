@@ -22,9 +22,9 @@ from typing import Any, cast
 
 import pytest
 from kubernetes import client
-from tradingbot.state import StateCheckpoint, decode_state
 
 from tests.integration.conftest import SidecarProcess
+from tradingbot.state import StateCheckpoint, decode_state
 
 GROUP, VERSION, PLURAL = "trading.r7.dev", "v1alpha1", "tradingbots"
 BOT = "alpha"

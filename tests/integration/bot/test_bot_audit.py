@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests import kube
+from tests.integration.conftest import SidecarProcess
 from tradingbot.audit import fill_key
 from tradingbot.state import StateCheckpoint
 from tradingbot_operator.audit import AuditFilter, query, verify_log
-
-from tests import kube
-from tests.integration.conftest import SidecarProcess
 
 from .conftest import BOT, GRACE_SECONDS, LEASE_SECONDS, BotEnv
 

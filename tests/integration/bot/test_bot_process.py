@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import pytest
-from tradingbot.ledger import Execution, apply_fill
-from tradingbot.state import StateCheckpoint
 
 from tests import kube
+from tradingbot.ledger import Execution, apply_fill
+from tradingbot.state import StateCheckpoint
 
 from .conftest import GRACE_SECONDS, LEASE_SECONDS, BotEnv
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 
 from localkube.cluster import free_port
 from tests import kube
+from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 
 
 class OperatorProcess:

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from tradingbot_operator.identity import (
-    ANNOTATION_CHANGE_SIGNATURE,
-    ANNOTATION_CHANGE_SOURCE,
-    ANNOTATION_CHANGED_BY,
-)
-from tradingbot_operator.webhook import webhook_configurations
 
 from localkube import product
 from localkube.cluster import LocalCluster, free_port
 from tests import kube
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess
 from tests.integration.operator.test_restarts import base_spec
+from tradingbot_operator.identity import (
+    ANNOTATION_CHANGE_SIGNATURE,
+    ANNOTATION_CHANGE_SOURCE,
+    ANNOTATION_CHANGED_BY,
+)
+from tradingbot_operator.webhook import webhook_configurations
 
 EDITOR_RULES = [
     client.V1PolicyRule(

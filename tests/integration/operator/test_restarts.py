@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from tradingbot_operator.failpoints import POINTS
 
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
+from tradingbot_operator.failpoints import POINTS
 
 
 def base_spec(**restart_policy: int) -> dict:

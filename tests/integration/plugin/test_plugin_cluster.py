@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
+from tests import kube
+from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tradingbot_operator.plugin import (
     EXIT_FORBIDDEN,
     EXIT_NOT_FOUND,
@@ -32,9 +35,6 @@ from tradingbot_operator.plugin import (
     new_api_client,
     watch_status,
 )
-
-from tests import kube
-from tests.integration.invalid_specs import VALID_BASE_SPEC
 
 GROUP, VERSION, PLURAL = "trading.r7.dev", "v1alpha1", "tradingbots"
 RESTARTED_AT = "trading.r7.dev/restartedAt"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tradingbot_operator.audit import AuditWriter, open_writer
 
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from tradingbot_operator.audit.chain import (
     GENESIS_HASH,
     canonical_json,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tradingbot_operator.audit import AuditWriter
 from tradingbot_operator.audit.cli import LOG_DIR_ENV, main
 from tradingbot_operator.audit.files import list_log_files

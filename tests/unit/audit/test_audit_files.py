@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from tradingbot_operator.audit import files
 from tradingbot_operator.audit.files import (
     Block,

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from tradingbot_operator.audit.schema import (
     INPUT_FIELDS,
     REDACTED,

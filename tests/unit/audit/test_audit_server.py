@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import test_utils
+
 from tradingbot_operator.audit import (
     AppendResult,
     AuditFilter,

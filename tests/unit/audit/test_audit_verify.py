@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tradingbot_operator.audit import AuditWriter, verify_lines, verify_log
 from tradingbot_operator.audit.chain import GENESIS, ChainState, encode_line
 from tradingbot_operator.audit.files import ANCHOR_NAME, list_log_files

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+
 from tradingbot_operator.audit import (
     AuditLogCorruptError,
     AuditLogError,

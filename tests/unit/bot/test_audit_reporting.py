@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 from tradingbot.audit import (
     MAX_EVENTS_PER_REQUEST,
     AuditReporter,

@@ -6,6 +6,8 @@ import asyncio
 import threading
 
 import pytest
+
+from tests.unit.bot.fakekube import FakeKube
 from tradingbot.fencing import (
     LeaseFence,
     LeaseLostError,
@@ -14,8 +16,6 @@ from tradingbot.fencing import (
     may_acquire,
     observe,
 )
-
-from tests.unit.bot.fakekube import FakeKube
 
 NS = "bots"
 GV = "coordination.k8s.io/v1"

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+
 from tradingbot.kube import Credentials
 from tradingbot.logsetup import (
     JsonFormatter,

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 from aiohttp import web
+
 from tradingbot.exchange import CANCELED, FILLED, OPEN, REJECTED, ExchangeCallError
 from tradingbot.exchange.live import LiveExchange
 from tradingbot.metrics import BotMetrics
@@ -511,11 +512,10 @@ def sandbox_runtime(base: str, store: Any, pod: str = "pod-a") -> Any:
     """BotRuntime in sandbox mode, credentials from a Secret, exchange on the loopback."""
     import base64
 
+    from tests.unit.bot.fakekube import FakeKube
     from tradingbot.config import Settings
     from tradingbot.exchange import SeededPriceFeed
     from tradingbot.runtime import BotRuntime
-
-    from tests.unit.bot.fakekube import FakeKube
 
     kube = FakeKube()
     kube.put_object(

@@ -7,6 +7,7 @@ import math
 import statistics
 
 import pytest
+
 from tradingbot.exchange import FILLED, PROFILE_VOLATILITY, REJECTED, SeededPriceFeed
 from tradingbot.exchange.paper import PaperExchange
 from tradingbot.ledger import Execution, apply_fill, day_realized_pnl, equity, mark

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tradingbot.risk import (
     DEFAULT_LIMITS,
     EntryRequest,

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from tests.unit.bot.fakekube import FakeKube
 from tradingbot.config import ConfigError, Settings, parse_tradingbot
 from tradingbot.engine import decide
 from tradingbot.ledger import Execution, apply_fill
@@ -24,8 +26,6 @@ from tradingbot.state import (
     encode_state,
 )
 from tradingbot.strategy import Strategy
-
-from tests.unit.bot.fakekube import FakeKube
 
 NS = "bots"
 TB = "trading.r7.dev/v1alpha1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tradingbot.constants import CONFIGMAP_DOCUMENT_BUDGET_BYTES, CONFIGMAP_SIZE_GUARD_BYTES
 from tradingbot.ledger import Execution, apply_fill, day_realized_pnl
 from tradingbot.state import (

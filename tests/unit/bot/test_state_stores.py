@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.unit.bot.fakekube import FakeKube
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.state import (
     ConfigMapStateStore,
@@ -18,8 +20,6 @@ from tradingbot.state import (
     StateWriteError,
     decode_state,
 )
-
-from tests.unit.bot.fakekube import FakeKube
 
 
 def with_fill(state: StateCheckpoint, n: int) -> StateCheckpoint:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
+from tests.unit.operator.world import T0, World, running_world
 from tradingbot_operator.decide import (
     CreatePod,
     DeletePod,
@@ -13,8 +15,6 @@ from tradingbot_operator.decide import (
     PodFacts,
     decide,
 )
-
-from tests.unit.operator.world import T0, World, running_world
 
 
 def condition(world: World, kind: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from tradingbot_operator.identity import (
     ANNOTATION_CHANGE_SOURCE,
     ANNOTATION_CHANGED_BY,

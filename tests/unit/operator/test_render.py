@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tradingbot_operator.render import (
     BotRef,
     render_bot_objects,
     render_bot_pod,
 )
 from tradingbot_operator.settings import OperatorSettings
-
-from tests.integration.invalid_specs import VALID_BASE_SPEC
 
 GOLDEN = Path(__file__).parent / "golden"
 BOT = BotRef(namespace="trading", name="bot-medio", uid="0a1b2c3d-0000-4000-8000-000000000001")

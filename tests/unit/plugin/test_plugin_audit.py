@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi
 from tradingbot_operator.audit import open_writer
 from tradingbot_operator.plugin import (
     AUDIT_FORBIDDEN_MESSAGE,
@@ -27,8 +29,6 @@ from tradingbot_operator.plugin import (
     user_agent,
 )
 from tradingbot_operator.plugin import main as plugin_main
-
-from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi
 
 NOW = datetime(2025, 1, 1, 12, 30, tzinfo=UTC)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.unit.plugin.fakes import TOKEN, FakeKubeApi
 from tradingbot_operator.plugin import (
     EXIT_FAILED,
     EXIT_FORBIDDEN,
@@ -34,8 +36,6 @@ from tradingbot_operator.plugin import (
     user_agent,
     validate_reason,
 )
-
-from tests.unit.plugin.fakes import TOKEN, FakeKubeApi
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 

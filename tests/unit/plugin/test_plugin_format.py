@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tradingbot_operator.plugin import (
     as_list,
     audit_table,
