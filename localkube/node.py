@@ -5,7 +5,8 @@ a heartbeat Lease, binds unscheduled pods to itself (there is no scheduler), sta
 container's command with the pod's environment resolved (downward API, Secret and ConfigMap
 references), a loopback pod IP of its own (127.0.0.N), a token for the pod's own
 ServiceAccount (so RBAC applies to the process exactly as in a cluster), volumes mapped to
-per-pod and per-claim directories; it probes readiness over HTTP, restarts containers by the
+per-pod and per-claim directories (Secret volumes written as files before any container of the
+pod starts; localkube/volumes.py); it probes readiness over HTTP, restarts containers by the
 pod's restartPolicy with back-off, and on deletion sends SIGTERM, waits the grace period,
 sends SIGKILL and removes the pod object as a kubelet would.
 
@@ -38,6 +39,14 @@ from kubernetes import client, config, watch
 
 from localkube.cluster import write_kubeconfig
 from localkube.processes import _die_with_parent
+from localkube.volumes import (
+    VolumeError,
+    decode_data,
+    project,
+    remove_secret_volumes,
+    secret_volumes,
+    write_files,
+)
 
 log = logging.getLogger("localkube.node")
 
@@ -47,6 +56,7 @@ HEARTBEAT_SECONDS = 10
 TOKEN_SECONDS = 3600
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
+MOUNT_RETRY_SECONDS = 1.0
 POD_IP_RANGE = range(2, 255)
 LOCAL_PROVISIONER = "localkube.local/dir"
 
@@ -90,6 +100,11 @@ class PodRun:
     grace: float = 30.0
     start_time: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # No container starts before the Secret volumes are written, as on a kubelet: a bot must
+    # never run without the credentials its pod mounts.
+    mounted: bool = False
+    mount_error: str = ""
+    next_mount: float = 0.0
 
     def live_processes(self) -> int:
         return sum(1 for c in self.containers if c.proc is not None and c.proc.poll() is None)
@@ -463,6 +478,8 @@ class ProcessNode:
             if self.pods.get(run.key) is run:
                 del self.pods[run.key]
             self.ips_in_use.discard(run.ip)
+            # Under the lock: a mount in progress either finishes first or sees the pod gone.
+            remove_secret_volumes(run.root / "volumes", run.spec)
         shutil.rmtree(run.root / "secrets", ignore_errors=True)
 
     # -- the sync loop ---------------------------------------------------------------
@@ -490,11 +507,13 @@ class ProcessNode:
             self._terminate(run)
             return
         now = time.monotonic()
+        if not run.mounted and now >= run.next_mount:
+            self._mount_secrets(run, now)
         policy = run.spec.get("restartPolicy", "Always")
         for c in run.containers:
             if c.proc is not None and c.proc.poll() is not None:
                 self._on_exit(run, c, policy)
-            if c.proc is None and not c.finished and now >= c.next_start:
+            if c.proc is None and not c.finished and now >= c.next_start and run.mounted:
                 self._start_container(run, c)
             if c.proc is not None:
                 self._probe(run, c, now)
@@ -651,6 +670,43 @@ class ProcessNode:
             return None
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
+    def _mount_secrets(self, run: PodRun, now: float) -> None:
+        """Write the pod's Secret volumes; while one cannot be, its containers wait and the
+        sync loop tries again."""
+        projected: dict[str, dict[str, tuple[bytes, int]]] = {}
+        current = ""
+        try:
+            for volume in secret_volumes(run.spec):
+                current = volume.name
+                data = self._secret_data(run.namespace, volume.secret_name)
+                projected[volume.name] = project(volume, data)
+            with self.lock:
+                if self.pods.get(run.key) is not run:
+                    return  # forgotten meanwhile: no file may outlive the pod
+                for name, files in projected.items():
+                    current = name
+                    write_files(run.root / "volumes" / name, files)
+        except (VolumeError, OSError) as err:
+            message = f'MountVolume.SetUp failed for volume "{current}": {err}'
+            if message != run.mount_error:
+                log.warning("pod %s waits: %s", run.key, message)
+            run.mount_error = message
+            run.next_mount = now + MOUNT_RETRY_SECONDS
+            return
+        run.mounted, run.mount_error = True, ""
+
+    def _secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """The Secret's data as bytes, None if it does not exist (yet)."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise VolumeError(f'reading secret "{name}": {err.status} {err.reason}') from err
+        except Exception as err:  # the API server restarting: the mount is retried
+            raise VolumeError(f'reading secret "{name}": {err}') from err
+        return decode_data(secret.data)
+
     def _configmap(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
             return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
@@ -775,11 +831,10 @@ class ProcessNode:
             elif c.finished and c.last_exit:
                 state = c.last_exit
             else:
-                state = {
-                    "waiting": {
-                        "reason": "CrashLoopBackOff" if c.restart_count else "ContainerCreating"
-                    }
-                }
+                waiting = {"reason": "CrashLoopBackOff" if c.restart_count else "ContainerCreating"}
+                if run.mount_error:
+                    waiting["message"] = run.mount_error
+                state = {"waiting": waiting}
             entry: dict[str, Any] = {
                 "name": c.name,
                 "ready": running and c.ready,

@@ -164,15 +164,78 @@ def webhook_tls(cluster: LocalCluster, directory: Path) -> tuple[Path, Path, str
     return cert, key, base64.b64encode(cluster.pki.ca_cert.read_bytes()).decode()
 
 
-def identity_key(path: Path) -> Path:
-    """The secret that signs identity stamps, created once and kept with the cluster data."""
-    import secrets
+POLICY_KINDS = (
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
 
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    return path
+
+def admission_policies(namespace: str = OPERATOR_NAMESPACE, **values: str) -> list[dict[str, Any]]:
+    """The chart's admission policies (change stamps, access checks, spec rules)."""
+    return [d for d in render_chart(namespace, **values) if d["kind"] in POLICY_KINDS]
+
+
+def install_admission_policies(
+    api: client.ApiClient,
+    namespace: str = OPERATOR_NAMESPACE,
+    timeout: float = 30,
+    **values: str,
+) -> None:
+    """Apply the chart's admission policies and wait until the API server enforces them
+    (its policy plugin picks them up about a second later): a bot applied before that would
+    carry no change stamp."""
+    apply_objects(api, admission_policies(namespace, **values))
+    probe: dict[str, Any] = {
+        "apiVersion": "trading.r7.dev/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"generateName": "policy-probe-"},
+        "spec": {"profile": "stable", "exchange": {"id": "binance"}, "symbols": ["BTC/USDT"]},
+    }
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            created = custom.create_namespaced_custom_object(
+                "trading.r7.dev", "v1alpha1", "default", "tradingbots", probe, dry_run="All"
+            )
+        except client.ApiException as err:
+            if err.status not in (404, 503):  # a CRD just established is served a bit later
+                raise
+            created = {}
+        annotations = (created.get("metadata") or {}).get("annotations") or {}
+        if "trading.r7.dev/change-stamp" in annotations:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"admission policies not enforced after {timeout}s")
+        time.sleep(0.2)
+    # The validating policy is synced by the same informers; one more probe it must refuse.
+    refused = {**probe, "spec": {**probe["spec"], "strategy": {"params": {"noSuchParam": 1}}}}
+    while True:
+        try:
+            custom.create_namespaced_custom_object(
+                "trading.r7.dev", "v1alpha1", "default", "tradingbots", refused, dry_run="All"
+            )
+        except client.ApiException as err:
+            if err.status in (403, 422):
+                return
+            raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"admission policies not enforced after {timeout}s")
+        time.sleep(0.2)
+
+
+def remove_admission_policies(api: client.ApiClient) -> None:
+    """Delete the chart's admission policies (to act out a cluster without them)."""
+    dynamic = DynamicClient(api)
+    for obj in admission_policies():
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.delete(name=obj["metadata"]["name"])
+        except Exception as err:  # already gone
+            if getattr(err, "status", None) != 404:
+                raise
 
 
 AUDIT_ACCOUNT = "tradingbot-audit"
@@ -188,7 +251,8 @@ def operator_username(namespace: str = OPERATOR_NAMESPACE) -> str:
 def audit_kubeconfig(
     cluster: LocalCluster, api: client.ApiClient, path: Path, namespace: str = OPERATOR_NAMESPACE
 ) -> Path:
-    """The audit sidecar's identity: may review tokens and access, nothing else."""
+    """The audit sidecar's identity: may review tokens and access, and record the chain head
+    in its one ConfigMap (the chart's Role, see `audit_head_rbac`), nothing else."""
     ensure_namespace(api, namespace)
     apply_objects(
         api,
@@ -211,9 +275,47 @@ def audit_kubeconfig(
                     {"kind": "ServiceAccount", "name": AUDIT_ACCOUNT, "namespace": namespace}
                 ],
             },
+            *audit_head_rbac(namespace, AUDIT_ACCOUNT),
         ],
     )
     return service_account_kubeconfig(cluster, api, namespace, AUDIT_ACCOUNT, path)
+
+
+AUDIT_HEAD_ROLE_SUFFIX = "-audit-head"
+
+
+def audit_head_rbac(namespace: str, account: str, release: str = "tb") -> list[dict[str, Any]]:
+    """The chart's Role for the audit chain head ConfigMap, bound to `account`.
+
+    Rendered from the chart so that local runs have exactly its permissions; the binding is
+    our own because locally the sidecar runs as a ServiceAccount of its own, not the chart's
+    (which the operator shares with the sidecar in a real pod).
+    """
+    role = next(
+        d
+        for d in render_chart(namespace, release)
+        if d["kind"] == "Role" and d["metadata"]["name"].endswith(AUDIT_HEAD_ROLE_SUFFIX)
+    )
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": f"{account}-chain-head", "namespace": namespace},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+    return [role, binding]
+
+
+def audit_head_configmap(namespace: str = OPERATOR_NAMESPACE, release: str = "tb") -> str:
+    """`NAMESPACE/NAME` for the sidecar's --head-configmap: the one ConfigMap the chart's Role
+    lets it rewrite."""
+    role, _binding = audit_head_rbac(namespace, AUDIT_ACCOUNT, release)
+    (name,) = next(rule["resourceNames"] for rule in role["rules"] if rule.get("resourceNames"))
+    return f"{namespace}/{name}"
 
 
 def apply_samples(api: client.ApiClient, namespace: str) -> list[str]:

@@ -127,6 +127,7 @@ class LocalRun:
         kubeconfig = product.operator_kubeconfig(
             self.cluster, api, self.data_dir / "operator.kubeconfig"
         )
+        product.install_admission_policies(api)
         audit = self.start_audit_sidecar(api)
         webhook_port = free_port(9443)
         cert, key, ca_bundle = product.webhook_tls(self.cluster, self.data_dir / "webhook")
@@ -139,9 +140,6 @@ class LocalRun:
             "TRADINGBOT_OPERATOR_WEBHOOK_LISTEN": f"127.0.0.1:{webhook_port}",
             "TRADINGBOT_OPERATOR_WEBHOOK_CERT_FILE": str(cert),
             "TRADINGBOT_OPERATOR_WEBHOOK_KEY_FILE": str(key),
-            "TRADINGBOT_OPERATOR_IDENTITY_KEY_FILE": str(
-                product.identity_key(self.data_dir / "identity.key")
-            ),
             "TRADINGBOT_OPERATOR_OPERATOR_USER": product.operator_username(),
         }
         with open(log_path, "ab") as log:

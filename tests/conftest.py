@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from localkube import product
 from localkube.binaries import REPO_ROOT
 from localkube.cluster import LocalCluster
 from tests import kube
@@ -83,7 +84,27 @@ def apply_crds(api_client: client.ApiClient) -> list[str]:
         return True
 
     kube.wait_for(established, timeout=30, message=f"CRDs {names} established")
+    # As the chart installs them: every test runs behind the same admission as a cluster.
+    product.install_admission_policies(api_client)
     return names
+
+
+@pytest.fixture
+def without_admission_policies(
+    api_client: client.ApiClient, apply_crds: list[str]
+) -> Iterator[None]:
+    """A cluster without the chart's admission policies (older clusters, or an admin who
+    removed them) for the length of one test; they are installed again afterwards."""
+    product.remove_admission_policies(api_client)
+    kube.wait_for(
+        lambda: not kube.admission_stamps(api_client),
+        timeout=30,
+        message="admission policies no longer enforced",
+    )
+    try:
+        yield
+    finally:
+        product.install_admission_policies(api_client)
 
 
 @pytest.fixture

@@ -111,3 +111,18 @@ def service_account_client(
 ) -> client.ApiClient:
     path = service_account_kubeconfig(cluster, api, namespace, name, directory)
     return config.new_client_from_config(config_file=str(path))
+
+
+def admission_stamps(api: client.ApiClient) -> dict[str, str]:
+    """The change-stamp annotations a dry-run creation gets now (empty: no stamping policy)."""
+    probe = {
+        "apiVersion": "trading.r7.dev/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"generateName": "probe-"},
+        "spec": {"profile": "stable", "exchange": {"id": "binance"}, "symbols": ["BTC/USDT"]},
+    }
+    created = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "trading.r7.dev", "v1alpha1", "default", "tradingbots", probe, dry_run="All"
+    )
+    annotations = (created.get("metadata") or {}).get("annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith("trading.r7.dev/change")}

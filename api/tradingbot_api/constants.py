@@ -33,10 +33,51 @@ FINALIZER: Final = f"{API_GROUP}/finalizer"
 # with (the next change is diffed against them).
 ANNOTATION_APPLIED_SPEC: Final = f"{API_GROUP}/applied-spec"
 ANNOTATION_APPLIED_RESTART: Final = f"{API_GROUP}/applied-restart"
-# Written by the admission webhook on TradingBots: who made the last controlled change.
+# Written by the chart's mutating admission policies (inside the API server) on TradingBots:
+# who made the last controlled change, and who set the credentials reference. Users cannot
+# write them (the validating policy refuses); see tradingbot_operator.identity.
 ANNOTATION_CHANGED_BY: Final = f"{API_GROUP}/changed-by"
+ANNOTATION_CHANGED_BY_GROUPS: Final = f"{API_GROUP}/changed-by-groups"
 ANNOTATION_CHANGE_SOURCE: Final = f"{API_GROUP}/change-source"
-ANNOTATION_CHANGE_SIGNATURE: Final = f"{API_GROUP}/change-signature"
+ANNOTATION_CHANGE_STAMP: Final = f"{API_GROUP}/change-stamp"
+ANNOTATION_CREDENTIALS_REFERENCED_BY: Final = f"{API_GROUP}/credentials-referenced-by"
+ANNOTATION_CREDENTIALS_REFERENCED_GROUPS: Final = f"{API_GROUP}/credentials-referenced-groups"
+ANNOTATION_CREDENTIALS_REFERENCED_STAMP: Final = f"{API_GROUP}/credentials-referenced-stamp"
+STAMP_ANNOTATIONS: Final = (
+    ANNOTATION_CHANGED_BY,
+    ANNOTATION_CHANGED_BY_GROUPS,
+    ANNOTATION_CHANGE_SOURCE,
+    ANNOTATION_CHANGE_STAMP,
+    ANNOTATION_CREDENTIALS_REFERENCED_STAMP,
+    ANNOTATION_CREDENTIALS_REFERENCED_BY,
+    ANNOTATION_CREDENTIALS_REFERENCED_GROUPS,
+)
+# Annotations whose change is a control action (stamped, audited). Values are bounded.
+CONTROL_ANNOTATIONS: Final = (
+    ANNOTATION_RESTARTED_AT,
+    KUBECTL_RESTARTED_AT,
+    ANNOTATION_RESTART_REASON,
+    ANNOTATION_HALT,
+)
+MAX_CONTROL_ANNOTATION_LENGTH: Final = 1024
+# Written by the operator on a bot's ServiceAccount: the credentials Secret whose mounting it
+# approved (after checking that whoever referenced it may read it).
+ANNOTATION_CREDENTIALS_APPROVED: Final = f"{API_GROUP}/credentials-approved"
+
+# Admission policies and bindings the chart installs (fixed names, checked by the operator
+# before it trusts a stamp).
+POLICY_CHANGE_STAMP: Final = f"change-stamp.{API_GROUP}"
+POLICY_CREDENTIALS_STAMP: Final = f"credentials-stamp.{API_GROUP}"
+POLICY_ADMISSION: Final = f"admission.{API_GROUP}"
+MUTATING_POLICIES: Final = (POLICY_CHANGE_STAMP, POLICY_CREDENTIALS_STAMP)
+VALIDATING_POLICIES: Final = (POLICY_ADMISSION,)
+# The virtual subresource whose `update` permission the kill switch needs.
+HALT_SUBRESOURCE: Final = "halt"
+
+# Where a bot's exchange credentials are mounted (a Secret volume; no API access to Secrets).
+CREDENTIALS_VOLUME: Final = "credentials"
+CREDENTIALS_DIR: Final = f"/var/run/secrets/{API_GROUP}/credentials"
+CREDENTIALS_KEYS: Final = ("apiKey", "secret")
 
 # Bot state: a ConfigMap key, or a file of that name on the PVC (previous good copy kept).
 STATE_KEY: Final = "state.json"
@@ -124,6 +165,15 @@ class PendingActionKind(StrEnum):
     RESTART = "restart"
     STOP = "stop"
     HALT = "halt"
+
+
+class BlockReason(StrEnum):
+    """Why the operator refuses to run a bot's new config (condition `Degraded`, an Event and
+    the audit); the running pod, if any, keeps running its previous config."""
+
+    SPEC_INVALID = "SpecInvalid"
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    SECRET_NOT_ALLOWED = "SecretNotAllowed"
 
 
 class RestartResult(StrEnum):

@@ -206,13 +206,16 @@ def _param_field(spec: ParamSpec) -> tuple[Any, Any]:
             | None,
             Field(default=None, description=spec.doc),
         )
-    bounds: dict[str, float] = {}
-    if spec.minimum is not None:
-        bounds["gt" if spec.exclusive_minimum else "ge"] = spec.minimum
-    if spec.maximum is not None:
-        bounds["le"] = spec.maximum
+    low, high = spec.minimum, spec.maximum
+    exclusive = spec.exclusive_minimum
     kind = StrictInt if spec.kind is int else StrictNumber
-    return kind | None, Field(default=None, description=spec.doc, **bounds)  # type: ignore[arg-type]
+    return kind | None, Field(
+        default=None,
+        description=spec.doc,
+        gt=low if exclusive else None,
+        ge=None if exclusive else low,
+        le=high,
+    )
 
 
 def _one_of(spec: ParamSpec) -> Any:
@@ -244,7 +247,7 @@ StrategyParams = create_model(  # type: ignore[call-overload]
 class StrategySpec(_SpecModel):
     """Strategy tuning; which parameters are allowed depends on the profile."""
 
-    params: StrategyParams = Field(default_factory=StrategyParams)  # type: ignore[valid-type]
+    params: StrategyParams = Field(default_factory=StrategyParams)
 
     def set_params(self) -> dict[str, Any]:
         """The parameters the spec sets (JSON names), omitted ones left out."""
@@ -457,6 +460,16 @@ class PodRef(_StatusModel):
     uid: str | None = None
 
 
+class LastChange(_StatusModel):
+    """The newest verified change stamp: who, with which tool, when the API server wrote it
+    and the resourceVersion it was written over. A stamp older than this one is a replay."""
+
+    by: Annotated[str, StringConstraints(max_length=512)] | None = None
+    source: Annotated[str, StringConstraints(max_length=32)] | None = None
+    stamp_time: datetime | None = None
+    stamp_revision: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+
 class PendingAction(_StatusModel):
     """A requested action waiting for the coalescing window and the rate limit (SPEC §4)."""
 
@@ -536,6 +549,7 @@ class TradingBotStatus(_StatusModel):
     config_hash: str | None = None
     desired_config_hash: str | None = None
     pod: PodRef | None = None
+    last_change: LastChange | None = None
     pending_action: PendingAction | None = None
     audit_outbox: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
     restarts: RestartsStatus = Field(default_factory=RestartsStatus)

@@ -14,6 +14,9 @@ Environment (set by the operator's pod template; defaults for running by hand):
 | KUBECONFIG                  | in-cluster config   | API access when run outside a pod        |
 | GRACE_PERIOD_SECONDS        | 30                  | SIGTERM-to-SIGKILL budget                |
 | STATE_DIR                   | /var/lib/tradingbot | state directory when state.backend=pvc   |
+| CREDENTIALS_DIR             | /var/run/secrets/   | directory with the files apiKey and      |
+|                             | trading.r7.dev/     | secret (the mounted credentials Secret); |
+|                             | credentials         | read in sandbox and live mode only       |
 | TICK_SECONDS                | 1.0                 | trading loop period                      |
 | CHECKPOINT_INTERVAL_SECONDS | 30                  | periodic checkpoint period               |
 | LEASE_DURATION_SECONDS      | 15                  | Lease duration (renew every third of it) |
@@ -39,6 +42,9 @@ from tradingbot.risk import RiskLimits, validate_risk
 from tradingbot.strategy import resolve_params, validate_params
 from tradingbot_api.models import TradingBotSpec, validation_messages
 
+# Where the operator's pod template mounts the credentials Secret.
+DEFAULT_CREDENTIALS_DIR = "/var/run/secrets/trading.r7.dev/credentials"
+
 
 class ConfigError(Exception):
     """Configuration the bot must not run with; the message names what to fix."""
@@ -55,6 +61,7 @@ class Settings:
     kubeconfig: str | None = None
     grace_period_seconds: float = 30.0
     state_dir: str = "/var/lib/tradingbot"
+    credentials_dir: str = DEFAULT_CREDENTIALS_DIR
     tick_seconds: float = 1.0
     checkpoint_interval_seconds: float = 30.0
     lease_duration_seconds: int = 15
@@ -112,6 +119,7 @@ class Settings:
             kubeconfig=env.get("KUBECONFIG") or None,
             grace_period_seconds=number("GRACE_PERIOD_SECONDS", 30, 1, 3600),
             state_dir=env.get("STATE_DIR") or "/var/lib/tradingbot",
+            credentials_dir=(env.get("CREDENTIALS_DIR") or "").strip() or DEFAULT_CREDENTIALS_DIR,
             tick_seconds=number("TICK_SECONDS", 1.0, 0.01, 3600),
             checkpoint_interval_seconds=number("CHECKPOINT_INTERVAL_SECONDS", 30, 0.1, 86400),
             lease_duration_seconds=int(number("LEASE_DURATION_SECONDS", 15, 3, 3600)),

@@ -9,12 +9,10 @@ resourceVersion preconditions) and tests can substitute an in-memory API with th
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
 import uuid
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -145,27 +143,6 @@ async def arequest(
 def read_tradingbot(api: KubeApi, namespace: str, name: str) -> dict[str, Any]:
     return api.request(
         "GET", namespaced_path(f"{API_GROUP}/{API_VERSION}", namespace, TRADINGBOT_PLURAL, name)
-    )
-
-
-@dataclass(frozen=True)
-class Credentials:
-    api_key: str
-    secret: str
-
-    def __repr__(self) -> str:  # never print the values, even in a traceback's locals
-        return "Credentials(api_key='***', secret='***')"
-
-
-def read_credentials(api: KubeApi, namespace: str, secret_name: str) -> Credentials:
-    obj = api.request("GET", namespaced_path("v1", namespace, "secrets", secret_name))
-    data = obj.get("data") or {}
-    missing = [k for k in ("apiKey", "secret") if not data.get(k)]
-    if missing:
-        raise ValueError(f"Secret {namespace}/{secret_name} lacks {', '.join(missing)}")
-    return Credentials(
-        api_key=base64.b64decode(data["apiKey"]).decode().strip(),
-        secret=base64.b64decode(data["secret"]).decode().strip(),
     )
 
 

@@ -3,8 +3,9 @@
 Lifecycle of `python -m tradingbot`:
 
 1. Serve /metrics, /healthz, /readyz (not ready yet).
-2. Read the TradingBot `BOT_NAME` in `POD_NAMESPACE` and, outside paper mode, its credentials
-   Secret; registers the credentials with the log redactor before anything else happens.
+2. Read the TradingBot `BOT_NAME` in `POD_NAMESPACE` and, outside paper mode, the credentials
+   from the files of the Secret volume in CREDENTIALS_DIR (a missing or empty file is a config
+   error); registers the credentials with the log redactor before anything else happens.
 3. Wait for the Lease `<bot>-trader` (another process may still be trading).
 4. Restore the newest good checkpoint (fallback to the previous one is loud: log + Warning
    Event); an unreadable state stops the bot instead of trading on an empty one. Write a
@@ -57,6 +58,7 @@ from tradingbot.constants import (
     TRADINGBOT_PLURAL,
     lease_name,
 )
+from tradingbot.credentials import Credentials, read_credentials
 from tradingbot.engine import OrderIntent, decide
 from tradingbot.exchange.base import FILLED, OPEN, REJECTED, FeedUnavailableError, OrderResult
 from tradingbot.exchange.errors import ExchangeCallError
@@ -69,7 +71,6 @@ from tradingbot.kube import (
     KubeClient,
     arequest,
     namespaced_path,
-    read_credentials,
 )
 from tradingbot.ledger import (
     apply_fill,
@@ -146,6 +147,8 @@ class BotRuntime:
         self.events: EventRecorder | None = None
         self.fence: LeaseFence | None = None
         self.exchange: Any = None
+        # Kept for an `exchange_factory`, which must sign with what the files hold.
+        self.credentials: Credentials | None = None
         self.feed: Any = None
         self.strategy: Strategy | None = None
         self.state = StateCheckpoint()
@@ -300,14 +303,14 @@ class BotRuntime:
         self.config = config
         self.strategy = Strategy(config.profile, config.params)
         credentials = None
-        if config.mode != "paper" and config.credentials_secret:
-            secret_name = config.credentials_secret
-            credentials = await self._retry_api(
-                lambda: asyncio.to_thread(read_credentials, self._api(), s.namespace, secret_name)
+        if config.mode != "paper":
+            # Mounted before the container starts: a missing file is a broken pod template,
+            # not something to wait for.
+            credentials = await asyncio.to_thread(
+                read_credentials, Path(s.credentials_dir), config.mode
             )
-            if credentials is None:
-                return
             REDACTOR.add(credentials.api_key, credentials.secret)
+            self.credentials = credentials
         self._configure_audit()
         if self.store is None:
             if config.state_backend == "pvc":

@@ -9,7 +9,6 @@ import sys
 import kopf
 
 from tradingbot_operator import handlers, webhook  # noqa: F401  (registers kopf handlers)
-from tradingbot_operator.handlers import identity_key
 from tradingbot_operator.logging_setup import configure_logging
 from tradingbot_operator.settings import OperatorSettings
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.webhook_listen:
         if not (settings.webhook_cert_file and settings.webhook_key_file):
             parser.error("the webhook needs TRADINGBOT_OPERATOR_WEBHOOK_CERT_FILE and _KEY_FILE")
-        webhook.register(identity_key(settings), settings.operator_user)
+        webhook.register(settings.operator_user)
     namespaces = [settings.namespace] if settings.namespace else []
     asyncio.run(
         kopf.operator(

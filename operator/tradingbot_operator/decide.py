@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tradingbot_api.constants import (
+    BlockReason,
     ConditionStatus,
     ConditionType,
     PendingActionKind,
@@ -80,6 +81,14 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class Blocker:
+    """Why the desired config must not run (found before anything is stopped)."""
+
+    reason: BlockReason
+    message: str
+
+
+@dataclass(frozen=True)
 class BotFacts:
     """A TradingBot as the decision needs it; `status` is the stored status (camelCase)."""
 
@@ -96,6 +105,10 @@ class BotFacts:
     changes: tuple[FieldChange, ...] = ()
     requested_by: str | None = None  # verified identity of the latest change, if any
     request_source: str = "unverified"  # kubectl, gitops, plugin, ... (see identity.py)
+    # The reason given with the latest control action (restart, stop, resume, halt, unhalt).
+    action_reason: str | None = None
+    blocker: Blocker | None = None  # set when the desired config would need a new pod
+    last_change: Mapping[str, Any] | None = None  # the newest verified stamp (status.lastChange)
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,9 @@ class _Context:
         # "user" marks an event caused by someone's change: it carries their verified
         # identity and tool, or says the identity could not be verified.
         by_user = source == "user"
+        details = dict(details or {})
+        if by_user and self.bot.action_reason and not details.get("reason"):
+            details["reason"] = self.bot.action_reason
         self.decision.events.append(
             AuditEvent(
                 event_type=event_type,
@@ -243,7 +259,7 @@ class _Context:
                 action=reason,
                 reason=reason,
                 message=message,
-                details=dict(details or {}),
+                details=details,
                 user_id=self.bot.requested_by if by_user else None,
             )
         )
@@ -276,6 +292,8 @@ def decide(
     )
     ctx.decision.status["observedGeneration"] = bot.generation
     ctx.decision.status["desiredConfigHash"] = bot.desired_hash
+    if bot.last_change is not None:
+        ctx.decision.status["lastChange"] = dict(bot.last_change)
     # Write only what differs from the stored status: steady state costs no API call.
     ctx.decision.status = {k: v for k, v in ctx.decision.status.items() if bot.status.get(k) != v}
     return ctx.decision
@@ -409,6 +427,15 @@ def no_pod(ctx: _Context) -> bool:
         ctx.decision.wake_at(ctx.now, not_before)
         return True
     restarting = ctx.phase == Phase.RESTARTING and bool(pending.get("startedAt"))
+    if bot.blocker is not None:
+        if restarting:
+            _finish_restart(ctx, RestartResult.FAILED)
+        _record_blocked(ctx, bot.blocker)
+        ctx.set_phase(Phase.FAILED)
+        ctx.set_condition(
+            ConditionType.READY, ConditionStatus.FALSE, bot.blocker.reason, bot.blocker.message
+        )
+        return True
     resuming = ctx.phase in (Phase.STOPPED, Phase.HALTED)
     same_target = pending.get("desiredHash") == bot.desired_hash
     attempts = int(pending.get("attempts") or 0) if same_target else 0
@@ -454,6 +481,10 @@ def change_requested(ctx: _Context) -> bool:
         and not stopping
         and ctx.pending.get("desiredHash") == bot.desired_hash
     ):
+        return True
+    if not stopping and bot.blocker is not None:
+        # The running pod keeps its config: a change that cannot run never stops a healthy bot.
+        _record_blocked(ctx, bot.blocker)
         return True
     kind = PendingActionKind.STOP if stopping else PendingActionKind.RESTART
     target = "stop" if stopping else bot.desired_hash
@@ -717,6 +748,7 @@ def pod_current(ctx: _Context) -> bool:
         if (
             _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.TRUE
             or pending
+            or _blocked_condition(ctx.status)
         ):
             _mark_healthy(ctx)
         return True
@@ -733,6 +765,44 @@ def pod_current(ctx: _Context) -> bool:
         )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
+
+
+# How often to look again while a config is blocked: access can be granted without any
+# change to the bot (a RoleBinding, the admission policies coming back).
+BLOCKED_POLL_SECONDS = 10.0
+
+
+def _blocked_condition(status: Mapping[str, Any]) -> bool:
+    degraded = _condition(status, ConditionType.DEGRADED)
+    return degraded.get("status") == ConditionStatus.TRUE and degraded.get("reason") in set(
+        BlockReason
+    )
+
+
+def _record_blocked(ctx: _Context, blocker: Blocker) -> None:
+    """Degraded with the reason, once as an Event and in the audit; no pending action."""
+    degraded = _condition(ctx.status, ConditionType.DEGRADED)
+    if ctx.pending:
+        ctx.set_pending(None)
+    if (degraded.get("status"), degraded.get("reason"), degraded.get("message")) != (
+        ConditionStatus.TRUE,
+        blocker.reason,
+        blocker.message,
+    ):
+        ctx.set_condition(
+            ConditionType.DEGRADED, ConditionStatus.TRUE, blocker.reason, blocker.message
+        )
+        running = [p.name for p in ctx.alive]
+        ctx.emit(
+            "error",
+            blocker.reason,
+            blocker.message
+            + (f"; {running[0]} keeps running its current config" if running else ""),
+            severity="warning",
+            source="user",
+            details={"desiredConfigHash": ctx.bot.desired_hash, "keptPod": running or None},
+        )
+    ctx.decision.requeue_after = BLOCKED_POLL_SECONDS
 
 
 def _mark_healthy(ctx: _Context) -> None:

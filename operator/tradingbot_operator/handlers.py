@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -18,6 +16,7 @@ from tradingbot_api.constants import (
     VERSION,
     Phase,
 )
+from tradingbot_operator.guards import PolicyWatch
 from tradingbot_operator.kubeapi import KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.reconcile import BotReconciler, Fleet
@@ -47,16 +46,6 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     kopf_settings.posting.reporting_component = "tradingbot-operator"
 
 
-def identity_key(settings: OperatorSettings) -> bytes:
-    """The key that signs identity stamps: from a file (a Secret), else random per process."""
-    if settings.identity_key_file:
-        return Path(settings.identity_key_file).read_bytes().strip()
-    return _EPHEMERAL_KEY
-
-
-_EPHEMERAL_KEY = secrets.token_bytes(32)
-
-
 def configure_webhook_server(
     kopf_settings: kopf.OperatorSettings, settings: OperatorSettings
 ) -> None:
@@ -72,10 +61,6 @@ def configure_webhook_server(
     # The configurations come from the chart (or localkube): our own timeouts and
     # failurePolicy, no cluster-wide write permission for the operator.
     kopf_settings.admission.managed = None
-    if not settings.identity_key_file:
-        log.warning(
-            "no identity key file: identity stamps are verifiable only until the operator restarts"
-        )
 
 
 @kopf.on.startup()
@@ -104,7 +89,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         api=api,
         recorder=recorder,
         metrics=metrics,
-        identity_key=identity_key(operator_settings),
+        policies=PolicyWatch(api),
     )
     # Bots caught mid-restart by an operator restart still hold their restart slots.
     for bot in await api.list_bots(operator_settings.namespace):

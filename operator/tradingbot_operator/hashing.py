@@ -107,3 +107,43 @@ def value_at(spec: Mapping[str, Any], dotted: str) -> Any:
             return None
         node = node.get(part)
     return node
+
+
+# Status, Events and the audit copy text from fields users write (reasons, parameters); a
+# long value is cut, and its hash says which value it was without repeating it.
+MAX_COPIED_TEXT = 512
+
+
+def digest(value: Any) -> str:
+    """A short, stable name for any JSON value."""
+    text = value if isinstance(value, str) else canonical_json(value)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def bounded_text(text: str, limit: int = MAX_COPIED_TEXT) -> str:
+    """`text` when it fits, else its start and the hash of the whole."""
+    if len(text) <= limit:
+        return text
+    tail = f"…({digest(text)})"
+    return text[: max(limit - len(tail), 0)] + tail
+
+
+def bounded_value(value: Any, limit: int = MAX_COPIED_TEXT) -> Any:
+    """A JSON value with every long string bounded (structure kept)."""
+    if isinstance(value, str):
+        return bounded_text(value, limit)
+    if isinstance(value, Mapping):
+        return {bounded_text(str(k), 128): bounded_value(v, limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bounded_value(v, limit) for v in value]
+    return value
+
+
+# The applied spec a pod carries (to say what changed, from what to what) keeps the trading
+# fields whole; pod overrides, which only an audit of "it changed" needs, become hashes. It
+# stays small whatever the spec holds (an annotation is limited to 256 KiB with all others).
+DIGESTED_KEYS = frozenset({"resources", "nodeSelector", "tolerations"})
+
+
+def compact_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: digest(v) if k in DIGESTED_KEYS else v for k, v in spec.items()}

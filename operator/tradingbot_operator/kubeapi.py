@@ -199,6 +199,68 @@ class KubeApi:
             if err.status != 409:
                 raise
 
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        group, version, plural = _PLURALS[kind]
+        return dict(await self.request("GET", _path(group, version, namespace, plural, name)))
+
+    async def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        group, version, plural = _PLURALS[kind]
+        return dict(
+            await self.request(
+                "PATCH",
+                _path(group, version, namespace, plural, name),
+                body=dict(patch),
+                query={"fieldManager": FIELD_MANAGER},
+                content_type="application/merge-patch+json",
+            )
+        )
+
+    async def get_cluster_object(
+        self, group: str, version: str, plural: str, name: str
+    ) -> dict[str, Any] | None:
+        """A cluster-scoped object, or None when it does not exist."""
+        try:
+            return dict(await self.request("GET", _path(group, version, None, plural, name)))
+        except ApiError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def may(
+        self,
+        user: str,
+        groups: tuple[str, ...],
+        *,
+        verb: str,
+        resource: str,
+        namespace: str,
+        name: str = "",
+        group: str = "",
+    ) -> tuple[bool, str]:
+        """Whether `user` (with `groups`) may do this, by SubjectAccessReview; and why not."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user,
+                "groups": list(groups),
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "name": name,
+                },
+            },
+        }
+        result = await self.request(
+            "POST", _path("authorization.k8s.io", "v1", None, "subjectaccessreviews"), body=review
+        )
+        status = (result or {}).get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or "")
+
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         group, version, plural = _PLURALS[kind]
         try:

@@ -9,7 +9,6 @@ between the two is finished by the next pass (see `decide`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -22,6 +21,7 @@ from tradingbot_api.constants import (
     ANNOTATION_APPLIED_RESTART,
     ANNOTATION_APPLIED_SPEC,
     ANNOTATION_CONFIG_HASH,
+    ANNOTATION_CREDENTIALS_APPROVED,
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
     API_VERSION,
@@ -36,6 +36,7 @@ from tradingbot_api.constants import (
     Phase,
 )
 from tradingbot_operator.decide import (
+    Blocker,
     BotFacts,
     CreatePod,
     Decision,
@@ -47,25 +48,40 @@ from tradingbot_operator.decide import (
     decide,
 )
 from tradingbot_operator.failpoints import failpoint
+from tradingbot_operator.guards import (
+    PolicyWatch,
+    approved_secret,
+    credentials_blocker,
+    image_blocker,
+    spec_blocker,
+)
 from tradingbot_operator.hashing import (
+    bounded_text,
     canonical_json,
     changed_fields,
+    compact_spec,
     config_hash,
     restart_token,
     value_at,
 )
-from tradingbot_operator.identity import UNVERIFIED, Identity, verified_identity
+from tradingbot_operator.identity import (
+    PolicyState,
+    StampOrder,
+    change_stamp,
+    verified_identity,
+)
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
 from tradingbot_operator.render import (
     BotRef,
+    credentials_secret,
     render_bot_objects,
     render_bot_pod,
     service_account_name,
 )
 from tradingbot_operator.settings import OperatorSettings
-from tradingbot_operator.timeutil import parse_time, utcnow
+from tradingbot_operator.timeutil import format_time, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +145,42 @@ def spec_changes(
     )
 
 
+def applied_spec(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The spec a pod was started with, compacted the same way whichever operator version
+    wrote it (earlier ones stored the whole spec)."""
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_APPLIED_SPEC)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return compact_spec(value) if isinstance(value, dict) else None
+
+
 def bot_facts(
     body: Mapping[str, Any],
     pods: Sequence[PodFacts],
     raw_pods: Sequence[Mapping[str, Any]],
-    identity_key: bytes = b"",
+    policies: PolicyState | None = None,
 ) -> BotFacts:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     annotations = meta.get("annotations") or {}
     desired = config_hash(spec, annotations, SPEC_DEFAULTS)
-    identity = (
-        verified_identity(body, identity_key) if identity_key else Identity(None, UNVERIFIED, False)
+    status = body.get("status") or {}
+    seen = status.get("lastChange") or {}
+    newest = StampOrder.of(parse_time(seen.get("stampTime")), seen.get("stampRevision"))
+    identity = verified_identity(body, policies or PolicyState(), newest)
+    last_change = (
+        {
+            "by": identity.user,
+            "source": identity.source,
+            "stampTime": format_time(identity.time),
+            "stampRevision": identity.revision,
+        }
+        if identity.verified and identity.time
+        else status.get("lastChange")
     )
     applied = None
     applied_restart = ""
@@ -150,10 +190,9 @@ def bot_facts(
             applied_restart = (raw_meta.get("annotations") or {}).get(
                 ANNOTATION_APPLIED_RESTART, ""
             )
-            text = (raw_meta.get("annotations") or {}).get(ANNOTATION_APPLIED_SPEC)
-            if text:
-                with contextlib.suppress(ValueError):
-                    applied = json.loads(text)
+            applied = applied_spec(raw) or applied
+    reason = annotations.get(ANNOTATION_RESTART_REASON)
+    reason = bounded_text(reason) if reason else None
     return BotFacts(
         namespace=str(meta.get("namespace")),
         name=str(meta.get("name")),
@@ -164,13 +203,22 @@ def bot_facts(
         suspend=bool(spec.get("suspend")),
         halt=annotations.get(ANNOTATION_HALT, "").lower() == HALT_VALUE,
         deleting=bool(meta.get("deletionTimestamp")),
-        restart_reason=annotations.get(ANNOTATION_RESTART_REASON)
-        if restart_token(annotations) not in ("", applied_restart)
-        else None,
-        changes=spec_changes(applied, spec),
+        restart_reason=reason if restart_token(annotations) not in ("", applied_restart) else None,
+        action_reason=reason if identity.reason_is_new else None,
+        changes=spec_changes(applied, compact_spec(spec)),
         requested_by=identity.user,
         request_source=identity.source,
+        last_change=last_change,
     )
+
+
+def needs_new_config(facts: BotFacts, pods: Sequence[PodFacts]) -> bool:
+    """Whether the next step would start a pod with the desired config (so it must be
+    runnable): no live pod, or one with another config, and the bot is meant to run."""
+    if facts.deleting or facts.halt or facts.suspend:
+        return False
+    alive = [p for p in pods if not p.deleting]
+    return not alive or any(p.config_hash != facts.desired_hash for p in alive)
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -184,9 +232,13 @@ class Fleet:
     api: KubeApi
     recorder: AuditRecorder
     metrics: OperatorMetrics
-    identity_key: bytes = b""
+    policies: PolicyWatch | None = None
     restart_slots: set[tuple[str, str]] = field(default_factory=set)
     ensured: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # Credentials Secret approved per bot uid (mirrors the ServiceAccount annotation).
+    approvals: dict[str, str] = field(default_factory=dict)
+    # The change stamp last seen per bot uid: a different one makes the policies be re-read.
+    stamps_seen: dict[str, str] = field(default_factory=dict)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
     def wake(self, namespace: str, name: str) -> None:
@@ -266,13 +318,70 @@ class BotReconciler:
             raise
         raw_pods = await api.list_bot_pods(self.namespace, self.name)
         pods = [pod_facts(p) for p in raw_pods]
-        facts = bot_facts(body, pods, raw_pods, self.fleet.identity_key)
+        policies = await self._policies(body)
+        facts = bot_facts(body, pods, raw_pods, policies)
         if deleting and not facts.deleting:
             facts = dataclasses.replace(facts, deleting=True)
+        if needs_new_config(facts, pods):
+            facts = dataclasses.replace(facts, blocker=await self.blocker(body, policies))
         decision = decide(facts, pods, utcnow(), self.fleet.limits_for(self.key))
         await self.apply(body, facts, decision)
         self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return decision
+
+    async def _policies(self, body: Mapping[str, Any]) -> PolicyState:
+        """The policy state; read afresh when a new change stamp appears, so a stamp written
+        while the policies were briefly removed is never believed from a stale cache."""
+        if self.fleet.policies is None:
+            return PolicyState()
+        stamp = change_stamp(body)
+        uid = str(body["metadata"].get("uid"))
+        fresh = bool(stamp.strip()) and self.fleet.stamps_seen.get(uid) != stamp
+        state = await self.fleet.policies.state(fresh=fresh)
+        self.fleet.stamps_seen[uid] = stamp
+        return state
+
+    async def blocker(self, body: Mapping[str, Any], policies: PolicyState) -> Blocker | None:
+        """Why the desired config must not run, checked before anything is stopped."""
+        spec = body.get("spec") or {}
+        found = spec_blocker(spec) or image_blocker(spec, self.fleet.settings.images)
+        secret = credentials_secret(spec)
+        if found or not secret:
+            return found
+        uid = str(body["metadata"]["uid"])
+        approved = self.fleet.approvals.get(uid)
+        if approved != secret:
+            account = await self._service_account(service_account_name(self.name))
+            approved = approved_secret(account)
+        found = await credentials_blocker(self.fleet.api, body, secret, approved, policies)
+        if found is None and approved != secret:
+            await self._approve(body, secret)
+        if found is None:
+            self.fleet.approvals[uid] = secret
+        return found
+
+    async def _service_account(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.fleet.api.get("ServiceAccount", self.namespace, name)
+        except ApiError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def _approve(self, body: Mapping[str, Any], secret: str) -> None:
+        """Record the approval where the bot cannot write it: on its ServiceAccount."""
+        api = self.fleet.api
+        name = service_account_name(self.name)
+        patch = {"metadata": {"annotations": {ANNOTATION_CREDENTIALS_APPROVED: secret}}}
+        try:
+            await api.merge_patch("ServiceAccount", self.namespace, name, patch)
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            # First start: the ServiceAccount comes with the bot's other objects.
+            bot = BotRef(self.namespace, self.name, str(body["metadata"]["uid"]))
+            await self.ensure_bot_objects(bot, body.get("spec") or {})
+            await api.merge_patch("ServiceAccount", self.namespace, name, patch)
 
     async def apply(self, body: Mapping[str, Any], facts: BotFacts, decision: Decision) -> None:
         api, settings = self.fleet.api, self.fleet.settings

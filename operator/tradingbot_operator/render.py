@@ -17,6 +17,9 @@ from tradingbot_api.constants import (
     ANNOTATION_CONFIG_HASH,
     API_GROUP,
     API_VERSION,
+    CREDENTIALS_DIR,
+    CREDENTIALS_KEYS,
+    CREDENTIALS_VOLUME,
     DEFAULT_GRACE_PERIOD_SECONDS,
     KIND,
     LABEL_BOT,
@@ -25,7 +28,7 @@ from tradingbot_api.constants import (
     state_configmap_name,
     state_pvc_name,
 )
-from tradingbot_operator.hashing import canonical_json
+from tradingbot_operator.hashing import canonical_json, compact_spec
 from tradingbot_operator.settings import OperatorSettings
 
 MANAGED_BY = "tradingbot-operator"
@@ -112,6 +115,22 @@ def render_bot_pod(
     env += [{"name": k, "value": v} for k, _, v in (e.partition("=") for e in settings.bot_env)]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    secret = credentials_secret(spec)
+    if secret:
+        # Mounted by the kubelet: neither the operator nor the bot's ServiceAccount can read
+        # Secrets through the API, and the bot sees exactly the two keys it needs.
+        env.append({"name": "CREDENTIALS_DIR", "value": CREDENTIALS_DIR})
+        volumes.append(
+            {
+                "name": CREDENTIALS_VOLUME,
+                "secret": {
+                    "secretName": secret,
+                    "defaultMode": 0o440,
+                    "items": [{"key": k, "path": k} for k in CREDENTIALS_KEYS],
+                },
+            }
+        )
+        mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True})
     if state.get("backend") == "pvc":
         env.append({"name": "STATE_DIR", "value": settings.state_mount_path})
         volumes.append(
@@ -175,7 +194,7 @@ def render_bot_pod(
         ANNOTATION_CONFIG_HASH: config_hash,
         # What this pod was started with: the next change is diffed against it, so Events and
         # the audit can say which fields changed, from what to what.
-        ANNOTATION_APPLIED_SPEC: canonical_json(dict(spec)),
+        ANNOTATION_APPLIED_SPEC: canonical_json(compact_spec(spec)),
         # The restart request this pod already answers, so a restart reason left on the bot
         # is not reused for a later, unrelated change.
         ANNOTATION_APPLIED_RESTART: restart_request,
@@ -192,8 +211,15 @@ def render_bot_service_account(bot: BotRef) -> dict[str, Any]:
     }
 
 
-def render_bot_role(bot: BotRef, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly what one bot needs, each rule pinned to its own objects by name."""
+def credentials_secret(spec: Mapping[str, Any]) -> str | None:
+    """The Secret holding the bot's exchange keys, if its spec names one."""
+    name = ((spec.get("exchange") or {}).get("credentialsSecretRef") or {}).get("name")
+    return str(name) if name else None
+
+
+def render_bot_role(bot: BotRef) -> dict[str, Any]:
+    """Exactly what one bot needs, each rule pinned to its own objects by name; no Secret
+    (credentials arrive as a volume)."""
     rules: list[dict[str, Any]] = [
         {
             "apiGroups": [API_GROUP],
@@ -222,16 +248,6 @@ def render_bot_role(bot: BotRef, spec: Mapping[str, Any]) -> dict[str, Any]:
         # Events cannot be restricted by name: creating one is the whole permission.
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
-    secret = ((spec.get("exchange") or {}).get("credentialsSecretRef") or {}).get("name")
-    if secret:
-        rules.append(
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "resourceNames": [secret],
-                "verbs": ["get"],
-            }
-        )
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -292,7 +308,7 @@ def render_bot_objects(bot: BotRef, spec: Mapping[str, Any]) -> list[dict[str, A
     """Everything a bot needs before its pod can start, in creation order."""
     objects = [
         render_bot_service_account(bot),
-        render_bot_role(bot, spec),
+        render_bot_role(bot),
         render_bot_role_binding(bot),
         render_lease(bot),
     ]

@@ -53,18 +53,19 @@ class OperatorSettings(BaseModel):
         description="Base URL of the audit sidecar's ingest endpoint (http://127.0.0.1:8900 in "
         "the operator pod). Unset: Kubernetes Events only.",
     )
+    allowed_images: tuple[str, ...] = Field(
+        default=(),
+        description="Images a TradingBot's spec.image may name (space-separated); bot_image "
+        "is always allowed. A bot asking for another image keeps its running pod and reports "
+        "ImageNotAllowed.",
+    )
     webhook_listen: str | None = Field(
         default=None,
-        description="host:port of the admission webhook server (identity stamps, spec "
-        "checks); unset disables the webhooks.",
+        description="host:port of the admission webhook server (deletion records for the "
+        "audit); unset disables it.",
     )
     webhook_cert_file: str | None = Field(default=None, description="Webhook TLS certificate.")
     webhook_key_file: str | None = Field(default=None, description="Webhook TLS key.")
-    identity_key_file: str | None = Field(
-        default=None,
-        description="Secret key that signs identity stamps; without it a random key is used "
-        "and stamps made before a restart read as unverified.",
-    )
     operator_user: str | None = Field(
         default=None,
         description="The operator's own Kubernetes username, so its writes read as source "
@@ -72,6 +73,11 @@ class OperatorSettings(BaseModel):
     )
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every image a bot pod may run."""
+        return (self.bot_image, *(i for i in self.allowed_images if i != self.bot_image))
 
     @field_validator("bot_env")
     @classmethod

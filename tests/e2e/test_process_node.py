@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import textwrap
 import time
 import urllib.request
@@ -23,9 +25,18 @@ SERVER = textwrap.dedent("""
     signal.signal(signal.SIGTERM, on_term)
     if os.environ.get("IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def files():
+        root = os.environ["CREDENTIALS_DIR"]
+        return {
+            n: {"content": open(os.path.join(root, n)).read(),
+                "mode": os.stat(os.path.join(root, n)).st_mode & 0o777}
+            for n in sorted(os.listdir(root))
+        }
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = json.dumps(dict(os.environ)).encode() if self.path == "/env" else b"ok"
+            if self.path == "/files":
+                body = json.dumps(files()).encode()
             self.send_response(200); self.end_headers(); self.wfile.write(body)
         def log_message(self, *a): pass
     http.server.HTTPServer((ip, port), H).serve_forever()
@@ -197,3 +208,105 @@ def test_a_crashed_container_is_restarted_and_counted(
         return status.restart_count == 1 and status.ready
 
     kube.wait_for(restarted, timeout=30, message="container restarted and ready")
+
+
+CREDENTIALS_DIR = "/var/run/secrets/trading.r7.dev/credentials"
+
+
+def credentials_pod(name: str, *, optional: bool = False) -> dict:
+    """A pod with the bot pod's credentials volume and CREDENTIALS_DIR, as the operator
+    renders them."""
+    body = pod(name)
+    secret: dict = {
+        "secretName": "exchange-keys",
+        "defaultMode": 0o440,
+        "items": [{"key": "apiKey", "path": "apiKey"}, {"key": "secret", "path": "secret"}],
+    }
+    if optional:
+        secret["optional"] = True
+    body["spec"]["volumes"].append({"name": "credentials", "secret": secret})
+    (container,) = body["spec"]["containers"]
+    container["volumeMounts"].append(
+        {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True}
+    )
+    container["env"].append({"name": "CREDENTIALS_DIR", "value": CREDENTIALS_DIR})
+    return body
+
+
+def create_exchange_keys(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="exchange-keys"),
+            string_data={"apiKey": "key-123456\n", "secret": "secret-123456", "other": "x"},
+        ),
+    )
+
+
+def get_files(p: client.V1Pod) -> dict:
+    with urllib.request.urlopen(f"http://{p.status.pod_ip}:8080/files", timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
+def gone(core: client.CoreV1Api, namespace: str, name: str) -> bool:
+    return not [x for x in core.list_namespaced_pod(namespace).items if x.metadata.name == name]
+
+
+def test_a_secret_volume_holds_its_items_with_their_mode_until_the_pod_goes(
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+) -> None:
+    create_exchange_keys(core_api, node_namespace)
+    core_api.create_namespaced_pod(node_namespace, credentials_pod("mounted"))
+    p = ready_pod(core_api, node_namespace, "mounted")
+    assert get_files(p) == {
+        "apiKey": {"content": "key-123456\n", "mode": 0o440},
+        "secret": {"content": "secret-123456", "mode": 0o440},
+    }
+    host_dir = get_env(p)["CREDENTIALS_DIR"]
+    assert host_dir.endswith("/volumes/credentials")  # the mount maps to the pod's directory
+    assert not stat.S_IMODE(os.stat(host_dir).st_mode) & 0o007  # not world-readable
+    core_api.delete_namespaced_pod("mounted", node_namespace, grace_period_seconds=1)
+    kube.wait_for(
+        lambda: gone(core_api, node_namespace, "mounted"), timeout=15, message="pod removed"
+    )
+    assert not os.path.exists(host_dir)  # the credentials do not outlive the pod
+
+
+def test_a_container_waits_for_its_missing_secret(
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    process_node: ProcessNode,
+) -> None:
+    core_api.create_namespaced_pod(node_namespace, credentials_pod("waiting"))
+
+    def waiting_for_the_mount() -> client.V1ContainerStatus | None:
+        statuses = core_api.read_namespaced_pod("waiting", node_namespace).status
+        status = (statuses.container_statuses or [None])[0]
+        waiting = status and status.state.waiting
+        return status if waiting and "not found" in (waiting.message or "") else None
+
+    status = kube.wait_for(waiting_for_the_mount, timeout=15, message="mount failure reported")
+    assert status.state.waiting.reason == "ContainerCreating"
+    assert 'secret "exchange-keys" not found' in status.state.waiting.message
+    time.sleep(2)  # several sync rounds: still no process
+    p = core_api.read_namespaced_pod("waiting", node_namespace)
+    conditions = {c.type: c.status for c in p.status.conditions}
+    assert conditions["Ready"] == "False" and p.status.phase == "Pending"
+    run = process_node.pods[f"{node_namespace}/waiting"]
+    assert run.containers[0].proc is None and run.containers[0].restart_count == 0
+
+    create_exchange_keys(core_api, node_namespace)
+    p = ready_pod(core_api, node_namespace, "waiting")
+    assert get_files(p)["secret"] == {"content": "secret-123456", "mode": 0o440}
+    status = p.status.container_statuses[0]
+    assert status.restart_count == 0 and status.state.running
+
+
+def test_an_optional_secret_volume_does_not_hold_the_pod_back(
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+) -> None:
+    core_api.create_namespaced_pod(node_namespace, credentials_pod("optional", optional=True))
+    p = ready_pod(core_api, node_namespace, "optional")
+    assert get_files(p) == {}

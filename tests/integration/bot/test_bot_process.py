@@ -2,8 +2,8 @@
 
 Each bot runs as a subprocess under its own ServiceAccount (TokenRequest kubeconfig), with the
 Role, Lease and state ConfigMap the operator would create for it, so RBAC is the production
-one. Paper mode on the seeded price feed; only 127.0.0.1 is contacted. The harness is in
-conftest.py.
+one. Paper mode on the seeded price feed (sandbox mode only where a bot must refuse to start,
+before any exchange is contacted); only 127.0.0.1 is contacted. The harness is in conftest.py.
 """
 
 from __future__ import annotations
@@ -13,12 +13,22 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from tests import kube
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.state import StateCheckpoint
 
-from .conftest import GRACE_SECONDS, LEASE_SECONDS, BotEnv
+from .conftest import (
+    BOT,
+    GRACE_SECONDS,
+    GROUP,
+    LEASE_SECONDS,
+    PLURAL,
+    VERSION,
+    BotEnv,
+    tradingbot_manifest,
+)
 
 
 def replay(journal: tuple[Any, ...]) -> StateCheckpoint:
@@ -167,3 +177,42 @@ def test_two_processes_for_one_bot_only_one_trades(bot_env: BotEnv) -> None:
     )
     follower.proc.send_signal(signal.SIGTERM)
     assert follower.wait_exit(GRACE_SECONDS) == 0
+
+
+def test_a_sandbox_bot_missing_a_mounted_credentials_file_exits_naming_it(
+    bot_env: BotEnv,
+) -> None:
+    # The mode of an existing TradingBot is immutable: the fixture's paper bot is created
+    # again in sandbox mode (its ServiceAccount and Role stay; nothing garbage-collects them).
+    manifest = tradingbot_manifest(bot_env.namespace)
+    bot_env.custom.delete_namespaced_custom_object(GROUP, VERSION, bot_env.namespace, PLURAL, BOT)
+    manifest["spec"]["exchange"] = {
+        "id": "binance",
+        "mode": "sandbox",
+        "credentialsSecretRef": {"name": "keys"},
+    }
+
+    def created() -> bool:
+        try:
+            bot_env.custom.create_namespaced_custom_object(
+                GROUP, VERSION, bot_env.namespace, PLURAL, manifest
+            )
+        except client.ApiException as exc:
+            if exc.status == 409:  # the deleted one is not gone yet
+                return False
+            raise
+        return True
+
+    kube.wait_for(created, timeout=30, message="sandbox TradingBot created")
+    # A credentials directory with one of the two files absent (a hand-run bot, a volume
+    # without the contract's items).
+    credentials = bot_env.tmp / "credentials"
+    credentials.mkdir()
+    (credentials / "apiKey").write_text("loopback-api-key-0123456789\n")
+    bot = bot_env.start("alpha-pod-1", CREDENTIALS_DIR=str(credentials))
+    assert bot.wait_exit(30) == 2, bot.logs()
+    assert f"{credentials}/secret: missing" in bot.logs()
+    assert "loopback-api-key-0123456789" not in bot.logs()
+    (event,) = bot_env.events("InvalidConfig")
+    assert f"{credentials}/secret: missing" in event.message
+    assert bot_env.state() is None  # never traded, never wrote state

@@ -31,8 +31,15 @@ def chart_operator(
         d
         for d in render_chart(namespace, watchNamespace=namespace)
         if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+        or d["metadata"]["name"].endswith("-admission")  # access reviews, policy presence
     ]
-    assert {d["kind"] for d in identity} == {"ServiceAccount", "Role", "RoleBinding"}
+    assert {d["kind"] for d in identity} == {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
     kube.apply(api_client, identity)
     sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
     kubeconfig = kube.service_account_kubeconfig(cluster, api_client, namespace, sa, tmp_path)
@@ -109,11 +116,16 @@ def test_chart_renders_a_single_recreate_operator_under_restricted_security() ->
     container = pod["containers"][0]["securityContext"]
     assert container["readOnlyRootFilesystem"] is True
     assert container["capabilities"] == {"drop": ["ALL"]}
-    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        if rule["resources"] == ["secrets"]:
-            assert rule["verbs"] == ["get"]
+    operator_roles = [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"].startswith("tb-tradingbot-operator")
+    ]
+    assert len(operator_roles) == 2  # its own, and access reviews + policy presence
+    for role in operator_roles:
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert "secrets" not in rule["resources"], "the operator reads no Secret"
 
 
 def test_chart_webhooks_are_the_ones_the_operator_serves() -> None:

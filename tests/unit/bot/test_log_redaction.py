@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tradingbot.kube import Credentials
+from tradingbot.credentials import Credentials
 from tradingbot.logsetup import (
     JsonFormatter,
     SecretRedactingFilter,

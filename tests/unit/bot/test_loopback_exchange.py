@@ -15,6 +15,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -508,28 +509,21 @@ async def test_a_wrong_secret_fails_fast_without_retries(binance: tuple[FakeBina
 # ------------------------------------------------------------------ the runtime, live mode
 
 
-def sandbox_runtime(base: str, store: Any, pod: str = "pod-a") -> Any:
-    """BotRuntime in sandbox mode, credentials from a Secret, exchange on the loopback."""
-    import base64
-
+def sandbox_runtime(base: str, store: Any, credentials_dir: Path, pod: str = "pod-a") -> Any:
+    """BotRuntime in sandbox mode, credentials from the files of a mounted Secret volume (as
+    the kubelet writes them, newline-terminated), exchange on the loopback."""
     from tests.unit.bot.fakekube import FakeKube
     from tradingbot.config import Settings
     from tradingbot.exchange import SeededPriceFeed
     from tradingbot.runtime import BotRuntime
 
+    credentials_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in (("apiKey", API_KEY), ("secret", SECRET)):
+        path = credentials_dir / name
+        if not path.exists():
+            path.write_text(value + "\n")
+            path.chmod(0o440)
     kube = FakeKube()
-    kube.put_object(
-        "v1",
-        "bots",
-        "secrets",
-        {
-            "metadata": {"name": "keys"},
-            "data": {
-                "apiKey": base64.b64encode(API_KEY.encode()).decode(),
-                "secret": base64.b64encode(SECRET.encode()).decode(),
-            },
-        },
-    )
     kube.put_object(
         "trading.r7.dev/v1alpha1",
         "bots",
@@ -564,21 +558,28 @@ def sandbox_runtime(base: str, store: Any, pod: str = "pod-a") -> Any:
         checkpoint_interval_seconds=0.5,
         lease_duration_seconds=3,
         grace_period_seconds=10,
+        credentials_dir=str(credentials_dir),
     )
-    runtime = BotRuntime(
-        settings,
-        api=kube,
-        store=store,
-        exchange_factory=lambda config: LiveExchange(
+
+    def exchange(config: Any) -> LiveExchange:
+        # Signs with what the runtime read from the files: the fake checks every signature.
+        assert runtime.credentials is not None
+        return LiveExchange(
             "binance",
             "sandbox",
-            api_key=API_KEY,
-            secret=SECRET,
+            api_key=runtime.credentials.api_key,
+            secret=runtime.credentials.secret,
             sink=runtime.metrics,
             api_urls=urls(base),
             base_delay=0.01,
             timeout_ms=5_000,
-        ),
+        )
+
+    runtime = BotRuntime(
+        settings,
+        api=kube,
+        store=store,
+        exchange_factory=exchange,
         feed_factory=lambda config, state: SeededPriceFeed("volatile", 5),
     )
     return runtime
@@ -596,7 +597,7 @@ async def until(predicate: Any, limit: float = 15.0) -> Any:
 
 
 async def test_live_orders_are_recorded_before_they_are_sent(
-    binance: tuple[FakeBinance, str],
+    binance: tuple[FakeBinance, str], tmp_path: Path
 ) -> None:
     import asyncio
 
@@ -604,7 +605,7 @@ async def test_live_orders_are_recorded_before_they_are_sent(
 
     fake, base = binance
     store = MemoryStateStore()
-    runtime = sandbox_runtime(base, store)
+    runtime = sandbox_runtime(base, store, tmp_path / "credentials")
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.state.stats.total_trades >= 2)
     runtime.request_stop()
@@ -619,10 +620,11 @@ async def test_live_orders_are_recorded_before_they_are_sent(
     assert recorded == sent  # every order the exchange filled is in the state, and only those
     assert store.saved[-1].reason == "shutdown" and store.saved[-1].open_orders == ()
     assert store.saved[-1].balances["USDT"] == pytest.approx(fake.balances["USDT"])
+    assert fake.signed_ok >= 2  # signed with the key and secret from the mounted files
 
 
 async def test_an_order_filled_while_the_bot_was_down_is_applied_on_restore(
-    binance: tuple[FakeBinance, str],
+    binance: tuple[FakeBinance, str], tmp_path: Path
 ) -> None:
     import asyncio
 
@@ -631,7 +633,7 @@ async def test_an_order_filled_while_the_bot_was_down_is_applied_on_restore(
     fake, base = binance
     fake.fill_market_orders = False  # orders rest on the book
     store = MemoryStateStore()
-    first = sandbox_runtime(base, store)
+    first = sandbox_runtime(base, store, tmp_path / "credentials")
     task = asyncio.create_task(first.run())
     await until(lambda: any(o.status == "open" for o in first.state.open_orders))
     first.request_stop()
@@ -646,7 +648,7 @@ async def test_an_order_filled_while_the_bot_was_down_is_applied_on_restore(
         status="FILLED", executedQty=f"{qty:.8f}", cummulativeQuoteQty=f"{qty * PRICE:.8f}"
     )
 
-    second = sandbox_runtime(base, store, pod="pod-b")
+    second = sandbox_runtime(base, store, tmp_path / "credentials", pod="pod-b")
     task = asyncio.create_task(second.run())
     await until(lambda: second.health.ready)
     assert second.state.stats.total_trades >= 1

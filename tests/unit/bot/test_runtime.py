@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -511,22 +512,10 @@ def test_health_goes_stale_only_while_trading() -> None:
     assert not health.healthy
 
 
-async def test_unknown_exchange_is_a_config_error() -> None:
-    import base64
-
+async def test_unknown_exchange_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "apiKey").write_text("key-123456\n")
+    (tmp_path / "secret").write_text("secret-123456\n")
     kube = FakeKube()
-    kube.put_object(
-        "v1",
-        NS,
-        "secrets",
-        {
-            "metadata": {"name": "keys"},
-            "data": {
-                "apiKey": base64.b64encode(b"key-123456").decode(),
-                "secret": base64.b64encode(b"secret-123456").decode(),
-            },
-        },
-    )
     kube.put_object(
         TB,
         NS,
@@ -539,6 +528,8 @@ async def test_unknown_exchange_is_a_config_error() -> None:
             }
         ),
     )
-    runtime = BotRuntime(settings(), api=kube, store=MemoryStateStore())
+    runtime = BotRuntime(
+        settings(credentials_dir=str(tmp_path)), api=kube, store=MemoryStateStore()
+    )
     assert await asyncio.wait_for(runtime.run(), 60) == EXIT_CONFIG
     assert any(e["reason"] == "InvalidConfig" for e in events(kube))

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 
 from tests.unit.operator.world import T0, World, running_world
+from tradingbot_api.constants import BlockReason
 from tradingbot_operator.decide import (
+    Blocker,
     CreatePod,
     DeletePod,
     FieldChange,
@@ -339,3 +341,92 @@ def test_change_messages_never_show_secret_values() -> None:
     text = " ".join(e.message for d in world.decisions for e in d.events)
     assert "secret" not in text.replace("apiSecret", "") and "t0k" not in text
     assert "***" in text
+
+
+INVALID = Blocker(BlockReason.SPEC_INVALID, "invalid spec: spec.strategy.params.fast: unknown")
+
+
+def test_an_invalid_edit_never_stops_a_healthy_bot() -> None:
+    world = running_world()
+    world.edit("h2", "spec.strategy.params.fast")
+    world.set(blocker=INVALID)
+    for _ in range(3):
+        d = world.step()
+        world.tick(5)
+    assert world.deletes() == 0 and world.creates() == 0
+    assert world.phase == "Running"
+    degraded = condition(world, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "SpecInvalid")
+    assert "spec.strategy.params.fast" in degraded["message"]
+    assert condition(world, "Ready")["status"] == "True"
+    assert world.reasons() == ["SpecInvalid"]  # once, not on every pass
+    assert "pendingAction" not in world.status or world.status["pendingAction"] is None
+    assert d.requeue_after is not None
+
+
+def test_a_fixed_edit_after_an_invalid_one_restarts_once_and_clears_degraded() -> None:
+    world = running_world()
+    world.edit("h2", "spec.strategy.params.fast")
+    world.set(blocker=INVALID)
+    world.step()
+    world.edit("h3", "spec.strategy.params.window")
+    world.set(blocker=None)
+    world.step()
+    world.tick(2.0)
+    world.settle()
+    assert (world.deletes(), world.creates()) == (1, 1)
+    assert world.status["configHash"] == "h3"
+    assert condition(world, "Degraded")["status"] == "False"
+
+
+def test_reverting_an_invalid_edit_clears_degraded_without_a_restart() -> None:
+    world = running_world()
+    world.edit("h2", "spec.strategy.params.fast")
+    world.set(blocker=INVALID)
+    world.step()
+    world.edit("h1")
+    world.set(blocker=None)
+    world.step()
+    assert world.deletes() == 0
+    assert condition(world, "Degraded")["status"] == "False"
+
+
+def test_a_bot_whose_config_cannot_run_is_never_started() -> None:
+    world = World()
+    world.set(
+        blocker=Blocker(BlockReason.SECRET_NOT_ALLOWED, "Secret keys is not mounted: eve may not")
+    )
+    d = world.step()
+    assert d.actions == []
+    assert world.phase == "Failed"
+    assert condition(world, "Ready")["reason"] == "SecretNotAllowed"
+    assert world.reasons() == ["SecretNotAllowed"]
+
+
+def test_a_blocker_does_not_keep_a_bot_from_stopping_or_halting() -> None:
+    world = running_world()
+    world.edit("h2", "spec.image")
+    world.set(blocker=Blocker(BlockReason.IMAGE_NOT_ALLOWED, "spec.image evil is not allowed"))
+    world.step()
+    world.set(halt=True)
+    world.step()
+    assert world.deletes() == 1 and world.phase == "Halted"
+
+
+@pytest.mark.parametrize(
+    ("action", "setup"),
+    [
+        ("halt", lambda w: w.set(halt=True)),
+        ("stop", lambda w: w.set(suspend=True)),
+    ],
+)
+def test_the_reason_given_with_a_control_action_is_in_its_audit_record(
+    action: str, setup: object
+) -> None:
+    world = running_world()
+    world.set(action_reason="exchange outage", requested_by="alice", request_source="plugin")
+    setup(world)  # type: ignore[operator]
+    world.step()
+    events = [e for d in world.decisions for e in d.events if e.event_type == action]
+    assert events and all(e.details.get("reason") == "exchange outage" for e in events)
+    assert events[0].user_id == "alice"

@@ -87,15 +87,43 @@ def test_the_bot_role_names_every_object_it_may_touch() -> None:
         if rule["resources"] != ["events"]:
             assert rule.get("resourceNames"), rule
         assert "delete" not in rule["verbs"] and "*" not in rule["verbs"]
-    secrets = [r for r in role["rules"] if r["resources"] == ["secrets"]]
-    assert secrets == [
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": ["kraken-keys"],
-            "verbs": ["get"],
-        }
-    ]
+    # Credentials arrive as a Secret volume: the bot's ServiceAccount reads no Secret.
+    assert not [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+def test_a_live_bot_gets_exactly_its_two_credential_keys_as_a_read_only_volume() -> None:
+    pod = render_bot_pod(BOT, pvc_spec(), "fedcba9876543210", SETTINGS)
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "credentials"]
+    assert volume["secret"] == {
+        "secretName": "kraken-keys",
+        "defaultMode": 0o440,
+        "items": [{"key": "apiKey", "path": "apiKey"}, {"key": "secret", "path": "secret"}],
+    }
+    (container,) = pod["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "credentials"]
+    assert mount == {
+        "name": "credentials",
+        "mountPath": "/var/run/secrets/trading.r7.dev/credentials",
+        "readOnly": True,
+    }
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CREDENTIALS_DIR"] == mount["mountPath"]
+
+
+def test_a_paper_bot_mounts_no_credentials() -> None:
+    pod = render_bot_pod(BOT, VALID_BASE_SPEC, "0123456789abcdef", SETTINGS)
+    assert all(v["name"] != "credentials" for v in pod["spec"]["volumes"])
+    assert "CREDENTIALS_DIR" not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_the_applied_spec_on_a_pod_stays_small_whatever_the_pod_overrides_hold() -> None:
+    spec = copy.deepcopy(VALID_BASE_SPEC)
+    spec["tolerations"] = [{"key": "k" * 300, "operator": "Exists"}] * 32
+    spec["nodeSelector"] = {f"label-{i}": "v" * 63 for i in range(32)}
+    pod = render_bot_pod(BOT, spec, "0123456789abcdef", SETTINGS)
+    applied = pod["metadata"]["annotations"]["trading.r7.dev/applied-spec"]
+    assert len(applied) < 2048
+    assert '"tolerations":"sha256:' in applied
 
 
 def test_state_objects_are_not_owned_by_the_bot_so_deletion_keeps_them() -> None:
