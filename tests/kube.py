@@ -126,3 +126,38 @@ def admission_stamps(api: client.ApiClient) -> dict[str, str]:
     )
     annotations = (created.get("metadata") or {}).get("annotations") or {}
     return {k: v for k, v in annotations.items() if k.startswith("trading.r7.dev/change")}
+
+
+def admission_refuses_unknown_parameters(api: client.ApiClient) -> bool:
+    """Whether the validating admission policy is enforced right now (dry run)."""
+    probe = {
+        "apiVersion": "trading.r7.dev/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"generateName": "probe-"},
+        "spec": {
+            "profile": "stable",
+            "exchange": {"id": "binance"},
+            "symbols": ["BTC/USDT"],
+            "strategy": {"params": {"noSuchParameter": 1}},
+        },
+    }
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            "trading.r7.dev", "v1alpha1", "default", "tradingbots", probe, dry_run="All"
+        )
+    except client.ApiException as err:
+        if err.status in (403, 422):
+            return True
+        raise
+    return False
+
+
+def remove_admission_policies(api: client.ApiClient) -> None:
+    """Delete the chart's admission policies and wait until the API server stops enforcing
+    them (its informers take a moment)."""
+    product.remove_admission_policies(api)
+    wait_for(
+        lambda: not admission_stamps(api) and not admission_refuses_unknown_parameters(api),
+        timeout=30,
+        message="admission policies no longer enforced",
+    )
