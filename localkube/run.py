@@ -198,6 +198,8 @@ class LocalRun:
                     "serve",
                     "--kubeconfig",
                     str(kubeconfig),
+                    "--head-configmap",
+                    product.audit_head_configmap(),
                     "--ingest-listen",
                     f"127.0.0.1:{ingest}",
                     "--listen",

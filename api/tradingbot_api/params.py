@@ -114,7 +114,7 @@ def _common(timeframe: str, position_fraction: float) -> list[ParamSpec]:
             0,
             "seed of the deterministic paper price feed",
             minimum=0,
-            maximum=2**63 - 1,
+            maximum=2**53 - 1,  # exact in a float64, as the API server holds bounds
         ),
         ParamSpec(
             "startingBalance",

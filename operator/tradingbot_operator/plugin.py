@@ -13,7 +13,7 @@ Commands::
     audit [filters] [--limit N] [-o table|json]
     audit summary [filters] [-o table|json]
     audit export FILE [filters]         JSON array in chain order ("-" for stdout)
-    audit verify [-o table|json]
+    audit verify [--head-configmap NS/NAME] [-o table|json]
 
 Global options (before or after the command): --kubeconfig FILE, --context NAME,
 -n/--namespace NS (default: the context's namespace, else "default").
@@ -24,7 +24,9 @@ the change to the source `plugin` in the audit log. Imperative requests are anno
 suspend a spec field), so GitOps tools that own the spec do not fight them.
 
 The audit commands read the audit sidecar's HTTP API (`--audit-url` or $TRADINGBOT_AUDIT_URL,
-with the kubeconfig user's bearer token), or a local log directory (`--log-dir`).
+with the kubeconfig user's bearer token), or a local log directory (`--log-dir`). `audit
+verify --head-configmap` reads the chain head the sidecar records outside the log volume with
+the kubeconfig user's own access, and has the log checked against it (a truncated tail).
 
 Exit codes: 0 success; 1 failure (API error, verification failed, nothing matched);
 2 usage error; 3 not allowed (authentication or RBAC); 4 TradingBot not found;
@@ -73,6 +75,7 @@ from tradingbot_api.constants import (
     StateBackend,
     state_configmap_name,
 )
+from tradingbot_operator.audit.head import ChainHead, head_from_data, parse_configmap_ref
 from tradingbot_operator.audit.schema import MAX_TEXT_LENGTH
 
 # -- names and exit codes ----------------------------------------------------------------------
@@ -620,8 +623,9 @@ class AuditSource(Protocol):
         """Counts in the API's shape: total, by_type, by_severity, by_source, by_target."""
         ...
 
-    def verify(self) -> dict[str, Any]:
-        """{"ok": bool, "summary": str, "error": {...} | None}."""
+    def verify(self, head: ChainHead | None = None) -> dict[str, Any]:
+        """{"ok": bool, "summary": str, "error": {...} | None}; with `head`, the log must
+        also reach it."""
         ...
 
     def export(self, query: AuditQuery, out: IO[str]) -> int:
@@ -690,8 +694,8 @@ class HttpAuditSource:
             raise PluginError('the audit API\'s /v1/summary answer has no "total"')
         return body
 
-    def verify(self) -> dict[str, Any]:
-        body = self._get("/v1/verify")
+    def verify(self, head: ChainHead | None = None) -> dict[str, Any]:
+        body = self._get("/v1/verify", None if head is None else {"head": str(head)})
         if not isinstance(body, dict) or "ok" not in body:
             raise PluginError('the audit API\'s /v1/verify answer has no "ok"')
         return body
@@ -752,10 +756,10 @@ class LocalAuditSource:
 
         return summary_from_local(summary(self.log_dir, self._filter(query)).to_json())
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self, head: ChainHead | None = None) -> dict[str, Any]:
         from tradingbot_operator.audit import verify_log
 
-        result = verify_log(self.log_dir)
+        result = verify_log(self.log_dir, head=head)
         error = dataclasses.asdict(result.error) if result.error is not None else None
         return {"ok": result.ok, "summary": result.summary(), "error": error}
 
@@ -1012,11 +1016,14 @@ class Kube:
 
     def read_state(self, namespace: str, bot: str) -> Mapping[str, str]:
         """The data of the bot's state ConfigMap; PluginError when missing or forbidden."""
+        return self.read_configmap(namespace, state_configmap_name(bot))
+
+    def read_configmap(self, namespace: str, name: str) -> Mapping[str, str]:
+        """The data of a ConfigMap; PluginError when missing or forbidden."""
         # CoreV1Api is imported here, not up front: its module alone takes about a second to
-        # import, and only `positions` needs it.
+        # import, and only `positions` and `audit verify --head-configmap` need it.
         from kubernetes import client
 
-        name = state_configmap_name(bot)
         try:
             configmap = client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
         except self._errors as exc:
@@ -1610,12 +1617,33 @@ def _audit_query(ctx: Context) -> AuditQuery:
     )
 
 
+def _audit_head(ctx: Context) -> ChainHead | None:
+    """The chain head in --head-configmap, read with the kubeconfig user's own access."""
+    ref = getattr(ctx.args, "head_configmap", None)
+    if not ref:
+        return None
+    try:
+        namespace, name = parse_configmap_ref(ref)
+    except ValueError as exc:
+        raise PluginError(f"--head-configmap: {exc}", EXIT_USAGE) from None
+    data = ctx.kube.read_configmap(namespace, name)
+    try:
+        head = head_from_data(data)
+    except ValueError as exc:
+        raise PluginError(f"configmap {ref} holds no valid chain head: {exc}") from None
+    if head is None:
+        raise PluginError(f"configmap {ref} holds no chain head (no seq and hash)")
+    return head
+
+
 def cmd_audit(ctx: Context) -> int:
     args = ctx.args
     action = getattr(args, "audit_command", None)
     output = getattr(args, "output", "table")
     if action == "verify":
-        result = _audit_source(ctx).verify()
+        # The head before the log: lines appended in between only make the log longer.
+        head = _audit_head(ctx)
+        result = _audit_source(ctx).verify(head)
         if output == "json":
             ctx.out.write(dump(result, "json"))
         else:
@@ -1879,6 +1907,13 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", parents=[common], help="check the hash chain; exit 1 if it is broken"
     )
     _audit_options(audit_verify, filters=False)
+    audit_verify.add_argument(
+        "--head-configmap",
+        metavar="NAMESPACE/NAME",
+        default=argparse.SUPPRESS,
+        help="also check the log against the chain head the audit sidecar records in this "
+        "ConfigMap (catches lines deleted from the end); needs get on it",
+    )
     audit_verify.add_argument(
         "-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS
     )

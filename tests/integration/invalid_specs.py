@@ -399,7 +399,7 @@ VALID_SPECS: list[tuple[str, Spec]] = [
         "pod overrides",
         spec_with(
             {
-                "image": "ghcr.io/r7/tradingbot:1.2.3@sha256:" + "a" * 64,
+                "image": "ghcr.io/r7/tradingbot:0.1.0",  # the allowed image (admission policy)
                 "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": 1}},
                 "nodeSelector": {"kubernetes.io/os": "linux"},
                 "tolerations": [
@@ -423,7 +423,7 @@ VALID_SPECS: list[tuple[str, Spec]] = [
                     "timeframe": "1h",
                     "positionFraction": 1,
                     "priceFeed": "auto",
-                    "seed": 2**63 - 1,
+                    "seed": 2**53 - 1,
                     "startingBalance": 5e11,
                     "feeRate": 0,
                     "slippagePct": 5,

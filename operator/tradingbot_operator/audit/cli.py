@@ -2,6 +2,10 @@
 
 Exit codes: 0 success; 1 verification failed or the operation failed (message on stderr);
 2 bad arguments. `serve` runs the audit sidecar (see server.py) until SIGTERM.
+
+`verify --head SEQ:HASH` or `verify --head-configmap NAMESPACE/NAME` also checks the log
+against the chain head recorded outside the log volume (head.py), which is what notices lines
+deleted from the end of the log.
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from .head import (
+    ChainHead,
+    ConfigMapHeadStore,
+    HeadStoreError,
+    parse_configmap_ref,
+    parse_head,
+)
 from .reader import AuditFilter, export_json, parse_time_arg, query, summary
 from .schema import SEVERITIES
 from .verify import verify_log
@@ -108,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="check files in N processes (0: one per CPU); the report is the same",
     )
+    head = verify_cmd.add_mutually_exclusive_group()
+    head.add_argument(
+        "--head",
+        metavar="SEQ:HASH",
+        help="also check against this chain head: the log must reach SEQ and hold HASH there",
+    )
+    head.add_argument(
+        "--head-configmap",
+        metavar="NAMESPACE/NAME",
+        help="also check against the chain head the sidecar records in this ConfigMap",
+    )
+    verify_cmd.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="for --head-configmap (default: in-cluster, else ~/.kube/config)",
+    )
 
     append_cmd = commands.add_parser(
         "append", help="append JSON events read from stdin, one per line"
@@ -151,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="seconds in-flight requests get after SIGTERM (default 20)",
     )
+    serve_cmd.add_argument(
+        "--head-configmap",
+        metavar="NAMESPACE/NAME",
+        help="record the chain head in this ConfigMap (created if absent) and refuse to "
+        "append to a log that ends before the head recorded there",
+    )
+    serve_cmd.add_argument(
+        "--head-interval",
+        type=float,
+        default=0.2,
+        metavar="SECONDS",
+        help="at most one head write starts per interval (default 0.2)",
+    )
+    serve_cmd.add_argument(
+        "--accept-head-mismatch",
+        action="store_true",
+        help="continue a log that fails its check against the recorded head (the acceptance "
+        "is written into the log as a critical event)",
+    )
     serve_cmd.add_argument("--log-level", default="INFO")
     return parser
 
@@ -175,6 +221,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_key_file=args.tls_key_file,
         auth_cache_seconds=args.auth_cache_seconds,
         shutdown_timeout=args.shutdown_timeout,
+        head_configmap=args.head_configmap,
+        head_interval=args.head_interval,
+        accept_head_mismatch=args.accept_head_mismatch,
     )
     asyncio.run(run(options))
     return 0
@@ -260,9 +309,32 @@ def _cmd_export(args: argparse.Namespace, flt: AuditFilter, out: TextIO, err: Te
     return 0
 
 
+def _verify_head(args: argparse.Namespace) -> ChainHead | None:
+    if args.head:
+        return parse_head(args.head)
+    if not args.head_configmap:
+        if args.kubeconfig:
+            raise ValueError("--kubeconfig goes with --head-configmap")
+        return None
+    namespace, name = parse_configmap_ref(args.head_configmap)
+    # Imported here: only this option needs the Kubernetes client (and the sidecar's transport).
+    from .server import KubeTransport
+
+    transport = KubeTransport.from_kubeconfig(args.kubeconfig)
+    try:
+        head = ConfigMapHeadStore(transport, namespace, name).read()
+    finally:
+        transport.close()
+    if head is None:
+        raise ValueError(f"configmap {namespace}/{name} does not exist or holds no chain head")
+    return head
+
+
 def _cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     jobs = args.jobs if args.jobs > 0 else os.cpu_count() or 1
-    result = verify_log(args.log_dir, jobs=jobs)
+    # The head before the log: lines appended in between only make the log longer than it.
+    head = _verify_head(args)
+    result = verify_log(args.log_dir, jobs=jobs, head=head)
     out.write(result.summary() + "\n")
     return 0 if result.ok else 1
 
@@ -318,6 +390,6 @@ def main(
         return _cmd_export(args, flt, out, err)
     except BrokenPipeError:
         raise  # the reader of our output went away (`| head`): __main__ exits quietly
-    except (AuditLogError, ValueError, OSError) as exc:
+    except (AuditLogError, HeadStoreError, ValueError, OSError) as exc:
         err.write(f"error: {exc}\n")
         return 1

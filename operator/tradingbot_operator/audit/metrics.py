@@ -3,7 +3,8 @@
 The writer core stays free of prometheus_client: it calls an `AuditHooks` object and keeps
 plain counters of its own. `PrometheusHooks` is the thin adapter the operator wires in to
 export `tradingbot_operator_audit_events_total{event_type,severity}` and
-`tradingbot_operator_audit_write_errors_total` (SPEC §7).
+`tradingbot_operator_audit_write_errors_total` (SPEC §7). `HeadMetrics` does the same for
+the chain head the sidecar keeps outside the log volume (head.py).
 """
 
 from __future__ import annotations
@@ -94,3 +95,56 @@ class PrometheusHooks:
 
     def write_failed(self, error: BaseException) -> None:
         self._write_errors_total.inc()
+
+
+class _Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class HeadMetrics:
+    """The sidecar's chain-head metrics.
+
+    `tradingbot_audit_head_write_errors_total`: head writes the API server refused or never
+    answered (each is retried; a rising count means the recorded head is going stale).
+    `tradingbot_audit_head_mismatch`: 1 while the log failed its start-up check against the
+    recorded head (a truncated or rewritten tail). `tradingbot_audit_head_seq`: the seq last
+    recorded, to compare with the log's own progress.
+    """
+
+    def __init__(self, write_errors_total: _Counter, mismatch: _Gauge, seq: _Gauge) -> None:
+        self._write_errors_total = write_errors_total
+        self._mismatch = mismatch
+        self._seq = seq
+
+    @classmethod
+    def create(cls, registry: Any = None) -> HeadMetrics:
+        from prometheus_client import REGISTRY, Counter, Gauge
+
+        target = REGISTRY if registry is None else registry
+        return cls(
+            Counter(
+                "tradingbot_audit_head_write_errors_total",
+                "Writes of the audit chain head to its ConfigMap that failed (retried).",
+                registry=target,
+            ),
+            Gauge(
+                "tradingbot_audit_head_mismatch",
+                "1 when the audit log ends before, or differs from, the chain head recorded "
+                "outside the log volume (checked on start).",
+                registry=target,
+            ),
+            Gauge(
+                "tradingbot_audit_head_seq",
+                "Seq of the audit chain head last recorded outside the log volume.",
+                registry=target,
+            ),
+        )
+
+    def write_failed(self, error: BaseException) -> None:
+        self._write_errors_total.inc()
+
+    def written(self, seq: int) -> None:
+        self._seq.set(seq)
+
+    def mismatch(self, found: bool) -> None:
+        self._mismatch.set(1 if found else 0)

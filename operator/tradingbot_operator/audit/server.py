@@ -22,6 +22,11 @@ Ingest acknowledges only after fsync; the operator retries until it gets 200 and
 writer's dedup window turns retries into `duplicate: true`, which is what makes delivery
 at-least-once without duplicates. The sidecar's ServiceAccount needs the
 `system:auth-delegator` ClusterRole (create tokenreviews and subjectaccessreviews).
+
+With `--head-configmap NAMESPACE/NAME` the sidecar also records the chain head (last seq and
+hash) in that ConfigMap after fsync batches, checks the log against it on start, and refuses
+to append to a log that ends before it (details in head.py); that needs get, update and
+patch on the ConfigMap and create on configmaps.
 """
 
 from __future__ import annotations
@@ -48,7 +53,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tradingbot_api.constants import API_GROUP, PLURAL
 
-from .metrics import AuditHooks, PrometheusHooks
+from .head import (
+    DEFAULT_MIN_INTERVAL,
+    ChainHead,
+    ConfigMapHeadStore,
+    HeadCheck,
+    HeadPublisher,
+    HeadStore,
+    HeadStoreError,
+    check_log,
+    log_tail,
+    parse_configmap_ref,
+    parse_head,
+)
+from .metrics import AuditHooks, HeadMetrics, PrometheusHooks
 from .reader import AuditFilter, parse_time_arg, query, summary
 from .schema import SEVERITIES, AuditSchemaError, normalize_event
 from .verify import verify_log
@@ -79,6 +97,12 @@ AUTH_CACHE_ENTRIES: Final = 4096
 AUTH_REQUEST_TIMEOUT: Final = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 20.0
 RETENTION_INTERVAL_SECONDS: Final = 3600.0
+# Reading the recorded head on start is retried this long while the API server is unreachable
+# (the ingest listener opens only after the check, so the operator buffers meanwhile).
+HEAD_READ_TIMEOUT: Final = 60.0
+# On shutdown the last head gets this long to be written.
+HEAD_FLUSH_TIMEOUT: Final = 5.0
+ACCEPT_MISMATCH_FLAG: Final = "--accept-head-mismatch"
 
 BOT_EVENT_TYPES: Final = ("trade", "position_change", "error")
 SERVICE_ACCOUNT_PREFIX: Final = "system:serviceaccount:"
@@ -195,6 +219,63 @@ def access_review_body(identity: Identity, check: AccessCheck) -> dict[str, Any]
     }
 
 
+def kube_api_client(kubeconfig: str | None = None) -> Any:
+    """The given kubeconfig; else in-cluster credentials; else the default kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig:
+            return config.new_client_from_config(config_file=kubeconfig)
+        configuration = client.Configuration()
+        try:
+            # In a pod: the projected token is re-read when it rotates (the loader's
+            # refresh hook), so a long-running sidecar keeps working.
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    except config.ConfigException as exc:
+        raise ValueError(f"no usable Kubernetes credentials: {exc}") from exc
+    return client.ApiClient(configuration)
+
+
+class KubeTransport:
+    """Raw JSON requests over the official client's (blocking) transport: the sidecar's one
+    way to the API server, shared by the reviews and the chain head."""
+
+    def __init__(self, api_client: Any, *, timeout: float = AUTH_REQUEST_TIMEOUT) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeTransport:
+        return cls(kube_api_client(kubeconfig))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """(HTTP status, body); raises when the API server cannot be reached."""
+        method, url, headers, payload, _ = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=None if body is None else dict(body),
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=self.timeout
+        )
+        return int(response.status), bytes(response.read())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.api_client.close()
+
+
 class KubeAuthorizer:
     """TokenReview and SubjectAccessReview against the API server, as raw JSON.
 
@@ -211,32 +292,20 @@ class KubeAuthorizer:
         timeout: float = AUTH_REQUEST_TIMEOUT,
         audiences: Sequence[str] = (),
     ) -> None:
-        self.api_client = api_client
-        self.timeout = timeout
+        self.transport = KubeTransport(api_client, timeout=timeout)
         self.audiences = tuple(audiences)
+
+    @property
+    def api_client(self) -> Any:
+        return self.transport.api_client
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeAuthorizer:
         """The given kubeconfig; else in-cluster credentials; else the default kubeconfig."""
-        from kubernetes import client, config
-
-        try:
-            if kubeconfig:
-                return cls(config.new_client_from_config(config_file=kubeconfig))
-            configuration = client.Configuration()
-            try:
-                # In a pod: the projected token is re-read when it rotates (the loader's
-                # refresh hook), so a long-running sidecar keeps working.
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)
-        except config.ConfigException as exc:
-            raise ValueError(f"no usable Kubernetes credentials: {exc}") from exc
-        return cls(client.ApiClient(configuration))
+        return cls(kube_api_client(kubeconfig))
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.api_client.close()
+        self.transport.close()
 
     async def authenticate(self, token: str) -> Identity | None:
         review = await asyncio.to_thread(
@@ -253,18 +322,7 @@ class KubeAuthorizer:
     def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         # Errors are reported without the request body: it carries the caller's token.
         try:
-            method, url, headers, payload, _ = self.api_client.param_serialize(
-                method="POST",
-                resource_path=path,
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                body=dict(body),
-                auth_settings=["BearerToken"],
-            )
-            response = self.api_client.call_api(
-                method, url, header_params=headers, body=payload, _request_timeout=self.timeout
-            )
-            data = response.read()
-            status = int(response.status)
+            status, data = self.transport.request("POST", path, body)
         except Exception as exc:
             raise AuthUnavailableError(f"POST {path} failed: {type(exc).__name__}: {exc}") from None
         if status in (401, 403):
@@ -403,10 +461,14 @@ class SerialWriter:
         open_log: Callable[[], LogWriter],
         *,
         on_failure: Callable[[BaseException], None] = lambda exc: None,
+        on_head: Callable[[ChainHead], None] | None = None,
         max_batch_events: int = MAX_BATCH_EVENTS,
     ) -> None:
         self._open_log = open_log
         self._on_failure = on_failure
+        # Told the new chain head after each durable batch, on the event loop; it must return
+        # at once (it runs before the next batch starts).
+        self.on_head = on_head
         self._max_batch_events = max_batch_events
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -521,6 +583,12 @@ class SerialWriter:
             end = start + len(pending.events)
             _settle(pending.future, results[start:end])
             start = end
+        head = head_after(results, getattr(self._writer, "current_file", None))
+        if head is not None and self.on_head is not None:
+            try:
+                self.on_head(head)
+            except Exception:
+                log.exception("recording the chain head failed")
 
     def _append(self, events: list[Mapping[str, Any]]) -> list[AppendResult]:
         # Runs on the writer thread, so reopening blocks no request handler.
@@ -534,6 +602,17 @@ class SerialWriter:
         if writer is not None:
             with contextlib.suppress(Exception):
                 await self._run(writer.close)
+
+
+def head_after(results: Sequence[AppendResult], current_file: Path | None) -> ChainHead | None:
+    """The chain head after a batch: its newest written record (None if all were duplicates)."""
+    written = [result for result in results if not result.duplicate]
+    if not written:
+        return None
+    newest = max(written, key=lambda result: result.seq)
+    return ChainHead(
+        seq=newest.seq, hash=newest.hash, file="" if current_file is None else current_file.name
+    )
 
 
 def _settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
@@ -647,6 +726,22 @@ def parse_read_params(
     return flt, limit
 
 
+def parse_verify_params(params: Mapping[str, Sequence[str]]) -> ChainHead | None:
+    """The optional `head=SEQ:HASH` of GET /v1/verify; HttpError(400) for anything else."""
+    unknown = sorted(set(params) - {"head"})
+    if unknown:
+        raise HttpError(400, f"unknown query parameter(s) {', '.join(unknown)}; allowed: head")
+    values = [value for value in params.get("head", ()) if value]
+    if len(values) > 1:
+        raise HttpError(400, "head may be given once")
+    if not values:
+        return None
+    try:
+        return parse_head(values[0])
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
 def prepare_bot_event(
     event: Mapping[str, Any], index: int, namespace: str, bot: str, username: str
 ) -> dict[str, Any]:
@@ -701,6 +796,40 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class HeadSettings:
+    """Keeping the chain head outside the log volume (head.py): where, how often, and
+    whether a log that fails its check against it may be continued anyway."""
+
+    store: HeadStore
+    min_interval: float = DEFAULT_MIN_INTERVAL
+    accept_mismatch: bool = False
+    read_timeout: float = HEAD_READ_TIMEOUT
+
+
+def acceptance_event(
+    problem: str, ref: str, log_seq: int, recorded: ChainHead | None
+) -> dict[str, Any]:
+    """The critical event that puts a continued mismatching log on record, in the log itself."""
+    details: dict[str, Any] = {
+        "reason": problem,
+        "configmap": ref,
+        "log_seq": log_seq,
+        "flag": ACCEPT_MISMATCH_FLAG,
+    }
+    if recorded is not None:
+        details["recorded_seq"] = recorded.seq
+        details["recorded_hash"] = recorded.hash
+        details["recorded_at"] = recorded.updated_at or None
+    return {
+        "event_type": "error",
+        "severity": "critical",
+        "source": "audit",
+        "action": "chain_head_mismatch_accepted",
+        "details": details,
+    }
+
+
 class AuditServer:
     """The two HTTP applications around one SerialWriter. Build it with `AuditServer.create`."""
 
@@ -712,6 +841,7 @@ class AuditServer:
         registry: CollectorRegistry,
         *,
         clock: Callable[[], datetime] = _utc_now,
+        head: HeadSettings | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.writer = writer
@@ -719,6 +849,22 @@ class AuditServer:
         self.registry = registry
         self._clock = clock
         self._reads = asyncio.Semaphore(READ_CONCURRENCY)
+        self.head = head
+        self.head_metrics = HeadMetrics.create(registry)
+        self.publisher: HeadPublisher | None = None
+        # Set when the log failed its check against the recorded head: then nothing is
+        # appended, and this says why (in logs, /healthz and every refused write).
+        self.refusal: str | None = None
+        if head is not None:
+            store = head.store
+            self.publisher = HeadPublisher(
+                lambda new_head: asyncio.to_thread(store.write, new_head),
+                min_interval=head.min_interval,
+                on_error=self.head_metrics.write_failed,
+                on_written=lambda new_head: self.head_metrics.written(new_head.seq),
+                name=f"chain head in configmap {store.ref}",
+            )
+            writer.on_head = self.publisher.offer
 
     @classmethod
     def create(
@@ -732,11 +878,13 @@ class AuditServer:
         registry: CollectorRegistry | None = None,
         open_log: Callable[[AuditHooks], LogWriter] | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        head: HeadSettings | None = None,
     ) -> AuditServer:
         """A server writing `log_dir`, with its own metrics registry unless one is given.
 
         `open_log(hooks)` replaces the real writer (tests inject failing ones); it must pass
-        `hooks` on to the writer it opens, or the event metrics stay at zero.
+        `hooks` on to the writer it opens, or the event metrics stay at zero. `head` keeps
+        the chain head outside the log volume.
         """
         path = Path(log_dir)
         registry = CollectorRegistry() if registry is None else registry
@@ -754,13 +902,95 @@ class AuditServer:
 
         opener = open_log or open_real
         writer = SerialWriter(lambda: opener(hooks), on_failure=prometheus.write_failed)
-        return cls(path, writer, authorizer, registry, clock=clock)
+        return cls(path, writer, authorizer, registry, clock=clock, head=head)
 
     async def start(self) -> None:
+        """Open the writer; with a head store, check the log against the recorded head.
+
+        Raises what open_writer raises, and HeadStoreError when the recorded head cannot be
+        read (after retrying for `read_timeout` if the API server is unreachable). A failed
+        check does not raise: it sets `refusal`.
+        """
         await self.writer.start()
+        if self.head is None or self.publisher is None:
+            return
+        try:
+            await self._check_head(self.head, self.publisher)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         await self.writer.close()
+        if self.publisher is not None:
+            # After the writer: its last batch has offered the final head by now.
+            await self.publisher.close(HEAD_FLUSH_TIMEOUT)
+
+    async def _check_head(self, head: HeadSettings, publisher: HeadPublisher) -> None:
+        ref = head.store.ref
+        # The writer holds the directory lock and has recovered the tail, and nothing is
+        # appended before this returns: the log read here is the one appends will continue.
+        last, file = await asyncio.to_thread(log_tail, self.log_dir)
+        check: HeadCheck | None = None
+        problem: str | None = None
+        try:
+            recorded = await self._read_head(head)
+        except ValueError as exc:
+            recorded, problem = None, str(exc)
+        if recorded is not None:
+            check = await asyncio.to_thread(check_log, self.log_dir, recorded, last)
+            if not check.ok:
+                problem = check.message()
+        if problem is None:
+            self.head_metrics.mismatch(False)
+            if check is None and last.seq > 0:
+                # Expected once, when the flag is first given; otherwise someone removed it.
+                log.warning(
+                    "the audit log ends at seq %d but configmap %s holds no chain head to check "
+                    "it against (first start with --head-configmap, or the ConfigMap was "
+                    "deleted); recording the head now",
+                    last.seq,
+                    ref,
+                )
+            elif check is None:
+                log.info("no chain head recorded in configmap %s yet; creating it", ref)
+            else:
+                log.info("audit log checked against configmap %s: %s", ref, check.message())
+            publisher.start()
+            publisher.offer(ChainHead(last.seq, last.hash, file))
+            return
+        self.head_metrics.mismatch(True)
+        if not head.accept_mismatch:
+            self.refusal = (
+                f"{problem} (configmap {ref}); refusing to append to this log (verify it, then "
+                f"restart with {ACCEPT_MISMATCH_FLAG} to continue it anyway)"
+            )
+            log.error("audit log check against the chain head failed: %s", self.refusal)
+            return
+        log.error(
+            "audit log check against the chain head failed: %s (configmap %s); continuing "
+            "because of %s",
+            problem,
+            ref,
+            ACCEPT_MISMATCH_FLAG,
+        )
+        publisher.start()
+        publisher.offer(ChainHead(last.seq, last.hash, file))
+        # Written before anything else, so the log itself says that it was continued.
+        await self.writer.append([acceptance_event(problem, ref, last.seq, recorded)])
+
+    async def _read_head(self, head: HeadSettings) -> ChainHead | None:
+        deadline = time.monotonic() + head.read_timeout
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(head.store.read)
+            except HeadStoreError as exc:
+                if not exc.retryable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("cannot read the chain head yet: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- applications ---------------------------------------------------------------------
 
@@ -785,6 +1015,8 @@ class AuditServer:
     # -- handlers -------------------------------------------------------------------------
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self.refusal is not None:
+            return _json({"status": "refusing", "reason": self.refusal}, 503)
         if self.writer.healthy:
             return _json({"status": "ok"})
         return _json({"status": "unavailable"}, 503)
@@ -836,11 +1068,10 @@ class AuditServer:
 
     async def _get_verify(self, request: web.Request) -> web.Response:
         identity = await self._authenticate(request)
-        if request.query:
-            raise HttpError(400, "verify takes no query parameters")
+        head = parse_verify_params(_multi(request))
         # The chain covers every namespace, so checking it is a cluster-wide read.
         await self._authorize_read(identity, ())
-        result = await self._read(lambda: verify_log(self.log_dir))
+        result = await self._read(lambda: verify_log(self.log_dir, head=head))
         return _json(
             {
                 "ok": result.ok,
@@ -913,6 +1144,8 @@ class AuditServer:
         return events
 
     async def _store(self, events: list[dict[str, Any]]) -> web.Response:
+        if self.refusal is not None:
+            raise HttpError(503, self.refusal)
         # Validate before queueing so that a bad request is a 400 of its own and never shares
         # a batch with anyone; the writer validates again (it is the authority).
         now = self._clock()
@@ -979,15 +1212,21 @@ class ServeOptions:
     tls_key_file: str | None = None
     auth_cache_seconds: float = AUTH_CACHE_SECONDS
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    head_configmap: str | None = None
+    head_interval: float = DEFAULT_MIN_INTERVAL
+    accept_head_mismatch: bool = False
 
 
 @dataclass
 class RunningServer:
-    """A started sidecar: its listeners' actual addresses, and how to stop it."""
+    """A started sidecar: its listeners' actual addresses, and how to stop it.
+
+    `ingest_address` is None when the sidecar refuses to append (see AuditServer.refusal).
+    """
 
     server: AuditServer
     runners: list[web.AppRunner]
-    ingest_address: tuple[str, int]
+    ingest_address: tuple[str, int] | None
     api_address: tuple[str, int]
     timers: list[asyncio.Task[None]]
 
@@ -1036,14 +1275,16 @@ async def start_server(
         )
     await server.start()
     runners: list[web.AppRunner] = []
+    ingest: web.AppRunner | None = None
     try:
-        # No access log on ingest: one line per operator batch is noise; errors are logged.
-        ingest = web.AppRunner(
-            server.ingest_app(), access_log=None, shutdown_timeout=shutdown_timeout
-        )
-        await ingest.setup()
-        runners.append(ingest)
-        await web.TCPSite(ingest, ingest_host, ingest_port).start()
+        if server.refusal is None:
+            # No access log on ingest: one line per operator batch is noise; errors are logged.
+            ingest = web.AppRunner(
+                server.ingest_app(), access_log=None, shutdown_timeout=shutdown_timeout
+            )
+            await ingest.setup()
+            runners.append(ingest)
+            await web.TCPSite(ingest, ingest_host, ingest_port).start()
         api = web.AppRunner(server.api_app(), shutdown_timeout=shutdown_timeout)
         await api.setup()
         runners.append(api)
@@ -1054,9 +1295,10 @@ async def start_server(
         await server.close()
         raise
     timers: list[asyncio.Task[None]] = []
-    if retention_interval:
+    if retention_interval and server.refusal is None:
         timers.append(asyncio.create_task(_retention_loop(server.writer, retention_interval)))
-    return RunningServer(server, runners, _address(ingest), _address(api), timers)
+    ingest_address = None if ingest is None else _address(ingest)
+    return RunningServer(server, runners, ingest_address, _address(api), timers)
 
 
 def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
@@ -1072,13 +1314,26 @@ def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
 async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or `stop` is set), then shut down gracefully."""
     stop = stop or asyncio.Event()
+    if options.accept_head_mismatch and not options.head_configmap:
+        raise ValueError(f"{ACCEPT_MISMATCH_FLAG} goes with --head-configmap")
+    head_ref = (
+        None if options.head_configmap is None else parse_configmap_ref(options.head_configmap)
+    )
     kube = KubeAuthorizer.from_kubeconfig(options.kubeconfig)
     authorizer = CachingAuthorizer(kube, ttl=options.auth_cache_seconds)
+    head = None
+    if head_ref is not None:
+        head = HeadSettings(
+            ConfigMapHeadStore(kube.transport, *head_ref),
+            min_interval=options.head_interval,
+            accept_mismatch=options.accept_head_mismatch,
+        )
     server = AuditServer.create(
         options.log_dir,
         authorizer,
         max_file_bytes=options.max_file_bytes,
         retention_days=options.retention_days,
+        head=head,
     )
     try:
         running = await start_server(
@@ -1095,12 +1350,20 @@ async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "audit sidecar writing %s; ingest on %s:%d, API on %s:%d",
-        options.log_dir,
-        *running.ingest_address,
-        *running.api_address,
-    )
+    if running.ingest_address is None:
+        log.error(
+            "audit sidecar NOT writing %s (%s); no ingest; API on %s:%d",
+            options.log_dir,
+            server.refusal,
+            *running.api_address,
+        )
+    else:
+        log.info(
+            "audit sidecar writing %s; ingest on %s:%d, API on %s:%d",
+            options.log_dir,
+            *running.ingest_address,
+            *running.api_address,
+        )
     try:
         await stop.wait()
         log.info("stopping: no new requests; finishing in-flight writes")

@@ -13,6 +13,10 @@ Per line, in this order (the first failing check is the reason reported):
 Across files the chain simply continues; a sidecar index that disagrees with its file fails
 verification too (it could otherwise hide events from queries). When retention has removed
 the oldest files, the chain starts from `chain-anchor.json`.
+
+A valid chain can still be a shortened one: deleting the last lines leaves every check above
+passing. Given the chain head recorded outside the log volume (`head`, see head.py), a log
+that ends before it, or holds another hash at its seq, fails too.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +41,7 @@ from .files import (
     read_anchor,
     read_json,
 )
+from .head import ChainHead, check_log
 from .index import FileStats
 from .schema import RECORD_FIELDS, Record
 
@@ -54,6 +59,8 @@ class VerifyError:
 
     def __str__(self) -> str:
         seq = "?" if self.seq is None else str(self.seq)
+        if not self.file:
+            return f"seq {seq}: {self.reason}"
         return f"{self.file}:{self.line} (seq {seq}): {self.reason}"
 
 
@@ -64,15 +71,22 @@ class VerifyResult:
     last_seq: int
     last_hash: str
     error: VerifyError | None = None
+    # The head the log was checked against, when one was given.
+    head: ChainHead | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def summary(self) -> str:
-        if self.error is None:
-            return f"ok: {self.events} events in {self.files} files, last seq {self.last_seq}"
-        return f"FAILED: {self.error}"
+        if self.error is not None:
+            return f"FAILED: {self.error}"
+        text = f"ok: {self.events} events in {self.files} files, last seq {self.last_seq}"
+        if self.head is not None:
+            text += (
+                f"; the chain head recorded outside the log volume (seq {self.head.seq}) matches"
+            )
+        return text
 
 
 def _short(digest: object) -> str:
@@ -272,13 +286,36 @@ def _start_state(
     return ChainState(seq=anchor.seq, hash=anchor.hash), None
 
 
-def verify_log(log_dir: str | os.PathLike[str], *, jobs: int = 1) -> VerifyResult:
+def verify_log(
+    log_dir: str | os.PathLike[str], *, jobs: int = 1, head: ChainHead | None = None
+) -> VerifyResult:
     """Verify every file of the log in chain order; stop at the first bad line.
 
     `jobs` > 1 checks files in that many processes first and then stitches the chain at the
     file boundaries; any file that does not check out on its own is re-checked in order,
-    so the report is the same as with one process.
+    so the report is the same as with one process. With `head`, a chain that checks out must
+    also reach the head's seq and hold the head's hash there; lines after it are fine.
     """
+    result = _verify_chain(log_dir, jobs)
+    if head is None or not result.ok:
+        return result
+    return _check_head(Path(log_dir), result, head)
+
+
+def _check_head(root: Path, result: VerifyResult, head: ChainHead) -> VerifyResult:
+    check = check_log(root, head, ChainState(result.last_seq, result.last_hash))
+    if check.ok:
+        return replace(result, head=head)
+    file, line = "", 0
+    last = [f for f in list_log_files(root) if f.first_seq <= result.last_seq]
+    if last and result.events:
+        # The chain checked out, so the last file's lines run from its first seq to last_seq.
+        file, line = last[-1].name, result.last_seq - last[-1].first_seq + 1
+    error = VerifyError(file, line, result.last_seq, check.message())
+    return replace(result, error=error)
+
+
+def _verify_chain(log_dir: str | os.PathLike[str], jobs: int) -> VerifyResult:
     root = Path(log_dir)
     files = [(log_file, log_file.path.stat().st_size) for log_file in list_log_files(root)]
     try:

@@ -3,7 +3,7 @@
 The HTTP side is checked against the contract of the audit sidecar's read API: GET
 /v1/events, /v1/summary and /v1/verify with the filters as query parameters and the
 kubeconfig user's bearer token. The --log-dir side reads a real log written with the audit
-library's writer.
+library's writer. `verify --head-configmap` reads the chain head from a fake API server.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi
+from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi, FakeKubeApi
 from tradingbot_operator.audit import open_writer
 from tradingbot_operator.plugin import (
     AUDIT_FORBIDDEN_MESSAGE,
     EXIT_FAILED,
     EXIT_FORBIDDEN,
+    EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_USAGE,
     AuditQuery,
     HttpAuditSource,
     user_agent,
@@ -293,3 +295,115 @@ def test_log_dir_must_exist(run: Run, tmp_path: Path) -> None:
     code, _out, err = run("audit", "--log-dir", str(tmp_path / "missing"))
     assert code == EXIT_FAILED
     assert "is not a directory" in err
+
+
+# -- verify --head-configmap -----------------------------------------------------------------
+
+HEAD_NAMESPACE = "trading-system"
+HEAD_NAME = "tb-tradingbot-operator-audit-head"
+HEAD_REF = f"{HEAD_NAMESPACE}/{HEAD_NAME}"
+
+
+@pytest.fixture
+def run_kube(
+    kubeconfig_for: Callable[..., Path], fake_kube: FakeKubeApi, monkeypatch: pytest.MonkeyPatch
+) -> Run:
+    """Like `run`, with a kubeconfig for the fake API server (the head is read from it)."""
+    monkeypatch.delenv("TRADINGBOT_AUDIT_URL", raising=False)
+    path = kubeconfig_for(fake_kube.url)
+
+    def _run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = plugin_main(
+            ["--kubeconfig", str(path), *argv], stdout=out, stderr=err, clock=lambda: NOW
+        )
+        return code, out.getvalue(), err.getvalue()
+
+    return _run
+
+
+def record_head(fake_kube: FakeKubeApi, data: dict[str, str]) -> None:
+    fake_kube.configmaps[(HEAD_NAMESPACE, HEAD_NAME)] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": HEAD_NAME, "namespace": HEAD_NAMESPACE},
+        "data": data,
+    }
+
+
+def last_record(log_dir: Path) -> dict[str, Any]:
+    (log_file,) = [p for p in log_dir.iterdir() if p.suffix == ".jsonl"]
+    return dict(json.loads(log_file.read_text().splitlines()[-1]))
+
+
+def test_log_dir_verify_against_the_head_configmap_catches_a_truncated_tail(
+    run_kube: Run, fake_kube: FakeKubeApi, log_dir: Path
+) -> None:
+    last = last_record(log_dir)
+    record_head(fake_kube, {"seq": str(last["seq"]), "hash": last["hash"]})
+    code, out, _err = run_kube(
+        "audit", "verify", "--log-dir", str(log_dir), "--head-configmap", HEAD_REF
+    )
+    assert code == EXIT_OK, out
+    assert "(seq 3) matches" in out
+    assert (
+        fake_kube.requests[-1].path == f"/api/v1/namespaces/{HEAD_NAMESPACE}/configmaps/{HEAD_NAME}"
+    )
+
+    (log_file,) = [p for p in log_dir.iterdir() if p.suffix == ".jsonl"]
+    log_file.write_text("".join(log_file.read_text().splitlines(keepends=True)[:-1]))
+    assert run_kube("audit", "verify", "--log-dir", str(log_dir))[0] == EXIT_OK
+    code, out, _err = run_kube(
+        "audit", "verify", "--log-dir", str(log_dir), "--head-configmap", HEAD_REF, "-o", "json"
+    )
+    assert code == EXIT_FAILED
+    result = json.loads(out)
+    assert result["ok"] is False
+    assert result["error"]["reason"].startswith(
+        "the log ends at seq 2 but the chain head recorded outside the log volume is at seq 3: "
+        "the tail was truncated"
+    )
+
+
+def test_http_verify_sends_the_head_to_the_sidecar(
+    run_kube: Run, fake_kube: FakeKubeApi, fake_audit: FakeAuditApi
+) -> None:
+    digest = "c" * 64
+    record_head(fake_kube, {"seq": "3", "hash": digest, "updatedAt": "2025-01-01T12:00:00Z"})
+    code, out, _err = run_kube(
+        "audit", "verify", "--audit-url", fake_audit.url, "--head-configmap", HEAD_REF
+    )
+    assert code == EXIT_OK, out
+    (request,) = fake_audit.requests
+    assert (request.path, request.query) == ("/v1/verify", {"head": [f"3:{digest}"]})
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("setup", "ref", "code", "message"),
+    [
+        ("missing", HEAD_REF, EXIT_NOT_FOUND, f"configmap {HEAD_NAME} not found"),
+        ("forbidden", HEAD_REF, EXIT_FORBIDDEN, "not allowed to get configmap"),
+        ("empty", HEAD_REF, EXIT_FAILED, "holds no chain head"),
+        ("garbage", HEAD_REF, EXIT_FAILED, "holds no valid chain head"),
+        ("missing", "no-slash", EXIT_USAGE, "--head-configmap: 'no-slash' is not NAMESPACE/NAME"),
+    ],
+)
+def test_head_configmap_problems_are_one_line(
+    run_kube: Run,
+    fake_kube: FakeKubeApi,
+    log_dir: Path,
+    setup: str,
+    ref: str,
+    code: int,
+    message: str,
+) -> None:
+    if setup == "forbidden":
+        fake_kube.forbidden.add("get-configmap")
+    if setup == "empty":
+        record_head(fake_kube, {})
+    if setup == "garbage":
+        record_head(fake_kube, {"seq": "three", "hash": "x"})
+    got, out, err = run_kube("audit", "verify", "--log-dir", str(log_dir), "--head-configmap", ref)
+    assert (got, out) == (code, "")
+    assert err.startswith("error: ") and message in err, err
