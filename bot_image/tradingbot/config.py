@@ -40,10 +40,11 @@ from pydantic import ValidationError
 from tradingbot.constants import EXCHANGE_MODES, PROFILES
 from tradingbot.risk import RiskLimits, validate_risk
 from tradingbot.strategy import resolve_params, validate_params
+from tradingbot_api.constants import CREDENTIALS_DIR
 from tradingbot_api.models import TradingBotSpec, validation_messages
 
 # Where the operator's pod template mounts the credentials Secret.
-DEFAULT_CREDENTIALS_DIR = "/var/run/secrets/trading.r7.dev/credentials"
+DEFAULT_CREDENTIALS_DIR = CREDENTIALS_DIR
 
 
 class ConfigError(Exception):

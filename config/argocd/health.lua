@@ -28,6 +28,13 @@ if phase == "Failed" then
   hs.message = (degraded and degraded.message) or "the bot failed to start"
   return hs
 end
+-- A change the operator refused to run (the bot keeps trading on its previous config).
+if degraded ~= nil and degraded.status == "True" and (degraded.reason == "SpecInvalid"
+    or degraded.reason == "ImageNotAllowed" or degraded.reason == "SecretNotAllowed") then
+  hs.status = "Degraded"
+  hs.message = degraded.reason .. ": " .. (degraded.message or "the new config cannot run")
+  return hs
+end
 if phase == "Halted" then
   hs.status = "Suspended"
   hs.message = "halted by the kill switch (trading.r7.dev/halt)"

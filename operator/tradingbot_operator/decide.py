@@ -26,7 +26,7 @@ from tradingbot_api.constants import (
     RestartResult,
 )
 from tradingbot_operator.audit.schema import REDACTED, is_secret_key, redact_secrets
-from tradingbot_operator.hashing import canonical_json
+from tradingbot_operator.hashing import bounded_value, canonical_json
 from tradingbot_operator.ratelimit import (
     CoalescingWindow,
     check_rate_limit,
@@ -890,7 +890,7 @@ def _shown(path: str, value: Any, limit: int = 60) -> str:
 def _change_details(bot: BotFacts) -> dict[str, Any]:
     return {
         "changedFields": [c.path for c in bot.changes],
-        "old": {c.path: c.old for c in bot.changes},
-        "new": {c.path: c.new for c in bot.changes},
+        "old": {c.path: bounded_value(c.old) for c in bot.changes},
+        "new": {c.path: bounded_value(c.new) for c in bot.changes},
         "reason": bot.restart_reason,
     }

@@ -69,6 +69,14 @@ def bot(
     }
 
 
+def _refused(reason: str) -> dict:
+    obj = bot("Running", ready="True")
+    obj["status"]["conditions"].append(
+        {"type": "Degraded", "status": "True", "reason": reason, "message": "spec.x: bad"}
+    )
+    return obj
+
+
 HEALTH_CASES = [
     ("a new bot is progressing until observed", bot(observed=None), "Progressing"),
     (
@@ -87,6 +95,11 @@ HEALTH_CASES = [
     ("a halted bot is suspended", bot("Halted"), "Suspended"),
     ("a failed bot is degraded", bot("Failed"), "Degraded"),
     ("a running bot that is not ready is degraded", bot("Running", ready="False"), "Degraded"),
+    *(
+        (f"a running bot whose new config was refused ({reason}) is degraded", refused, "Degraded")
+        for reason in ("SpecInvalid", "ImageNotAllowed", "SecretNotAllowed")
+        for refused in [_refused(reason)]
+    ),
 ]
 
 
@@ -95,6 +108,9 @@ def test_health(name: str, obj: dict, status: str) -> None:
     hs = run_lua((ARGOCD / "health.lua").read_text(), obj)
     assert hs["status"] == status
     assert hs["message"]
+    degraded = [c for c in obj["status"].get("conditions", []) if c["type"] == "Degraded"]
+    if degraded:
+        assert degraded[0]["reason"] in hs["message"]
 
 
 def action(name: str, obj: dict) -> dict:
