@@ -56,12 +56,18 @@ def apply_objects(
     namespace: str | None = None,
     field_manager: str = FIELD_MANAGER,
 ) -> list[Any]:
-    """Server-side apply every object, as `kubectl apply --server-side` would."""
+    """Server-side apply every object, as `kubectl apply --server-side --force-conflicts`
+    would: these are objects the product owns (CRDs, RBAC, policies), so its version wins
+    over another manager's. Objects users edit (the samples) go through `create_absent`."""
     dynamic = DynamicClient(api)
     applied = []
     for obj in objects:
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        kwargs: dict[str, Any] = {"body": obj, "field_manager": field_manager, "force": True}
+        kwargs: dict[str, Any] = {
+            "body": obj,
+            "field_manager": field_manager,
+            "force_conflicts": True,
+        }
         if resource.namespaced:
             kwargs["namespace"] = obj.get("metadata", {}).get("namespace") or namespace
         applied.append(resource.server_side_apply(**kwargs))
@@ -318,7 +324,27 @@ def audit_head_configmap(namespace: str = OPERATOR_NAMESPACE, release: str = "tb
     return f"{namespace}/{name}"
 
 
+def create_absent(
+    api: client.ApiClient, objects: Iterable[dict[str, Any]], namespace: str
+) -> list[str]:
+    """Create the objects that do not exist yet; existing ones are left exactly as users
+    left them (edits, suspends, halts). Returns the names created."""
+    dynamic = DynamicClient(api)
+    created = []
+    for obj in objects:
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.create(body=obj, namespace=obj["metadata"].get("namespace") or namespace)
+        except Exception as err:  # the dynamic client raises its own ConflictError
+            if getattr(err, "status", None) != 409:
+                raise
+            continue
+        created.append(obj["metadata"]["name"])
+    return created
+
+
 def apply_samples(api: client.ApiClient, namespace: str) -> list[str]:
+    """The four sample bots, created when absent (a second `make run` keeps user edits)."""
     samples = load_yaml_dir(SAMPLES)
-    apply_objects(api, samples, namespace)
+    create_absent(api, samples, namespace)
     return [s["metadata"]["name"] for s in samples]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -75,6 +76,13 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 PVC_SIZE_PATTERN = r"^[1-9][0-9]{0,5}(Mi|Gi|Ti|M|G|T)$"
+# Label keys and values as the pod API checks them (nodeSelector, toleration keys).
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+BOT_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 
 _QUANTITY_MAX_LENGTH = 64
 
@@ -301,11 +309,71 @@ class RestartPolicySpec(_SpecModel):
     max_restarts_per_hour: StrictInt = Field(default=DEFAULT_MAX_RESTARTS_PER_HOUR, ge=1, le=3600)
 
 
-class ResourcesSpec(_SpecModel):
-    """Container resources of the bot pod (the core ResourceRequirements without claims)."""
+_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
 
-    limits: dict[str, Quantity] | None = Field(default=None, max_length=16)
-    requests: dict[str, Quantity] | None = Field(default=None, max_length=16)
+
+def quantity_value(value: int | str) -> Decimal:
+    """A Kubernetes quantity as a number (`500m` is 0.5, `1Gi` is 2**30)."""
+    text = str(value)
+    match = re.fullmatch(r"([0-9.]+)([eE][-+]?[0-9.]+)?([KMGTPE]i|[numkMGTPE])?", text)
+    if match is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    number = Decimal(match.group(1) + (match.group(2) or ""))
+    return number * Decimal(_SUFFIXES[match.group(3) or ""])
+
+
+def _bot_resources(values: dict[str, int | str] | None) -> dict[str, int | str] | None:
+    for name in values or {}:
+        if name not in BOT_RESOURCES:
+            raise ValueError(
+                f"resources: only {', '.join(BOT_RESOURCES)} can be set for a bot, got {name!r}"
+            )
+    return values
+
+
+BotResources = Annotated[
+    Annotated[dict[str, Quantity], Field(max_length=16)] | None, AfterValidator(_bot_resources)
+]
+
+
+class ResourcesSpec(_SpecModel):
+    """Container resources of the bot pod: cpu, memory and ephemeral-storage, each request
+    at most its limit (the pod API refuses anything else)."""
+
+    limits: BotResources = None
+    requests: BotResources = Field(default=None, validate_default=True)
+
+    @field_validator("requests")
+    @classmethod
+    def _requests_within_limits(
+        cls, requests: dict[str, int | str] | None, info: ValidationInfo
+    ) -> dict[str, int | str] | None:
+        limits = info.data.get("limits") or {}
+        for name, value in (requests or {}).items():
+            if name in limits and quantity_value(value) > quantity_value(limits[name]):
+                raise ValueError(f"resources: the {name} request {value} exceeds its limit")
+        return requests
+
+
+def _short_prefix(key: str) -> str:
+    if "/" in key and len(key.split("/")[0]) > 253:
+        raise ValueError("tolerations: the prefix of a key is a DNS name of at most 253 characters")
+    return key
+
+
+def _label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
+    for key in labels or {}:
+        if not (len(key) <= 317 and re.fullmatch(QUALIFIED_NAME_PATTERN, key)):
+            raise ValueError(
+                "nodeSelector: every key must be a label key (an optional DNS prefix and /, then "
+                "at most 63 letters, digits, -, _ or .)"
+            )
+        _short_prefix(key)
+    return labels
 
 
 class TolerationOperator(StrEnum):
@@ -329,7 +397,14 @@ class Toleration(_SpecModel):
     Each rule is a validator of the field it reports, so errors name that field.
     """
 
-    key: Annotated[str, StringConstraints(max_length=317)] | None = None
+    key: (
+        Annotated[
+            str,
+            StringConstraints(max_length=317, pattern=QUALIFIED_NAME_PATTERN),
+            AfterValidator(_short_prefix),
+        ]
+        | None
+    ) = None
     operator: TolerationOperator | None = Field(default=None, validate_default=True)
     value: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         default=None, validate_default=True
@@ -375,9 +450,11 @@ class TradingBotSpec(_SpecModel):
     suspend: StrictBool = False
     image: Annotated[str, StringConstraints(max_length=512, pattern=IMAGE_PATTERN)] | None = None
     resources: ResourcesSpec | None = None
-    node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
-        default=None, max_length=32
-    )
+    node_selector: Annotated[
+        dict[str, Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]]
+        | None,
+        AfterValidator(_label_keys),
+    ] = Field(default=None, max_length=32)
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     state: StateSpec = Field(default_factory=StateSpec)
     restart_policy: RestartPolicySpec = Field(default_factory=RestartPolicySpec)

@@ -48,6 +48,14 @@ class ApiError(Exception):
         return self.status == 409
 
 
+def api_message(err: ApiError) -> str:
+    """The `message` of the Status the API server answered with, else the raw body."""
+    try:
+        return str(json.loads(err.body).get("message") or err.body)
+    except (ValueError, AttributeError):
+        return err.body
+
+
 def _path(
     group: str,
     version: str,
@@ -156,11 +164,18 @@ class KubeApi:
         )
         return list(result.get("items") or [])
 
-    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Create an object; with dry_run, only ask the API server (schema, admission,
+        Pod Security) whether it would accept it."""
         group, version, plural = _PLURALS[str(obj["kind"])]
         namespace = obj["metadata"].get("namespace")
         return dict(
-            await self.request("POST", _path(group, version, namespace, plural), body=dict(obj))
+            await self.request(
+                "POST",
+                _path(group, version, namespace, plural),
+                body=dict(obj),
+                query={"dryRun": "All"} if dry_run else None,
+            )
         )
 
     async def delete_pod(self, namespace: str, name: str, uid: str, grace: int) -> None:

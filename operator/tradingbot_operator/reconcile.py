@@ -33,6 +33,7 @@ from tradingbot_api.constants import (
     DEFAULT_STATE_BACKEND,
     HALT_VALUE,
     KIND,
+    BlockReason,
     Phase,
 )
 from tradingbot_operator.decide import (
@@ -70,7 +71,7 @@ from tradingbot_operator.identity import (
     change_stamp,
     verified_identity,
 )
-from tradingbot_operator.kubeapi import ApiError, KubeApi
+from tradingbot_operator.kubeapi import ApiError, KubeApi, api_message
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
 from tradingbot_operator.render import (
@@ -239,6 +240,8 @@ class Fleet:
     approvals: dict[str, str] = field(default_factory=dict)
     # The change stamp last seen per bot uid: a different one makes the policies be re-read.
     stamps_seen: dict[str, str] = field(default_factory=dict)
+    # The pod dry run per bot uid: (config hash, what it found).
+    pod_checks: dict[str, tuple[str, Blocker | None]] = field(default_factory=dict)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
     def wake(self, namespace: str, name: str) -> None:
@@ -345,6 +348,7 @@ class BotReconciler:
         """Why the desired config must not run, checked before anything is stopped."""
         spec = body.get("spec") or {}
         found = spec_blocker(spec) or image_blocker(spec, self.fleet.settings.images)
+        found = found or await self._pod_blocker(body)
         secret = credentials_secret(spec)
         if found or not secret:
             return found
@@ -358,6 +362,35 @@ class BotReconciler:
             await self._approve(body, secret)
         if found is None:
             self.fleet.approvals[uid] = secret
+        return found
+
+    async def _pod_blocker(self, body: Mapping[str, Any]) -> Blocker | None:
+        """The pod this config needs, as a server-side dry run: what the CRD allows but the
+        pod API or Pod Security refuses is found before the running pod is stopped (once
+        per config)."""
+        meta = body["metadata"]
+        uid = str(meta["uid"])
+        desired = config_hash(body.get("spec") or {}, meta.get("annotations") or {}, SPEC_DEFAULTS)
+        checked = self.fleet.pod_checks.get(uid)
+        if checked and checked[0] == desired:
+            return checked[1]
+        bot = BotRef(self.namespace, self.name, uid)
+        spec = body.get("spec") or {}
+        pod = render_bot_pod(
+            bot, spec, desired, self.fleet.settings, restart_token(meta.get("annotations") or {})
+        )
+        await self.ensure_bot_objects(bot, spec)  # admission checks the pod's ServiceAccount
+        found: Blocker | None = None
+        try:
+            await self.fleet.api.create(pod, dry_run=True)
+        except ApiError as err:
+            if err.status not in (400, 403, 422):
+                raise  # unreachable, overloaded or a name clash: not a verdict on the config
+            found = Blocker(
+                BlockReason.SPEC_INVALID,
+                bounded_text(f"the pod for this config is refused: {api_message(err)}"),
+            )
+        self.fleet.pod_checks[uid] = (desired, found)
         return found
 
     async def _service_account(self, name: str) -> dict[str, Any] | None:

@@ -400,7 +400,10 @@ VALID_SPECS: list[tuple[str, Spec]] = [
         spec_with(
             {
                 "image": "ghcr.io/r7/tradingbot:0.1.0",  # the allowed image (admission policy)
-                "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": 1}},
+                "resources": {
+                    "limits": {"cpu": "500m", "memory": "256Mi"},
+                    "requests": {"cpu": "250m"},
+                },
                 "nodeSelector": {"kubernetes.io/os": "linux"},
                 "tolerations": [
                     {"key": "dedicated", "operator": "Equal", "value": "bots"},

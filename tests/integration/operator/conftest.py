@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from localkube import product
+from tests import kube
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
+from tradingbot_api.constants import API_GROUP, PLURAL, VERSION
 
 
 @pytest.fixture
@@ -64,6 +67,61 @@ def start_operator(
 @pytest.fixture
 def operator(start_operator: Callable[..., OperatorProcess]) -> OperatorProcess:
     return start_operator()
+
+
+@pytest.fixture(scope="session")
+def user_roles(api_client: client.ApiClient) -> list[str]:
+    roles = [d for d in product.render_chart("tradingbot-system") if d["kind"] == "ClusterRole"]
+    roles = [r for r in roles if r["metadata"]["name"].startswith("tradingbot-")]
+    kube.apply(api_client, roles)
+    return [r["metadata"]["name"] for r in roles]
+
+
+@pytest.fixture
+def subject(
+    api_client: client.ApiClient,
+    namespace: str,
+    user_roles: list[str],
+    sa_client: Callable[[str, str], client.ApiClient],
+) -> Callable[[str], tuple[client.ApiClient, str]]:
+    """A ServiceAccount bound to one of the chart's user roles in the test namespace."""
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    made: dict[str, tuple[client.ApiClient, str]] = {}
+
+    def _subject(role: str) -> tuple[client.ApiClient, str]:
+        if role not in made:
+            assert f"tradingbot-{role}" in user_roles
+            rbac.create_namespaced_role_binding(
+                namespace,
+                client.V1RoleBinding(
+                    metadata=client.V1ObjectMeta(name=f"as-{role}"),
+                    role_ref=client.V1RoleRef(
+                        api_group="rbac.authorization.k8s.io",
+                        kind="ClusterRole",
+                        name=f"tradingbot-{role}",
+                    ),
+                    subjects=[
+                        client.RbacV1Subject(kind="ServiceAccount", name=role, namespace=namespace)
+                    ],
+                ),
+            )
+            api = sa_client(namespace, role)
+            user = f"system:serviceaccount:{namespace}:{role}"
+            kube.wait_for(lambda: _can_list(api, namespace), message=f"RBAC for {role}")
+            made[role] = (api, user)
+        return made[role]
+
+    return _subject
+
+
+def _can_list(api: client.ApiClient, namespace: str) -> bool:
+    try:
+        client.CustomObjectsApi(api).list_namespaced_custom_object(
+            API_GROUP, VERSION, namespace, PLURAL
+        )
+    except client.ApiException:
+        return False
+    return True
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

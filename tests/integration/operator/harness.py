@@ -233,6 +233,24 @@ def bot_manifest(name: str, spec: dict[str, Any], **annotations: str) -> dict[st
     }
 
 
+def create_as(api: client.ApiClient, namespace: str, name: str, spec: dict, **ann: str) -> dict:
+    return dict(
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            API_GROUP, VERSION, namespace, PLURAL, bot_manifest(name, spec, **ann)
+        )
+    )
+
+
+def patch_as(
+    api: client.ApiClient, namespace: str, name: str, body: dict, manager: str = "kubectl-edit"
+) -> dict:
+    return dict(
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            API_GROUP, VERSION, namespace, PLURAL, name, body, field_manager=manager
+        )
+    )
+
+
 class Bots:
     """TradingBot reads and writes for one namespace."""
 

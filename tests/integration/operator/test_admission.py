@@ -20,7 +20,7 @@ from localkube import binaries, product
 from localkube.cluster import LocalCluster
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC, spec_with
-from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, bot_manifest
+from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, create_as, patch_as
 from tradingbot_api.constants import (
     ANNOTATION_CHANGE_SOURCE,
     ANNOTATION_CHANGE_STAMP,
@@ -28,14 +28,11 @@ from tradingbot_api.constants import (
     ANNOTATION_CREDENTIALS_APPROVED,
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
-    API_GROUP,
     CONTROL_ANNOTATIONS,
     MAX_CONTROL_ANNOTATION_LENGTH,
     MUTATING_POLICIES,
-    PLURAL,
     STAMP_ANNOTATIONS,
     VALIDATING_POLICIES,
-    VERSION,
 )
 from tradingbot_api.params import PROFILES, param_names
 
@@ -79,79 +76,6 @@ def test_the_policies_name_the_keys_and_parameters_of_the_api_package() -> None:
 
 
 # -- subjects ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def user_roles(api_client: client.ApiClient) -> list[str]:
-    roles = [d for d in product.render_chart("tradingbot-system") if d["kind"] == "ClusterRole"]
-    roles = [r for r in roles if r["metadata"]["name"].startswith("tradingbot-")]
-    kube.apply(api_client, roles)
-    return [r["metadata"]["name"] for r in roles]
-
-
-@pytest.fixture
-def subject(
-    api_client: client.ApiClient,
-    namespace: str,
-    user_roles: list[str],
-    sa_client: Callable[[str, str], client.ApiClient],
-) -> Callable[[str], tuple[client.ApiClient, str]]:
-    """A ServiceAccount bound to one of the chart's user roles in the test namespace."""
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    made: dict[str, tuple[client.ApiClient, str]] = {}
-
-    def _subject(role: str) -> tuple[client.ApiClient, str]:
-        if role not in made:
-            assert f"tradingbot-{role}" in user_roles
-            rbac.create_namespaced_role_binding(
-                namespace,
-                client.V1RoleBinding(
-                    metadata=client.V1ObjectMeta(name=f"as-{role}"),
-                    role_ref=client.V1RoleRef(
-                        api_group="rbac.authorization.k8s.io",
-                        kind="ClusterRole",
-                        name=f"tradingbot-{role}",
-                    ),
-                    subjects=[
-                        client.RbacV1Subject(kind="ServiceAccount", name=role, namespace=namespace)
-                    ],
-                ),
-            )
-            api = sa_client(namespace, role)
-            user = f"system:serviceaccount:{namespace}:{role}"
-            kube.wait_for(lambda: _can_list(api, namespace), message=f"RBAC for {role}")
-            made[role] = (api, user)
-        return made[role]
-
-    return _subject
-
-
-def _can_list(api: client.ApiClient, namespace: str) -> bool:
-    try:
-        client.CustomObjectsApi(api).list_namespaced_custom_object(
-            API_GROUP, VERSION, namespace, PLURAL
-        )
-    except client.ApiException:
-        return False
-    return True
-
-
-def create_as(api: client.ApiClient, namespace: str, name: str, spec: dict, **ann: str) -> dict:
-    return dict(
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            API_GROUP, VERSION, namespace, PLURAL, bot_manifest(name, spec, **ann)
-        )
-    )
-
-
-def patch_as(
-    api: client.ApiClient, namespace: str, name: str, body: dict, manager: str = "kubectl-edit"
-) -> dict:
-    return dict(
-        client.CustomObjectsApi(api).patch_namespaced_custom_object(
-            API_GROUP, VERSION, namespace, PLURAL, name, body, field_manager=manager
-        )
-    )
 
 
 def refusal(call: Callable[[], Any]) -> client.ApiException:
@@ -393,3 +317,71 @@ def test_a_copied_stamp_reads_as_unverified(
     )
     assert f"by {admin_user}" in halts[0].message
     assert admin_user not in halts[1].message, "a replayed stamp was believed"
+
+
+def test_a_new_pod_the_cluster_refuses_never_replaces_the_running_one(
+    operator: OperatorProcess, bots: Bots, kubelet: Kubelet, api_client: client.ApiClient
+) -> None:
+    """A cluster's own pod policy (here a ValidatingAdmissionPolicy on pods, as Kyverno or
+    Gatekeeper would be) refuses the pod a valid spec needs: the operator finds out with a
+    dry run before it stops anything."""
+    name = f"no-forbidden-pool-{bots.namespace}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "!has(object.spec.nodeSelector) || !('pool' in object.spec."
+                    "nodeSelector) || object.spec.nodeSelector['pool'] != 'forbidden'",
+                    "message": "pool forbidden is closed",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": bots.namespace}
+                }
+            },
+        },
+    }
+    kube.apply(api_client, [policy, binding])
+    reg = client.AdmissionregistrationV1Api(api_client)
+    try:
+        bots.create("bot-a", spec_with({"restartPolicy.coalesceSeconds": 0}))
+        bots.wait_running_with("bot-a")
+        (before,) = bots.pods("bot-a")
+        bots.patch("bot-a", {"spec": {"nodeSelector": {"pool": "forbidden"}}})
+        cond = kube.wait_for(lambda: degraded(bots, "bot-a", "SpecInvalid"), message="refused")
+        assert "pool forbidden is closed" in cond["message"]
+        assert [p.metadata.uid for p in bots.pods("bot-a")] == [before.metadata.uid]
+        assert bots.status("bot-a").get("restarts", {}).get("total", 0) == 0
+        bots.patch("bot-a", {"spec": {"nodeSelector": {"pool": "open"}}})
+        kube.wait_for(
+            lambda: bots.status("bot-a").get("restarts", {}).get("total") == 1, message="restart"
+        )
+        bots.wait_running_with("bot-a")
+        assert degraded(bots, "bot-a", "SpecInvalid") is None
+    finally:
+        reg.delete_validating_admission_policy_binding(name)
+        reg.delete_validating_admission_policy(name)
