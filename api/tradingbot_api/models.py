@@ -309,7 +309,7 @@ class RestartPolicySpec(_SpecModel):
     max_restarts_per_hour: StrictInt = Field(default=DEFAULT_MAX_RESTARTS_PER_HOUR, ge=1, le=3600)
 
 
-_SUFFIXES = {
+_SUFFIXES: dict[str, int | Decimal] = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
     "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
