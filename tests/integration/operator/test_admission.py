@@ -385,3 +385,40 @@ def test_a_new_pod_the_cluster_refuses_never_replaces_the_running_one(
     finally:
         reg.delete_validating_admission_policy_binding(name)
         reg.delete_validating_admission_policy(name)
+
+
+def test_only_the_admin_role_reads_the_audit_log_and_pulls_the_kill_switch(
+    subject: Callable[[str], tuple[client.ApiClient, str]],
+    namespace: str,
+    api_client: client.ApiClient,
+) -> None:
+    """What the audit sidecar and the admission policy ask RBAC, asked for each role."""
+    authz = client.AuthorizationV1Api(api_client)
+    expected = {
+        ("viewer", "get", "audit"): False,
+        ("trader", "get", "audit"): False,
+        ("admin", "get", "audit"): True,
+        ("viewer", "update", "halt"): False,
+        ("trader", "update", "halt"): False,
+        ("admin", "update", "halt"): True,
+        ("trader", "get", ""): True,
+        ("trader", "patch", ""): True,
+        ("viewer", "patch", ""): False,
+    }
+    for (role, verb, sub), allowed in expected.items():
+        _, user = subject(role)
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=namespace,
+                    verb=verb,
+                    group=API_GROUP,
+                    resource=PLURAL,
+                    subresource=sub or None,
+                ),
+            )
+        )
+        answer = authz.create_subject_access_review(review).status.allowed
+        assert bool(answer) is allowed, (role, verb, sub)

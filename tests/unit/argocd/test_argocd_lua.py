@@ -191,3 +191,24 @@ def test_argocd_cm_embeds_exactly_the_lua_files() -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(render_argocd_cm())
     assert path.read_text() == render_argocd_cm()
+
+
+def test_the_application_ignores_every_annotation_the_api_server_or_operators_write() -> None:
+    from tradingbot_api.constants import (
+        ANNOTATION_HALT,
+        ANNOTATION_RESTART_REASON,
+        ANNOTATION_RESTARTED_AT,
+        STAMP_ANNOTATIONS,
+    )
+
+    app = yaml.safe_load((ARGOCD / "application.yaml").read_text())
+    (ignored,) = app["spec"]["ignoreDifferences"]
+    pointers = {
+        p.removeprefix("/metadata/annotations/").replace("~1", "/") for p in ignored["jsonPointers"]
+    }
+    assert pointers == {
+        *STAMP_ANNOTATIONS,
+        ANNOTATION_RESTARTED_AT,
+        ANNOTATION_RESTART_REASON,
+        ANNOTATION_HALT,
+    }
