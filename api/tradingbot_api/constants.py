@@ -28,6 +28,14 @@ KUBECTL_RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
 ANNOTATION_RESTART_REASON: Final = f"{API_GROUP}/restart-reason"
 ANNOTATION_HALT: Final = f"{API_GROUP}/halt"
 HALT_VALUE: Final = "true"
+# Imperative stop beside the declarative spec.suspend (plugin, Argo CD actions): GitOps tools
+# that own the spec never undo it. Either one stops the bot.
+ANNOTATION_SUSPEND: Final = f"{API_GROUP}/suspend"
+SUSPEND_VALUE: Final = "true"
+# The fleet-wide kill switch: a ConfigMap (the chart's `<release>-fleet-switch`) whose data key
+# `halt` holds a HaltMode; bots get its namespace/name in env FLEET_SWITCH.
+FLEET_SWITCH_KEY: Final = "halt"
+FLEET_SWITCH_ENV: Final = "FLEET_SWITCH"
 FINALIZER: Final = f"{API_GROUP}/finalizer"
 # Written by the operator on bot pods: the spec and the restart request the pod was started
 # with (the next change is diffed against them).
@@ -58,6 +66,7 @@ CONTROL_ANNOTATIONS: Final = (
     KUBECTL_RESTARTED_AT,
     ANNOTATION_RESTART_REASON,
     ANNOTATION_HALT,
+    ANNOTATION_SUSPEND,
 )
 MAX_CONTROL_ANNOTATION_LENGTH: Final = 1024
 # Written by the operator on a bot's ServiceAccount: the credentials Secret whose mounting it
@@ -165,6 +174,39 @@ class PendingActionKind(StrEnum):
     RESTART = "restart"
     STOP = "stop"
     HALT = "halt"
+
+
+class HaltMode(StrEnum):
+    """Values of the kill switch (`trading.r7.dev/halt`, and the fleet switch).
+
+    - ``true``: stop now: no new orders, the bot's entry orders cancelled, positions (and
+      their protective orders) kept;
+    - ``drain``: no new entries; exits managed until flat, then stop;
+    - ``flatten``: cancel protective orders, close every position at market (risk checks
+      apply), then stop. Not atomic: a position may fill partly before the stop.
+    """
+
+    TRUE = "true"
+    DRAIN = "drain"
+    FLATTEN = "flatten"
+
+
+# Which switch wins when the bot's and the fleet's disagree: closing everything beats stopping
+# now, which beats a gentle drain.
+_HALT_PRECEDENCE = (HaltMode.FLATTEN, HaltMode.TRUE, HaltMode.DRAIN)
+
+
+def effective_halt(*values: str | None) -> HaltMode | None:
+    """The kill switch in force given the bot's and the fleet's values (None: trading).
+
+    An unknown non-empty value counts as ``true``: a typo must stop the bot, not let it trade.
+    """
+    modes = set()
+    for value in values:
+        text = (value or "").strip().lower()
+        if text:
+            modes.add(HaltMode(text) if text in set(HaltMode) else HaltMode.TRUE)
+    return next((m for m in _HALT_PRECEDENCE if m in modes), None)
 
 
 class BlockReason(StrEnum):

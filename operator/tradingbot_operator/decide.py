@@ -21,6 +21,7 @@ from tradingbot_api.constants import (
     BlockReason,
     ConditionStatus,
     ConditionType,
+    HaltMode,
     PendingActionKind,
     Phase,
     RestartResult,
@@ -66,6 +67,8 @@ class PodFacts:
     ready: bool = False
     terminated: bool = False
     restart_count: int = 0
+    node_name: str | None = None
+    node_lost: bool = False  # its node stopped heartbeating and its bot holds no Lease
 
     @property
     def crash_looping(self) -> bool:
@@ -99,7 +102,9 @@ class BotFacts:
     policy: RestartPolicy = RestartPolicy()
     generation: int = 1
     suspend: bool = False
-    halt: bool = False
+    halt_mode: HaltMode | None = None  # the kill switch in force (bot's or fleet's)
+    halt_source: str = "bot"  # which switch: "bot" (its annotation) or "fleet"
+    kill_switch: Mapping[str, Any] = field(default_factory=dict)  # the bot's report
     deleting: bool = False
     restart_reason: str | None = None
     changes: tuple[FieldChange, ...] = ()
@@ -109,6 +114,10 @@ class BotFacts:
     action_reason: str | None = None
     blocker: Blocker | None = None  # set when the desired config would need a new pod
     last_change: Mapping[str, Any] | None = None  # the newest verified stamp (status.lastChange)
+
+    @property
+    def halt(self) -> bool:
+        return self.halt_mode is not None
 
 
 @dataclass(frozen=True)
@@ -327,10 +336,72 @@ def bot_is_being_deleted(ctx: _Context) -> bool:
     return True
 
 
-def halt_requested(ctx: _Context) -> bool:
-    """The kill switch: stop now, no coalescing window, no rate limit, no restart slot."""
-    if not ctx.bot.halt:
+def pods_on_lost_nodes(ctx: _Context) -> bool:
+    """A pod whose node stopped heartbeating, and whose bot no longer holds its Lease, will
+    never be stopped by that node: remove it at once (no grace: nothing runs it any more)
+    so that a replacement can start. The Lease check is what makes this safe: a bot that
+    still renews its Lease is alive somewhere, and a new one would wait for it anyway."""
+    lost = [p for p in ctx.pods if p.node_lost]
+    if not lost:
         return False
+    for pod in lost:
+        ctx.decision.actions.append(DeletePod(pod.name, pod.uid, 0))
+        ctx.emit(
+            "error",
+            "NodeLost",
+            f"{pod.name} is on node {pod.node_name}, which stopped heartbeating, and its bot "
+            "holds no Lease: removing the pod so that a replacement starts",
+            severity="critical",
+            details={"pod": pod.name, "node": pod.node_name},
+        )
+    ctx.decision.requeue_after = 0.5
+    return True
+
+
+_GENTLE_LABELS = {HaltMode.DRAIN: "Draining", HaltMode.FLATTEN: "Flattening"}
+
+
+def halt_requested(ctx: _Context) -> bool:
+    """The kill switch: no coalescing window, no rate limit, no restart slot.
+
+    `true` stops the pod now. `drain` and `flatten` keep it until the bot reports that it
+    obeys that mode and holds no position (`status.killSwitch`), then stop it."""
+    mode = ctx.bot.halt_mode
+    if mode is None:
+        return False
+    positions = dict(ctx.status.get("positions") or {})
+    report = ctx.bot.kill_switch
+    label = _GENTLE_LABELS.get(mode)
+    done = report.get("mode") == mode and report.get("flat") is True
+    if label and ctx.alive and not done:
+        if _condition(ctx.status, ConditionType.PROGRESSING).get("reason") != label:
+            ctx.set_phase(Phase.STOPPING)
+            ctx.set_pending(None)
+            ctx.set_condition(
+                ConditionType.READY, ConditionStatus.FALSE, "Halted", f"kill switch: {mode}"
+            )
+            ctx.set_condition(
+                ConditionType.PROGRESSING,
+                ConditionStatus.TRUE,
+                label,
+                "no new entries; exits managed until flat"
+                if mode == HaltMode.DRAIN
+                else "orders cancelled, positions being closed at market",
+            )
+            ctx.emit(
+                "halt",
+                label,
+                f"kill switch ({mode}, {ctx.bot.halt_source} switch): the bot stops once flat",
+                severity="warning",
+                source="user",
+                details={
+                    "mode": str(mode),
+                    "switch": ctx.bot.halt_source,
+                    "positionsBefore": positions,
+                },
+            )
+        ctx.decision.requeue_after = POLL_SECONDS
+        return True
     first = ctx.phase != Phase.HALTED or bool(ctx.alive)
     for pod in ctx.alive:
         ctx.delete(pod)
@@ -341,21 +412,28 @@ def halt_requested(ctx: _Context) -> bool:
             ConditionType.READY,
             ConditionStatus.FALSE,
             "Halted",
-            "halted by the kill switch annotation",
+            f"halted by the kill switch ({mode}, {ctx.bot.halt_source} switch)",
         )
         ctx.set_condition(
             ConditionType.PROGRESSING,
             ConditionStatus.FALSE,
             "Halted",
-            "halted; remove the halt annotation to resume",
+            "halted; remove the kill switch to resume",
         )
+        details: dict[str, Any] = {
+            "mode": str(mode),
+            "switch": ctx.bot.halt_source,
+            "podsStopped": [p.name for p in ctx.alive],
+        }
+        details["positionsAfter" if label else "positions"] = positions
         ctx.emit(
             "halt",
             "Halted",
-            "kill switch: bot stopped without coalescing or rate limit",
+            "kill switch: bot stopped without coalescing or rate limit"
+            + (f" after it reported flat ({mode})" if label else ""),
             severity="warning",
             source="user",
-            details={"podsStopped": [p.name for p in ctx.alive]},
+            details=details,
         )
     if ctx.pods:
         ctx.decision.requeue_after = POLL_SECONDS
@@ -405,18 +483,21 @@ def no_pod(ctx: _Context) -> bool:
             ctx.set_phase(Phase.STOPPED)
             ctx.set_pending(None)
             ctx.set_condition(
-                ConditionType.READY, ConditionStatus.FALSE, "Suspended", "spec.suspend is true"
+                ConditionType.READY,
+                ConditionStatus.FALSE,
+                "Suspended",
+                "suspended (stop requested)",
             )
             ctx.set_condition(
                 ConditionType.PROGRESSING,
                 ConditionStatus.FALSE,
                 "Suspended",
-                "stopped; set spec.suspend to false to resume",
+                "stopped; resume to start it again (spec.suspend false, no suspend annotation)",
             )
             ctx.emit(
                 "stop",
                 "Stopped",
-                "bot stopped gracefully (spec.suspend); positions kept",
+                "bot stopped gracefully; positions kept",
                 source="user",
             )
         return True
@@ -497,7 +578,7 @@ def change_requested(ctx: _Context) -> bool:
         first = not pending or pending.get("action") == PendingActionKind.START
         pending = {
             "action": str(kind),
-            "reason": bot.restart_reason or ("spec.suspend" if stopping else "config change"),
+            "reason": bot.restart_reason or ("stop requested" if stopping else "config change"),
             "desiredHash": target,
             "changedFields": [c.path for c in bot.changes],
             "firstRequestedAt": pending.get("firstRequestedAt") if not first else ctx.ts(),
@@ -588,7 +669,7 @@ def change_requested(ctx: _Context) -> bool:
     ctx.set_pending(pending)
     if kind == PendingActionKind.STOP:
         ctx.set_phase(Phase.STOPPING)
-        ctx.emit("stop", "Stopping", "stopping the bot gracefully (spec.suspend)", source="user")
+        ctx.emit("stop", "Stopping", "stopping the bot gracefully", source="user")
     elif not resumed:
         ctx.set_phase(Phase.RESTARTING)
         kept = [format_time(t) for t in recent_restarts(history, ctx.now)]
@@ -824,6 +905,7 @@ def _mark_healthy(ctx: _Context) -> None:
 
 
 CHAIN: tuple[Check, ...] = (
+    pods_on_lost_nodes,
     bot_is_being_deleted,
     halt_requested,
     surplus_pods,
@@ -871,7 +953,7 @@ def _condition(status: Mapping[str, Any], kind: ConditionType) -> Mapping[str, A
 
 def _describe_request(kind: PendingActionKind, bot: BotFacts) -> str:
     if kind == PendingActionKind.STOP:
-        return "stop requested (spec.suspend); waiting for the coalescing window"
+        return "stop requested; waiting for the coalescing window"
     if bot.changes:
         fields = ", ".join(c.path for c in bot.changes)
         return f"config changed ({fields}); restart pending"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from tradingbot_operator.reconcile import BotReconciler, Fleet
 from tradingbot_operator.recorder import AuditRecorder
 from tradingbot_operator.settings import OperatorSettings
 from tradingbot_operator.sinks import audit_log_sink, kube_event_sink
+from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, cancel
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +98,30 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:
             fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
     memo["fleet"] = fleet
+    memo["tasks"] = start_watches(fleet, operator_settings)
     log.info(
         "tradingbot operator started (namespace: %s, max concurrent restarts: %s)",
         operator_settings.namespace or "all",
         operator_settings.max_concurrent_restarts or "unlimited",
     )
+
+
+def start_watches(fleet: Fleet, settings: OperatorSettings) -> list[asyncio.Task[None]]:
+    """The operator-wide polls: node heartbeats and the fleet-wide kill switch."""
+    tasks: list[asyncio.Task[None]] = []
+    if settings.node_heartbeats:
+        fleet.nodes = NodeHeartbeats(fleet.api, settings.node_poll_seconds)
+        tasks.append(asyncio.create_task(fleet.nodes.run(fleet.wake_nodes)))
+    if settings.fleet_switch:
+        namespace, _, name = settings.fleet_switch.partition("/")
+        fleet.fleet_switch = FleetSwitch(fleet.api, namespace, name)
+        tasks.append(asyncio.create_task(fleet.fleet_switch.run(fleet.wake_all)))
+    return tasks
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    await cancel(memo.get("tasks") or [])
 
 
 @kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0)

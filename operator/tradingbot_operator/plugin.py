@@ -64,15 +64,19 @@ from tradingbot_api.constants import (
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
     ANNOTATION_RESTARTED_AT,
+    ANNOTATION_SUSPEND,
     API_GROUP,
     DEFAULT_COALESCE_SECONDS,
-    HALT_VALUE,
+    FLEET_SWITCH_KEY,
     PLURAL,
     STATE_KEY,
+    SUSPEND_VALUE,
     VERSION,
     ConditionType,
+    HaltMode,
     Phase,
     StateBackend,
+    effective_halt,
     state_configmap_name,
 )
 from tradingbot_operator.audit.head import ChainHead, head_from_data, parse_configmap_ref
@@ -95,6 +99,9 @@ EXIT_USAGE: Final = 2
 EXIT_FORBIDDEN: Final = 3
 EXIT_NOT_FOUND: Final = 4
 EXIT_INTERRUPTED: Final = 130
+
+# The chart's fleet switch for release `tb` in `tradingbot-system` (make deploy's defaults).
+DEFAULT_FLEET_SWITCH: Final = "tradingbot-system/tb-tradingbot-operator-fleet-switch"
 
 # The restart reason ends up in the audit record, whose text fields are bounded; refusing a
 # longer reason here beats silently truncating the one thing that explains the restart.
@@ -266,14 +273,16 @@ def restart_patch(stamp: str, reason: str) -> dict[str, Any]:
 
 
 def suspend_patch(suspend: bool, reason: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"spec": {"suspend": suspend}}
+    """Stop or resume by annotation (null in a merge patch deletes it): `spec.suspend` stays
+    the declarative field a GitOps tool owns, so a sync never undoes an imperative stop."""
+    annotations: dict[str, Any] = {ANNOTATION_SUSPEND: SUSPEND_VALUE if suspend else None}
     if reason:
-        body["metadata"] = {"annotations": {ANNOTATION_RESTART_REASON: reason}}
-    return body
+        annotations[ANNOTATION_RESTART_REASON] = reason
+    return {"metadata": {"annotations": annotations}}
 
 
-def halt_patch(reason: str | None = None) -> dict[str, Any]:
-    annotations: dict[str, Any] = {ANNOTATION_HALT: HALT_VALUE}
+def halt_patch(reason: str | None = None, mode: HaltMode = HaltMode.TRUE) -> dict[str, Any]:
+    annotations: dict[str, Any] = {ANNOTATION_HALT: str(mode)}
     if reason:
         annotations[ANNOTATION_RESTART_REASON] = reason
     return {"metadata": {"annotations": annotations}}
@@ -287,13 +296,31 @@ def unhalt_patch(reason: str | None = None) -> dict[str, Any]:
     return {"metadata": {"annotations": annotations}}
 
 
-def is_halted(bot: Mapping[str, Any]) -> bool:
+def halt_mode(bot: Mapping[str, Any]) -> HaltMode | None:
     annotations = (bot.get("metadata") or {}).get("annotations") or {}
-    return str(annotations.get(ANNOTATION_HALT, "")).lower() == HALT_VALUE
+    return effective_halt(annotations.get(ANNOTATION_HALT))
+
+
+def is_halted(bot: Mapping[str, Any]) -> bool:
+    return halt_mode(bot) is not None
 
 
 def is_suspended(bot: Mapping[str, Any]) -> bool:
+    return suspended_by_spec(bot) or suspended_by_annotation(bot)
+
+
+def suspended_by_spec(bot: Mapping[str, Any]) -> bool:
     return bool((bot.get("spec") or {}).get("suspend"))
+
+
+def suspended_by_annotation(bot: Mapping[str, Any]) -> bool:
+    annotations = (bot.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(ANNOTATION_SUSPEND, "")).lower() == SUSPEND_VALUE
+
+
+def fleet_switch_patch(mode: HaltMode | None) -> dict[str, Any]:
+    """The fleet-wide kill switch ConfigMap's data (None removes the halt)."""
+    return {"data": {FLEET_SWITCH_KEY: str(mode) if mode else None}}
 
 
 # -- status formatting (pure) -----------------------------------------------------------------
@@ -1014,6 +1041,45 @@ class Kube:
             )
         )
 
+    def patch_configmap(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, create: bool = False
+    ) -> None:
+        """Merge-patch a ConfigMap's data; with create, make it when it does not exist."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        try:
+            core.patch_namespaced_config_map(
+                name, namespace, dict(body), field_manager=FIELD_MANAGER
+            )
+            return
+        except self._errors as exc:
+            if not (create and getattr(exc, "status", None) == 404):
+                raise api_error(
+                    exc,
+                    verb="patch",
+                    resource="configmap",
+                    namespace=namespace,
+                    name=name,
+                    server=self.server,
+                ) from None
+        data = {k: v for k, v in (body.get("data") or {}).items() if v is not None}
+        try:
+            core.create_namespaced_config_map(
+                namespace,
+                {"metadata": {"name": name, "namespace": namespace}, "data": data},
+                field_manager=FIELD_MANAGER,
+            )
+        except self._errors as exc:
+            raise api_error(
+                exc,
+                verb="create",
+                resource="configmap",
+                namespace=namespace,
+                name=name,
+                server=self.server,
+            ) from None
+
     def read_state(self, namespace: str, bot: str) -> Mapping[str, str]:
         """The data of the bot's state ConfigMap; PluginError when missing or forbidden."""
         return self.read_configmap(namespace, state_configmap_name(bot))
@@ -1461,10 +1527,12 @@ def cmd_restart(ctx: Context) -> int:
 def cmd_stop(ctx: Context) -> int:
     reason = validate_reason(ctx.args.reason, required=False)
     bot = ctx.kube.get_bot(ctx.namespace, ctx.args.bot)
-    if is_suspended(bot):
-        return _apply_each(ctx, [bot], lambda _b: (None, "already stopped (spec.suspend=true)"))
+    if suspended_by_annotation(bot):
+        return _apply_each(ctx, [bot], lambda _b: (None, "already stopped"))
     return _apply_each(
-        ctx, [bot], lambda _b: (suspend_patch(True, reason), "stop requested (spec.suspend=true)")
+        ctx,
+        [bot],
+        lambda _b: (suspend_patch(True, reason), f"stop requested ({ANNOTATION_SUSPEND})"),
     )
 
 
@@ -1477,33 +1545,71 @@ def cmd_resume(ctx: Context) -> int:
         if is_halted(bot)
         else ""
     )
-    if not is_suspended(bot):
-        return _apply_each(ctx, [bot], lambda _b: (None, f"not stopped; nothing to resume{note}"))
+    if suspended_by_spec(bot):
+        note += (
+            "; note: spec.suspend is true (the declarative stop, e.g. from Git): change it there"
+        )
+    if not suspended_by_annotation(bot):
+        return _apply_each(
+            ctx, [bot], lambda _b: (None, f"not stopped by {PROG}; nothing to resume{note}")
+        )
     return _apply_each(
         ctx,
         [bot],
-        lambda _b: (suspend_patch(False, reason), f"resume requested (spec.suspend=false){note}"),
+        lambda _b: (suspend_patch(False, reason), f"resume requested{note}"),
     )
+
+
+def _confirm(ctx: Context, question: str) -> None:
+    """Ask before acting on many bots at once, unless --yes; refuse when nobody can answer."""
+    if getattr(ctx.args, "yes", False):
+        return
+    if not sys.stdin.isatty():
+        raise PluginError(f"{question}: add --yes to confirm (no terminal to ask)", EXIT_USAGE)
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise PluginError("cancelled; nothing was changed", EXIT_USAGE)
 
 
 def cmd_halt(ctx: Context) -> int:
     reason = validate_reason(ctx.args.reason, required=False)
+    mode = HaltMode(ctx.args.mode)
+    if getattr(ctx.args, "fleet", False):
+        return _set_fleet_switch(ctx, mode, reason)
     bots = _targets(ctx, "halt")
+    if getattr(ctx.args, "all", False) or getattr(ctx.args, "selector", None):
+        _confirm(ctx, f"halt ({mode}) {len(bots)} tradingbots")
+
+    shown = "" if mode == HaltMode.TRUE else f": {mode}"
 
     def plan(bot: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
-        if is_halted(bot):
-            return None, "already halted"
-        return halt_patch(reason), "halt requested (kill switch set)"
+        if halt_mode(bot) == mode:
+            return None, f"already halted{shown}"
+        return halt_patch(reason, mode), f"halt requested (kill switch set{shown})"
 
     return _apply_each(ctx, bots, plan)
 
 
 def cmd_unhalt(ctx: Context) -> int:
     reason = validate_reason(ctx.args.reason, required=False)
+    if getattr(ctx.args, "fleet", False):
+        return _set_fleet_switch(ctx, None, reason)
     bot = ctx.kube.get_bot(ctx.namespace, ctx.args.bot)
     if not is_halted(bot):
         return _apply_each(ctx, [bot], lambda _b: (None, "not halted; nothing to do"))
     return _apply_each(ctx, [bot], lambda _b: (unhalt_patch(reason), "kill switch removed"))
+
+
+def _set_fleet_switch(ctx: Context, mode: HaltMode | None, reason: str | None) -> int:
+    namespace, _, name = str(ctx.args.fleet_switch).partition("/")
+    if mode is not None:
+        _confirm(ctx, f"halt ({mode}) every tradingbot that obeys {namespace}/{name}")
+    ctx.kube.patch_configmap(namespace, name, fleet_switch_patch(mode), create=mode is not None)
+    what = f"fleet-wide kill switch set ({mode})" if mode else "fleet-wide kill switch removed"
+    ctx.out.write(
+        f"configmap {namespace}/{name}: {what}" + (f" ({reason})" if reason else "") + "\n"
+    )
+    return EXIT_OK
 
 
 def load_state(kube: Kube, bot: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -1807,6 +1913,21 @@ def _selection(parser: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
+def _fleet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="the fleet-wide kill switch (a ConfigMap every bot watches) instead of one bot",
+    )
+    parser.add_argument(
+        "--fleet-switch",
+        metavar="NAMESPACE/NAME",
+        default=os.environ.get("TRADINGBOT_FLEET_SWITCH", DEFAULT_FLEET_SWITCH),
+        help=f"the fleet switch ConfigMap (default: $TRADINGBOT_FLEET_SWITCH or "
+        f"{DEFAULT_FLEET_SWITCH})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options()
     parser = argparse.ArgumentParser(
@@ -1853,26 +1974,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--reason", required=True, metavar="TEXT", help="why: recorded in the audit log (required)"
     )
 
-    stop = command("stop", "stop gracefully (spec.suspend=true); positions are kept")
+    stop = command("stop", f"stop gracefully (annotation {ANNOTATION_SUSPEND}); positions are kept")
     stop.add_argument("bot", metavar="BOT")
     stop.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
 
-    resume = command("resume", "start a stopped bot again (spec.suspend=false)")
+    resume = command("resume", "start a bot stopped with `stop` again")
     resume.add_argument("bot", metavar="BOT")
     resume.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
 
     halt = command(
         "halt",
-        f"kill switch: stop now, no coalescing or rate limit "
-        f'({ANNOTATION_HALT}="{HALT_VALUE}"); undo with unhalt',
+        f"kill switch ({ANNOTATION_HALT}), no coalescing or rate limit; obeyed by the bots "
+        "themselves even with the operator down; undo with unhalt",
     )
     _selection(halt, "halt")
+    halt.add_argument(
+        "--mode",
+        choices=[str(m) for m in HaltMode],
+        default=str(HaltMode.TRUE),
+        help="true: stop now, keep positions; drain: no new entries, stop once flat; "
+        "flatten: close every position at market, then stop (default: true)",
+    )
+    _fleet_options(halt)
     halt.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
+    halt.add_argument(
+        "-y", "--yes", action="store_true", help="with --all, -l or --fleet: do not ask first"
+    )
 
     unhalt = command(
         "unhalt", f"remove the kill switch ({ANNOTATION_HALT}) so the bot may trade again"
     )
-    unhalt.add_argument("bot", metavar="BOT")
+    unhalt.add_argument("bot", nargs="?", metavar="BOT")
+    _fleet_options(unhalt)
     unhalt.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
 
     positions = command("positions", "open positions, balances and PnL of one bot")

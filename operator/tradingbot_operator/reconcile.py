@@ -24,6 +24,7 @@ from tradingbot_api.constants import (
     ANNOTATION_CREDENTIALS_APPROVED,
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
+    ANNOTATION_SUSPEND,
     API_VERSION,
     DEFAULT_COALESCE_SECONDS,
     DEFAULT_EXCHANGE_MODE,
@@ -31,10 +32,13 @@ from tradingbot_api.constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_RESTARTS_PER_HOUR,
     DEFAULT_STATE_BACKEND,
-    HALT_VALUE,
     KIND,
+    SUSPEND_VALUE,
     BlockReason,
+    HaltMode,
     Phase,
+    effective_halt,
+    lease_name,
 )
 from tradingbot_operator.decide import (
     Blocker,
@@ -83,6 +87,7 @@ from tradingbot_operator.render import (
 )
 from tradingbot_operator.settings import OperatorSettings
 from tradingbot_operator.timeutil import format_time, parse_time, utcnow
+from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, lease_expired
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         ready=ready,
         terminated=status.get("phase") in ("Succeeded", "Failed"),
         restart_count=restarts,
+        node_name=(pod.get("spec") or {}).get("nodeName"),
     )
 
 
@@ -164,10 +170,13 @@ def bot_facts(
     pods: Sequence[PodFacts],
     raw_pods: Sequence[Mapping[str, Any]],
     policies: PolicyState | None = None,
+    fleet_halt: HaltMode | None = None,
 ) -> BotFacts:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     annotations = meta.get("annotations") or {}
+    bot_halt = effective_halt(annotations.get(ANNOTATION_HALT))
+    halt_mode = effective_halt(bot_halt, fleet_halt)
     desired = config_hash(spec, annotations, SPEC_DEFAULTS)
     status = body.get("status") or {}
     seen = status.get("lastChange") or {}
@@ -201,8 +210,11 @@ def bot_facts(
         status=body.get("status") or {},
         policy=restart_policy(spec),
         generation=int(meta.get("generation") or 1),
-        suspend=bool(spec.get("suspend")),
-        halt=annotations.get(ANNOTATION_HALT, "").lower() == HALT_VALUE,
+        suspend=bool(spec.get("suspend"))
+        or annotations.get(ANNOTATION_SUSPEND, "").lower() == SUSPEND_VALUE,
+        halt_mode=halt_mode,
+        halt_source="bot" if halt_mode == bot_halt else "fleet",
+        kill_switch=dict(status.get("killSwitch") or {}),
         deleting=bool(meta.get("deletionTimestamp")),
         restart_reason=reason if restart_token(annotations) not in ("", applied_restart) else None,
         action_reason=reason if identity.reason_is_new else None,
@@ -234,6 +246,8 @@ class Fleet:
     recorder: AuditRecorder
     metrics: OperatorMetrics
     policies: PolicyWatch | None = None
+    nodes: NodeHeartbeats | None = None
+    fleet_switch: FleetSwitch | None = None
     restart_slots: set[tuple[str, str]] = field(default_factory=set)
     ensured: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # Credentials Secret approved per bot uid (mirrors the ServiceAccount annotation).
@@ -244,10 +258,22 @@ class Fleet:
     pod_checks: dict[str, tuple[str, Blocker | None]] = field(default_factory=dict)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
+    # The node each bot's pods were last seen on, to wake the bots of a node that goes quiet.
+    pod_nodes: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
     def wake(self, namespace: str, name: str) -> None:
         event = self.wakeups.get((namespace, name))
         if event is not None:
             event.set()
+
+    def wake_all(self) -> None:
+        for event in self.wakeups.values():
+            event.set()
+
+    def wake_nodes(self, nodes: set[str]) -> None:
+        for key, seen in self.pod_nodes.items():
+            if seen & nodes:
+                self.wake(*key)
 
     def limits_for(self, key: tuple[str, str]) -> OperatorLimits:
         return OperatorLimits(
@@ -320,9 +346,10 @@ class BotReconciler:
                 raise _Gone() from None
             raise
         raw_pods = await api.list_bot_pods(self.namespace, self.name)
-        pods = [pod_facts(p) for p in raw_pods]
+        pods = await self._with_lost_nodes([pod_facts(p) for p in raw_pods])
         policies = await self._policies(body)
-        facts = bot_facts(body, pods, raw_pods, policies)
+        fleet_halt = self.fleet.fleet_switch.mode if self.fleet.fleet_switch else None
+        facts = bot_facts(body, pods, raw_pods, policies, fleet_halt)
         if deleting and not facts.deleting:
             facts = dataclasses.replace(facts, deleting=True)
         if needs_new_config(facts, pods):
@@ -331,6 +358,25 @@ class BotReconciler:
         await self.apply(body, facts, decision)
         self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return decision
+
+    async def _with_lost_nodes(self, pods: list[PodFacts]) -> list[PodFacts]:
+        """Mark the pods whose node stopped heartbeating while their bot's Lease expired
+        (one Lease read, and only when a node is quiet)."""
+        nodes = self.fleet.nodes
+        self.fleet.pod_nodes[self.key] = {p.node_name for p in pods if p.node_name}
+        if nodes is None or not any(nodes.lost(p.node_name) for p in pods):
+            return pods
+        try:
+            lease = await self.fleet.api.get("Lease", self.namespace, lease_name(self.name))
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            lease = None
+        if not lease_expired(lease, utcnow()):
+            return pods  # the bot still renews its Lease: it is alive somewhere
+        return [
+            dataclasses.replace(p, node_lost=True) if nodes.lost(p.node_name) else p for p in pods
+        ]
 
     async def _policies(self, body: Mapping[str, Any]) -> PolicyState:
         """The policy state; read afresh when a new change stamp appears, so a stamp written

@@ -21,6 +21,7 @@ from tradingbot_api.constants import (
     CREDENTIALS_KEYS,
     CREDENTIALS_VOLUME,
     DEFAULT_GRACE_PERIOD_SECONDS,
+    FLEET_SWITCH_ENV,
     KIND,
     LABEL_BOT,
     PLURAL,
@@ -112,6 +113,8 @@ def render_bot_pod(
         {"name": "GRACE_PERIOD_SECONDS", "value": str(grace)},
         {"name": "CONFIG_HASH", "value": config_hash},
     ]
+    if settings.fleet_switch:
+        env.append({"name": FLEET_SWITCH_ENV, "value": settings.fleet_switch})
     env += [{"name": k, "value": v} for k, _, v in (e.partition("=") for e in settings.bot_env)]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]

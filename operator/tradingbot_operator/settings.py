@@ -71,6 +71,18 @@ class OperatorSettings(BaseModel):
         description="The operator's own Kubernetes username, so its writes read as source "
         "`operator` (system:serviceaccount:<ns>:<sa>).",
     )
+    fleet_switch: str | None = Field(
+        default=None,
+        description="namespace/name of the fleet-wide kill switch ConfigMap (key `halt`); "
+        "bots get it in env FLEET_SWITCH and obey it themselves. Unset: no fleet switch.",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    node_heartbeats: bool = Field(
+        default=True,
+        description="Judge nodes by their Leases in kube-node-lease: a pod on a node that "
+        "stopped heartbeating, whose bot holds no Lease, is removed and replaced.",
+    )
+    node_poll_seconds: float = Field(default=2.0, gt=0, description="Node Lease poll period.")
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
 

@@ -198,6 +198,7 @@ def test_the_application_ignores_every_annotation_the_api_server_or_operators_wr
         ANNOTATION_HALT,
         ANNOTATION_RESTART_REASON,
         ANNOTATION_RESTARTED_AT,
+        ANNOTATION_SUSPEND,
         STAMP_ANNOTATIONS,
     )
 
@@ -211,4 +212,5 @@ def test_the_application_ignores_every_annotation_the_api_server_or_operators_wr
         ANNOTATION_RESTARTED_AT,
         ANNOTATION_RESTART_REASON,
         ANNOTATION_HALT,
+        ANNOTATION_SUSPEND,
     }

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from tests.unit.operator.world import T0, World, running_world
-from tradingbot_api.constants import BlockReason
+from tradingbot_api.constants import BlockReason, HaltMode
 from tradingbot_operator.decide import (
     Blocker,
     CreatePod,
@@ -214,14 +214,14 @@ def test_halt_stops_at_once_ignoring_window_rate_limit_and_slots() -> None:
     world = running_world(coalesce_seconds=60, max_restarts_per_hour=1)
     world.limits = OperatorLimits(restarts_in_flight=5, max_concurrent_restarts=1)
     world.edit("h2", "spec.symbols")
-    world.set(halt=True)
+    world.set(halt_mode=HaltMode.TRUE)
     d = world.step()
     assert d.actions == [DeletePod("bot-a-1", "uid-1", 30)]
     assert world.phase == "Halted"
     assert "pendingAction" not in world.status
     world.finish_deletions()
     assert world.step().actions == []
-    world.set(halt=False)
+    world.set(halt_mode=None)
     world.settle()
     assert world.phase == "Running"
     assert world.status["configHash"] == "h2"
@@ -408,7 +408,7 @@ def test_a_blocker_does_not_keep_a_bot_from_stopping_or_halting() -> None:
     world.edit("h2", "spec.image")
     world.set(blocker=Blocker(BlockReason.IMAGE_NOT_ALLOWED, "spec.image evil is not allowed"))
     world.step()
-    world.set(halt=True)
+    world.set(halt_mode=HaltMode.TRUE)
     world.step()
     assert world.deletes() == 1 and world.phase == "Halted"
 
@@ -416,7 +416,7 @@ def test_a_blocker_does_not_keep_a_bot_from_stopping_or_halting() -> None:
 @pytest.mark.parametrize(
     ("action", "setup"),
     [
-        ("halt", lambda w: w.set(halt=True)),
+        ("halt", lambda w: w.set(halt_mode=HaltMode.TRUE)),
         ("stop", lambda w: w.set(suspend=True)),
     ],
 )
@@ -430,3 +430,67 @@ def test_the_reason_given_with_a_control_action_is_in_its_audit_record(
     events = [e for d in world.decisions for e in d.events if e.event_type == action]
     assert events and all(e.details.get("reason") == "exchange outage" for e in events)
     assert events[0].user_id == "alice"
+
+
+@pytest.mark.parametrize("mode", [HaltMode.DRAIN, HaltMode.FLATTEN])
+def test_drain_and_flatten_keep_the_pod_until_the_bot_reports_flat(mode: HaltMode) -> None:
+    world = running_world()
+    world.set(status={**world.status, "positions": {"open": 2, "notional": 900.0}})
+    world.set(halt_mode=mode)
+    for _ in range(3):
+        world.step()
+        world.tick(5)
+    assert world.deletes() == 0
+    assert world.phase == "Stopping"
+    assert condition(world, "Progressing")["reason"] in ("Draining", "Flattening")
+    halts = [e for d in world.decisions for e in d.events if e.event_type == "halt"]
+    assert len(halts) == 1 and halts[0].details["positionsBefore"]["open"] == 2
+    # The bot says it obeys another mode, or is not flat yet: still waiting.
+    world.set(kill_switch={"mode": "true", "flat": True})
+    world.step()
+    world.set(kill_switch={"mode": str(mode), "flat": False})
+    world.step()
+    assert world.deletes() == 0
+    world.set(
+        kill_switch={"mode": str(mode), "flat": True},
+        status={**world.status, "positions": {"open": 0, "notional": 0.0}},
+    )
+    world.step()
+    assert world.deletes() == 1
+    world.settle()
+    assert world.phase == "Halted"
+    halted = [e for d in world.decisions for e in d.events if e.reason == "Halted"]
+    assert halted and halted[-1].details["positionsAfter"]["open"] == 0
+
+
+def test_halt_true_stops_at_once_even_with_open_positions() -> None:
+    world = running_world()
+    world.set(status={**world.status, "positions": {"open": 2}}, halt_mode=HaltMode.TRUE)
+    world.step()
+    assert world.deletes() == 1
+
+
+def test_a_pod_on_a_lost_node_is_removed_at_once_and_replaced() -> None:
+    world = running_world()
+    (pod,) = world.pods
+    world.pods = [dataclasses.replace(pod, node_name="node-a", node_lost=True)]
+    d = world.step()
+    assert d.actions == [DeletePod(pod.name, pod.uid, 0)]
+    (event,) = d.events
+    assert (event.reason, event.severity) == ("NodeLost", "critical")
+    world.finish_deletions()
+    world.step()
+    assert world.creates() == 1
+
+
+def test_a_terminating_pod_on_a_lost_node_does_not_hold_up_a_deletion() -> None:
+    world = running_world()
+    world.set(deleting=True)
+    world.step()
+    (pod,) = world.pods
+    assert pod.deleting
+    world.pods = [dataclasses.replace(pod, node_name="node-a", node_lost=True)]
+    d = world.step()
+    assert DeletePod(pod.name, pod.uid, 0) in d.actions
+    world.finish_deletions()
+    assert world.step().finalize is True

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.unit.plugin.fakes import TOKEN, FakeKubeApi
+from tradingbot_api.constants import HaltMode
 from tradingbot_operator.plugin import (
     EXIT_FAILED,
     EXIT_FORBIDDEN,
@@ -27,6 +28,7 @@ from tradingbot_operator.plugin import (
     FIELD_MANAGER,
     PluginError,
     build_parser,
+    fleet_switch_patch,
     halt_patch,
     main,
     restart_patch,
@@ -186,14 +188,27 @@ def test_reason_is_stripped_and_optional_where_allowed() -> None:
             },
             id="restart sets the timestamp and the reason",
         ),
-        pytest.param(suspend_patch(True), {"spec": {"suspend": True}}, id="stop sets spec.suspend"),
+        pytest.param(
+            suspend_patch(True),
+            {"metadata": {"annotations": {"trading.r7.dev/suspend": "true"}}},
+            id="stop sets the suspend annotation, not the spec GitOps owns",
+        ),
         pytest.param(
             suspend_patch(False, "market open"),
             {
-                "spec": {"suspend": False},
-                "metadata": {"annotations": {"trading.r7.dev/restart-reason": "market open"}},
+                "metadata": {
+                    "annotations": {
+                        "trading.r7.dev/suspend": None,
+                        "trading.r7.dev/restart-reason": "market open",
+                    }
+                },
             },
-            id="resume with a reason records it",
+            id="resume with a reason removes the annotation and records the reason",
+        ),
+        pytest.param(
+            halt_patch(mode=HaltMode.DRAIN),
+            {"metadata": {"annotations": {"trading.r7.dev/halt": "drain"}}},
+            id="halt --mode drain",
         ),
         pytest.param(
             halt_patch(),
@@ -267,11 +282,14 @@ def test_stop_resume_halt_unhalt_flip_the_right_fields(run: Run, fake_kube: Fake
     fake_kube.add_bot("trading", "stable")
     assert run("stop", "stable", "--reason", "maintenance")[:2] == (
         EXIT_OK,
-        "tradingbot.trading.r7.dev/stable stop requested (spec.suspend=true)\n",
+        "tradingbot.trading.r7.dev/stable stop requested (trading.r7.dev/suspend)\n",
     )
-    assert fake_kube.bots[("trading", "stable")]["spec"]["suspend"] is True
+    bot = fake_kube.bots[("trading", "stable")]
+    assert bot["metadata"]["annotations"]["trading.r7.dev/suspend"] == "true"
+    assert bot["spec"]["suspend"] is False  # the declarative field is left to its owner
     assert run("resume", "stable")[0] == EXIT_OK
-    assert fake_kube.bots[("trading", "stable")]["spec"]["suspend"] is False
+    bot = fake_kube.bots[("trading", "stable")]
+    assert "trading.r7.dev/suspend" not in bot["metadata"]["annotations"]
     assert run("halt", "stable", "--reason", "exchange outage")[0] == EXIT_OK
     annotations = fake_kube.bots[("trading", "stable")]["metadata"]["annotations"]
     assert annotations["trading.r7.dev/halt"] == "true"
@@ -293,13 +311,16 @@ def test_requests_that_change_nothing_are_not_sent(run: Run, fake_kube: FakeKube
     fake_kube.add_bot(
         "trading",
         "stable",
-        spec={"suspend": True},
-        metadata={"annotations": {"trading.r7.dev/halt": "true"}},
+        metadata={"annotations": {"trading.r7.dev/halt": "true", "trading.r7.dev/suspend": "true"}},
     )
-    assert run("stop", "stable")[1].endswith("already stopped (spec.suspend=true)\n")
+    assert run("stop", "stable")[1].endswith("already stopped\n")
     assert run("halt", "stable")[1].endswith("already halted\n")
     fake_kube.add_bot("trading", "calm")
-    assert run("resume", "calm")[1].endswith("not stopped; nothing to resume\n")
+    assert run("resume", "calm")[1].endswith(
+        "not stopped by kubectl tradingbot; nothing to resume\n"
+    )
+    fake_kube.add_bot("trading", "gitops", spec={"suspend": True})
+    assert "spec.suspend is true" in run("resume", "gitops")[1]
     assert run("unhalt", "calm")[1].endswith("not halted; nothing to do\n")
     assert fake_kube.writes() == []
 
@@ -339,7 +360,7 @@ def test_halt_all_namespaces_names_the_namespace_of_each_bot(
 ) -> None:
     fake_kube.add_bot("a", "one")
     fake_kube.add_bot("b", "two")
-    code, out, _err = run("halt", "--all", "-A")
+    code, out, _err = run("halt", "--all", "-A", "--yes")
     assert code == EXIT_OK
     assert out.splitlines() == [
         "tradingbot.trading.r7.dev/one (namespace a) halt requested (kill switch set)",
@@ -511,3 +532,20 @@ def test_positions_without_readable_state_still_shows_the_status(
     assert code == EXIT_OK
     assert "ETH/USDT" in out
     assert f"note: {note}" in out
+
+
+def test_halting_many_bots_asks_first_unless_yes(run: Run, fake_kube: FakeKubeApi) -> None:
+    fake_kube.add_bot("trading", "a")
+    fake_kube.add_bot("trading", "b")
+    code, _out, err = run("halt", "--all")  # no terminal here to ask
+    assert code == EXIT_USAGE and "--yes" in err
+    assert fake_kube.writes() == []
+    assert run("halt", "--all", "--mode", "flatten", "--yes")[0] == EXIT_OK
+    assert {
+        w.body["metadata"]["annotations"]["trading.r7.dev/halt"] for w in fake_kube.writes()
+    } == {"flatten"}
+
+
+def test_the_fleet_switch_is_a_config_map_every_bot_watches() -> None:
+    assert fleet_switch_patch(HaltMode.DRAIN) == {"data": {"halt": "drain"}}
+    assert fleet_switch_patch(None) == {"data": {"halt": None}}
