@@ -42,7 +42,14 @@ if phase == "Halted" then
 end
 if phase == "Stopped" then
   hs.status = "Suspended"
-  hs.message = "stopped (spec.suspend); positions are kept"
+  hs.message = "stopped; positions are kept"
+  return hs
+end
+local progressing = condition("Progressing")
+if phase == "Stopping" and progressing ~= nil
+    and (progressing.reason == "Draining" or progressing.reason == "Flattening") then
+  hs.status = "Suspended"
+  hs.message = "kill switch: " .. progressing.reason .. " (" .. (progressing.message or "") .. ")"
   return hs
 end
 if phase == "Pending" or phase == "Starting" or phase == "Restarting" or phase == "Stopping" then

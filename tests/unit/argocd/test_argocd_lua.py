@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ARGOCD = Path(__file__).resolve().parents[3] / "config" / "argocd"
-ACTIONS = ("restart", "suspend", "resume", "halt", "unhalt")
+ACTIONS = ("restart", "suspend", "resume", "halt", "drain", "flatten", "unhalt")
 KEY = "trading.r7.dev_TradingBot"
 
 
@@ -77,6 +77,14 @@ def _refused(reason: str) -> dict:
     return obj
 
 
+def _draining() -> dict:
+    obj = bot("Stopping")
+    obj["status"]["conditions"] = [
+        {"type": "Progressing", "status": "True", "reason": "Draining", "message": "no new entries"}
+    ]
+    return obj
+
+
 HEALTH_CASES = [
     ("a new bot is progressing until observed", bot(observed=None), "Progressing"),
     (
@@ -93,6 +101,7 @@ HEALTH_CASES = [
     ),
     ("a stopped bot is suspended", bot("Stopped"), "Suspended"),
     ("a halted bot is suspended", bot("Halted"), "Suspended"),
+    ("a draining bot is suspended, not progressing", _draining(), "Suspended"),
     ("a failed bot is degraded", bot("Failed"), "Degraded"),
     ("a running bot that is not ready is degraded", bot("Running", ready="False"), "Degraded"),
     *(
@@ -126,22 +135,38 @@ def test_restart_sets_the_restart_annotations() -> None:
     assert annotations["trading.r7.dev/restart-reason"] == "Argo CD restart action"
 
 
-def test_suspend_resume_halt_unhalt() -> None:
-    assert action("suspend", bot("Running"))["spec"]["suspend"] is True
-    assert action("resume", bot("Stopped", suspend=True))["spec"]["suspend"] is False
-    halted = action("halt", bot("Running"))
-    assert halted["metadata"]["annotations"]["trading.r7.dev/halt"] == "true"
+def test_stop_and_resume_are_an_annotation_that_a_sync_of_the_spec_keeps() -> None:
+    stopped = action("suspend", bot("Running"))
+    assert stopped["metadata"]["annotations"]["trading.r7.dev/suspend"] == "true"
+    assert stopped["spec"]["suspend"] is False  # the declarative field is Git's
+    resumed = action("resume", stopped)
+    assert "trading.r7.dev/suspend" not in resumed["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"), [("halt", "true"), ("drain", "drain"), ("flatten", "flatten")]
+)
+def test_the_kill_switch_actions_set_their_mode_and_unhalt_removes_it(name: str, mode: str) -> None:
+    halted = action(name, bot("Running"))
+    annotations = halted["metadata"]["annotations"]
+    assert annotations["trading.r7.dev/halt"] == mode
+    assert annotations["trading.r7.dev/restart-reason"] == f"Argo CD {name} action"
     assert "trading.r7.dev/halt" not in action("unhalt", halted)["metadata"].get("annotations", {})
 
 
 def test_discovery_offers_only_what_makes_sense() -> None:
-    found = run_lua((ARGOCD / "actions" / "discovery.lua").read_text(), bot("Running"))
-    enabled = {k for k, v in found.items() if not v["disabled"]}
-    assert enabled == {"restart", "suspend", "halt"}
-    stopped = run_lua(
-        (ARGOCD / "actions" / "discovery.lua").read_text(), bot("Stopped", suspend=True)
-    )
-    assert {k for k, v in stopped.items() if not v["disabled"]} == {"resume", "halt"}
+    discovery = (ARGOCD / "actions" / "discovery.lua").read_text()
+
+    def enabled(obj: dict) -> set[str]:
+        return {k for k, v in run_lua(discovery, obj).items() if not v["disabled"]}
+
+    assert enabled(bot("Running")) == {"restart", "suspend", "halt", "drain", "flatten"}
+    stopped = bot("Stopped")
+    stopped["metadata"]["annotations"]["trading.r7.dev/suspend"] = "true"
+    assert enabled(stopped) == {"resume", "halt", "drain", "flatten"}
+    draining = bot("Stopping")
+    draining["metadata"]["annotations"]["trading.r7.dev/halt"] = "drain"
+    assert enabled(draining) == {"suspend", "halt", "flatten", "unhalt"}
 
 
 class _LiteralDumper(yaml.SafeDumper):
