@@ -126,6 +126,8 @@ def operator_kubeconfig(
     ServiceAccount, with exactly the chart's permissions."""
     ensure_namespace(api, namespace)
     identity = [d for d in render_chart(namespace) if d["kind"] in IDENTITY_KINDS]
+    for other in {d["metadata"].get("namespace") for d in identity} - {None, namespace}:
+        ensure_namespace(api, str(other))  # e.g. kube-node-lease, before a node made it
     apply_objects(api, identity, namespace)
     sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
     return service_account_kubeconfig(cluster, api, namespace, sa, path)
@@ -245,6 +247,11 @@ def remove_admission_policies(api: client.ApiClient) -> None:
 
 
 AUDIT_ACCOUNT = "tradingbot-audit"
+
+
+def fleet_switch(namespace: str = OPERATOR_NAMESPACE, release: str = "tb") -> str:
+    """namespace/name of the chart's fleet-wide kill switch ConfigMap."""
+    return f"{namespace}/{release}-tradingbot-operator-fleet-switch"
 
 
 def operator_username(namespace: str = OPERATOR_NAMESPACE) -> str:

@@ -141,6 +141,7 @@ class LocalRun:
             "TRADINGBOT_OPERATOR_WEBHOOK_CERT_FILE": str(cert),
             "TRADINGBOT_OPERATOR_WEBHOOK_KEY_FILE": str(key),
             "TRADINGBOT_OPERATOR_OPERATOR_USER": product.operator_username(),
+            "TRADINGBOT_OPERATOR_FLEET_SWITCH": product.fleet_switch(),
         }
         with open(log_path, "ab") as log:
             self.operator = subprocess.Popen(

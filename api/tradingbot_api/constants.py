@@ -36,6 +36,9 @@ SUSPEND_VALUE: Final = "true"
 # `halt` holds a HaltMode; bots get its namespace/name in env FLEET_SWITCH.
 FLEET_SWITCH_KEY: Final = "halt"
 FLEET_SWITCH_ENV: Final = "FLEET_SWITCH"
+# Server-side timeout of the bot's watches on its TradingBot and the fleet switch (seconds);
+# a watch silent for three times this long pauses new entries.
+CONTROL_WATCH_TIMEOUT_ENV: Final = "CONTROL_WATCH_TIMEOUT_SECONDS"
 FINALIZER: Final = f"{API_GROUP}/finalizer"
 # Written by the operator on bot pods: the spec and the restart request the pod was started
 # with (the next change is diffed against them).

@@ -52,6 +52,7 @@ from tradingbot_api.constants import (
     ConditionStatus,
     ConditionType,
     ExchangeMode,
+    HaltMode,
     PendingActionKind,
     Phase,
     Profile,
@@ -617,6 +618,30 @@ class StateStatus(_StatusModel):
     restored_from_seq: int | None = None
 
 
+def _kill_switch_mode(value: str) -> str:
+    if value and value not in set(HaltMode):
+        raise ValueError(f"must be empty or one of {', '.join(HaltMode)}, got {value!r}")
+    return value
+
+
+# The mode a bot obeys: a HaltMode, or "" when it obeys none.
+KillSwitchMode = Annotated[
+    str,
+    AfterValidator(_kill_switch_mode),
+    WithJsonSchema({"type": "string", "enum": ["", *(m.value for m in HaltMode)]}),
+]
+
+
+class KillSwitchStatus(_StatusModel):
+    """The kill switch as the bot obeys it, written by the bot (even with the operator
+    down). The operator finishes a drain or flatten once ``mode`` matches the switch in force
+    and ``flat`` is true."""
+
+    mode: KillSwitchMode | None = None
+    observed_at: datetime | None = None
+    flat: bool | None = None
+
+
 class TradingBotStatus(_StatusModel):
     """``status`` of a TradingBot, written through the status subresource."""
 
@@ -634,6 +659,7 @@ class TradingBotStatus(_StatusModel):
     pnl: PnlStatus = Field(default_factory=PnlStatus)
     trades: TradesStatus = Field(default_factory=TradesStatus)
     state: StateStatus | None = None
+    kill_switch: KillSwitchStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The status as JSON with CRD names, omitting unset fields."""

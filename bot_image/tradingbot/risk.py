@@ -196,3 +196,18 @@ def daily_loss_pct(day_realized_pnl: float, unrealized_pnl: float, equity: float
     if start_equity <= 0:
         return 100.0
     return -pnl / start_equity * 100.0
+
+
+def check_exit_order(amount: float, held: float, price: float) -> RiskDecision:
+    """The checks an exit still passes. Limits never block it (closing only reduces risk);
+    what does is a sell that cannot be right: nothing to sell, more than is held (spot, long
+    only: that would open a short), or no price to value it at."""
+    if amount <= 0:
+        return RiskDecision(False, "exit_amount", "nothing to sell")
+    if amount > held * (1 + 1e-9):
+        return RiskDecision(
+            False, "exit_exceeds_position", f"sell {amount:.8f} exceeds the {held:.8f} held"
+        )
+    if price <= 0:
+        return RiskDecision(False, "exit_price", "no price for the exit")
+    return RiskDecision.allow()

@@ -104,7 +104,7 @@ HEAD_READ_TIMEOUT: Final = 60.0
 HEAD_FLUSH_TIMEOUT: Final = 5.0
 ACCEPT_MISMATCH_FLAG: Final = "--accept-head-mismatch"
 
-BOT_EVENT_TYPES: Final = ("trade", "position_change", "error")
+BOT_EVENT_TYPES: Final = ("trade", "position_change", "error", "halt")
 SERVICE_ACCOUNT_PREFIX: Final = "system:serviceaccount:"
 # A bot's pods run as ServiceAccount `tradingbot-<bot>` (render.service_account_name).
 BOT_ACCOUNT_PREFIX: Final = "tradingbot-"
