@@ -45,10 +45,14 @@ class Component:
     packages: tuple[str, ...]  # Go import paths of main packages, in build order
     programs: tuple[str, ...]  # resulting binary names, same order as packages
     ldflags: str = ""
+    # Part of the cache key beside the version, for a build whose flags changed (so a cached
+    # binary built without them is not reused).
+    build_tag: str = ""
 
     @property
     def cache_key(self) -> str:
-        return f"{self.name}-v{self.version}"
+        suffix = f"-{self.build_tag}" if self.build_tag else ""
+        return f"{self.name}-v{self.version}{suffix}"
 
 
 def components(versions: dict[str, str] | None = None) -> list[Component]:
@@ -87,7 +91,17 @@ def components(versions: dict[str, str] | None = None) -> list[Component]:
             module_dir=TOOLS_DIR / "helm",
             packages=("helm.sh/helm/v3/cmd/helm",),
             programs=("helm",),
-            ldflags=f"-X helm.sh/helm/v3/internal/version.version=v{helm}",
+            # As helm's own Makefile: the Kubernetes version it assumes without a cluster
+            # (`helm template`, `helm lint`) is the one it is built against, not v1.20.
+            ldflags=" ".join(
+                [f"-X helm.sh/helm/v3/internal/version.version=v{helm}"]
+                + [
+                    f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}"
+                    for pkg in ("chartutil", "lint/rules")
+                    for part, value in (("Major", major), ("Minor", minor))
+                ]
+            ),
+            build_tag=f"k8s{major}.{minor}",
         ),
     ]
 

@@ -258,6 +258,9 @@ class LocalCluster:
         return [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1",
+            # Explicit, so that a machine (or network namespace) with no default route, only
+            # loopback, still has an address to advertise.
+            "--advertise-address=127.0.0.1",
             f"--secure-port={api_port}",
             f"--tls-cert-file={pki.serving_cert}",
             f"--tls-private-key-file={pki.serving_key}",

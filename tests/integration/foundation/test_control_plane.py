@@ -242,3 +242,28 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_localkube_comes_up_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> None:
+    """An air-gapped machine: no default route, no interface but `lo`."""
+    data_dir = tmp_path / "offline"
+    script = (
+        "ip link set lo up && "
+        f"{sys.executable} -m localkube up --data-dir {data_dir} && "
+        f"{binaries.require_binary('kubectl')} --kubeconfig {data_dir}/kubeconfig "
+        "get --raw /readyz; "
+        f"status=$?; {sys.executable} -m localkube down --data-dir {data_dir}; exit $status"
+    )
+    ran = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=binaries.REPO_ROOT,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip().endswith("ok")
+    routes = subprocess.run(
+        ["unshare", "--net", "ip", "route"], capture_output=True, text=True, timeout=10
+    )
+    assert routes.stdout.strip() == ""  # the namespace had no route at all

@@ -186,3 +186,22 @@ def test_every_alert_uses_metrics_the_code_exports() -> None:
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
     assert "PrometheusRule" not in {d["kind"] for d in render_chart("tradingbot-system")}
+
+
+def test_helm_template_works_with_no_flags_and_helm_knows_its_kubernetes() -> None:
+    """The helm that `make tools` builds assumes the pinned Kubernetes, as a release build
+    does, so the chart's kubeVersion constraint holds without --kube-version."""
+    import subprocess
+
+    helm = str(binaries.require_binary("helm"))
+    rendered = subprocess.run(
+        [helm, "template", str(CHART)], capture_output=True, text=True, timeout=60
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "kind: Deployment" in rendered.stdout
+    version = subprocess.run([helm, "version"], capture_output=True, text=True, timeout=30)
+    assert f'Version:"v{binaries.read_versions()["HELM_VERSION"]}"' in version.stdout
+    lint = subprocess.run(
+        [helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
