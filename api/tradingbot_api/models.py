@@ -538,6 +538,17 @@ class PodRef(_StatusModel):
     uid: str | None = None
 
 
+class ContainerStatus(_StatusModel):
+    """The bot container as its node reports it (restarts in the last 10 minutes make a
+    CrashLoop)."""
+
+    pod: Annotated[str, StringConstraints(max_length=253)] | None = None
+    restarts: int | None = Field(default=None, ge=0)
+    recent_restarts: list[datetime] = Field(default_factory=list, max_length=10)
+    last_exit_reason: Annotated[str, StringConstraints(max_length=128)] | None = None
+    last_exit_code: int | None = None
+
+
 class LastChange(_StatusModel):
     """The newest verified change stamp: who, with which tool, when the API server wrote it
     and the resourceVersion it was written over. A stamp older than this one is a replay."""
@@ -651,6 +662,7 @@ class TradingBotStatus(_StatusModel):
     config_hash: str | None = None
     desired_config_hash: str | None = None
     pod: PodRef | None = None
+    container: ContainerStatus | None = None
     last_change: LastChange | None = None
     pending_action: PendingAction | None = None
     audit_outbox: list[dict[str, Any]] = Field(default_factory=list, max_length=200)

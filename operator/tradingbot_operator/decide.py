@@ -69,6 +69,8 @@ class PodFacts:
     restart_count: int = 0
     node_name: str | None = None
     node_lost: bool = False  # its node stopped heartbeating and its bot holds no Lease
+    last_exit_reason: str | None = None
+    last_exit_code: int | None = None
 
     @property
     def crash_looping(self) -> bool:
@@ -823,15 +825,20 @@ def pod_current(ctx: _Context) -> bool:
         )
     if ctx.status.get("configHash") != pod.config_hash:
         ctx.decision.status["configHash"] = pod.config_hash
-    if pod.ready and not pod.terminated:
+    crash_loop = _report_container(ctx, pod)
+    if pod.ready and not pod.terminated and not crash_loop:
         if ctx.phase != Phase.RUNNING:
             ctx.set_phase(Phase.RUNNING)
         if (
             _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.TRUE
             or pending
             or _blocked_condition(ctx.status)
+            or _condition(ctx.status, ConditionType.DEGRADED).get("reason") == CRASH_LOOP
         ):
             _mark_healthy(ctx)
+        return True
+    if crash_loop:
+        ctx.decision.requeue_after = POLL_SECONDS
         return True
     # The node restarts a crashed container; report it, do not intervene.
     if _condition(ctx.status, ConditionType.READY).get("status") != ConditionStatus.FALSE:
@@ -846,6 +853,49 @@ def pod_current(ctx: _Context) -> bool:
         )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
+
+
+# A container that restarted this often within the window is crash-looping, even if it is
+# Ready between crashes (Ready flapping would otherwise hide it).
+CRASH_LOOP = "CrashLoop"
+CRASH_LOOP_WINDOW = dt.timedelta(minutes=10)
+MAX_RECENT_RESTARTS = 10
+
+
+def _report_container(ctx: _Context, pod: PodFacts) -> bool:
+    """Container restarts and the last exit in `status.container`; True while the container
+    is crash-looping (condition Degraded, reason CrashLoop, once as an Event)."""
+    seen = dict(ctx.status.get("container") or {})
+    same_pod = seen.get("pod") == pod.name
+    recent = [
+        t
+        for t in (parse_time(v) for v in (seen.get("recentRestarts") or []) if same_pod)
+        if t and ctx.now - t <= CRASH_LOOP_WINDOW
+    ]
+    before = int(seen.get("restarts") or 0) if same_pod else 0
+    recent += [ctx.now] * max(0, min(pod.restart_count - before, MAX_RECENT_RESTARTS))
+    recent = recent[-MAX_RECENT_RESTARTS:]
+    report = {
+        "pod": pod.name,
+        "restarts": pod.restart_count,
+        "recentRestarts": [format_time(t) for t in recent],
+        "lastExitReason": pod.last_exit_reason,
+        "lastExitCode": pod.last_exit_code,
+    }
+    if report != {**report, **{k: seen.get(k) for k in report}}:
+        ctx.decision.status["container"] = report
+    looping = len(recent) >= CRASH_LOOP_RESTARTS
+    degraded = _condition(ctx.status, ConditionType.DEGRADED)
+    if looping and degraded.get("reason") != CRASH_LOOP:
+        last = f"{pod.last_exit_reason or 'exit'} ({pod.last_exit_code})"
+        message = (
+            f"{pod.name}'s container restarted {len(recent)} times in "
+            f"{int(CRASH_LOOP_WINDOW.total_seconds() // 60)} minutes; last: {last}"
+        )
+        ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, CRASH_LOOP, message)
+        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, CRASH_LOOP, message)
+        ctx.emit("error", CRASH_LOOP, message, severity="warning", details=report)
+    return looping
 
 
 # How often to look again while a config is blocked: access can be granted without any

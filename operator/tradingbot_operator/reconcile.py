@@ -116,7 +116,16 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
-    restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
+    containers = status.get("containerStatuses") or []
+    restarts = sum(int(c.get("restartCount") or 0) for c in containers)
+    last_exit: Mapping[str, Any] = next(
+        (
+            c["lastState"]["terminated"]
+            for c in containers
+            if (c.get("lastState") or {}).get("terminated")
+        ),
+        {},
+    )
     return PodFacts(
         name=str(meta.get("name")),
         uid=str(meta.get("uid")),
@@ -127,6 +136,8 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         terminated=status.get("phase") in ("Succeeded", "Failed"),
         restart_count=restarts,
         node_name=(pod.get("spec") or {}).get("nodeName"),
+        last_exit_reason=last_exit.get("reason"),
+        last_exit_code=last_exit.get("exitCode"),
     )
 
 

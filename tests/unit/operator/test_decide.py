@@ -494,3 +494,28 @@ def test_a_terminating_pod_on_a_lost_node_does_not_hold_up_a_deletion() -> None:
     assert DeletePod(pod.name, pod.uid, 0) in d.actions
     world.finish_deletions()
     assert world.step().finalize is True
+
+
+def test_a_container_that_keeps_restarting_reads_crash_loop_even_when_ready_between() -> None:
+    world = running_world()
+    (pod,) = world.pods
+    for restarts in (1, 2):
+        world.pods = [dataclasses.replace(pod, restart_count=restarts, last_exit_code=1)]
+        world.step()
+        world.tick(30)
+    assert condition(world, "Degraded")["status"] == "False"
+    world.pods = [
+        dataclasses.replace(pod, restart_count=3, last_exit_reason="Error", last_exit_code=1)
+    ]
+    world.step()
+    degraded = condition(world, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "CrashLoop")
+    assert "restarted 3 times" in degraded["message"] and "Error (1)" in degraded["message"]
+    assert world.status["container"]["restarts"] == 3
+    assert world.reasons().count("CrashLoop") == 1
+    world.step()
+    assert world.reasons().count("CrashLoop") == 1  # once
+    world.tick(11 * 60)  # no restart for longer than the window: healthy again
+    world.step()
+    assert condition(world, "Degraded")["status"] == "False"
+    assert condition(world, "Ready")["status"] == "True"
