@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client, config
 
@@ -27,61 +26,6 @@ from localkube.node import ProcessNode
 from tradingbot_operator.webhook import webhook_configurations
 
 BOT_NAMESPACE = "trading"
-TABLE_COLUMNS = (
-    "NAME",
-    "PROFILE",
-    "PHASE",
-    "READY",
-    "POSITIONS",
-    "NOTIONAL",
-    "PNL",
-    "TRADES",
-    "RESTARTS",
-    "CHECKPOINT",
-)
-
-
-def bot_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
-    for bot in sorted(items, key=lambda b: b["metadata"]["name"]):
-        status = bot.get("status") or {}
-        ready = next(
-            (
-                c.get("status", "")
-                for c in status.get("conditions") or []
-                if c.get("type") == "Ready"
-            ),
-            "",
-        )
-        positions = status.get("positions") or {}
-        pnl = status.get("pnl") or {}
-        trades = status.get("trades") or {}
-        state = status.get("state") or {}
-        rows.append(
-            (
-                bot["metadata"]["name"],
-                str(bot.get("spec", {}).get("profile", "")),
-                str(status.get("phase", "Pending")),
-                ready or "-",
-                str(positions.get("open", 0)),
-                f"{float(positions.get('notional') or 0):.2f}",
-                f"{float(pnl.get('realized') or 0):+.2f}",
-                str(trades.get("total", 0)),
-                str((status.get("restarts") or {}).get("total", 0)),
-                str(state.get("checkpointSeq", "-")),
-            )
-        )
-    return rows
-
-
-def render_table(rows: list[tuple[str, ...]]) -> str:
-    widths = [
-        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
-        for i, c in enumerate(TABLE_COLUMNS)
-    ]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 class LocalRun:
@@ -219,34 +163,34 @@ class LocalRun:
         return f"http://127.0.0.1:{ingest}"
 
     def watch(self) -> None:
-        custom = client.CustomObjectsApi(self.api)
-        interactive = sys.stdout.isatty()
+        """The plugin's live status view (`kubectl tradingbot status --watch`): redrawn in
+        place on a terminal with the latest Events, one table per change otherwise."""
+        from tradingbot_operator.plugin import Kube, watch_status
+
+        kube = Kube(self.api)
         deadline = time.monotonic() + self.duration if self.duration else None
-        printed = 0
-        while not self.stop.is_set():
-            if deadline and time.monotonic() >= deadline:
-                break
-            if self.operator and self.operator.poll() is not None:
-                self.say(f"the operator exited with {self.operator.returncode}; stopping")
-                break
-            try:
-                items = custom.list_namespaced_custom_object(
-                    "trading.r7.dev", "v1alpha1", BOT_NAMESPACE, "tradingbots"
-                )["items"]
-                table = render_table(bot_rows(items))
-            except Exception as err:  # keep the table alive through a hiccup
-                table = f"(status unavailable: {err})"
-            stamp = time.strftime("%H:%M:%S")
-            if interactive:
-                if printed:
-                    sys.stdout.write(f"\x1b[{printed}F\x1b[J")
-                text = f"{stamp}  TradingBots in namespace {BOT_NAMESPACE}\n{table}\n"
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                printed = text.count("\n")
-            else:
-                print(f"--- {stamp}\n{table}", flush=True)
-            self.stop.wait(1.0 if interactive else 5.0)
+
+        def guard() -> None:  # ends the view when the run should end
+            while not self.stop.wait(0.5):
+                if deadline and time.monotonic() >= deadline:
+                    break
+                if self.operator and self.operator.poll() is not None:
+                    self.say(f"the operator exited with {self.operator.returncode}; stopping")
+                    break
+            self.stop.set()
+
+        threading.Thread(target=guard, daemon=True).start()
+        watch_status(
+            kube,
+            BOT_NAMESPACE,
+            None,
+            None,
+            sys.stdout,
+            sys.stderr,
+            self.stop,
+            interactive=sys.stdout.isatty(),
+            feed=lambda: kube.list_events(BOT_NAMESPACE),
+        )
 
     def shutdown(self) -> None:
         self.say("stopping: operator, then bots (graceful), then the control plane")

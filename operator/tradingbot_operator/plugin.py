@@ -122,12 +122,17 @@ STATUS_COLUMNS: Final = (
     "EXCHANGE",
     "PHASE",
     "READY",
+    "CRASHES",
     "POSITIONS",
     "PNL",
+    "TRADES",
     "RESTARTS",
     "PENDING",
+    "CHECKPOINT",
     "AGE",
 )
+# Events shown under the live table: what just happened (restart, halt, crash).
+FEED_LENGTH: Final = 6
 AUDIT_COLUMNS: Final = (
     ("SEQ", "seq"),
     ("TIMESTAMP", "timestamp"),
@@ -407,12 +412,49 @@ def status_row(bot: Mapping[str, Any], now: datetime) -> list[str]:
         str(_mapping(spec.get("exchange")).get("id") or "-"),
         phase,
         ready_text(status),
+        str(int(_number(_mapping(status.get("container")).get("restarts")))),
         str(int(_number(_mapping(status.get("positions")).get("open")))),
         format_money(_mapping(status.get("pnl")).get("realized")),
+        str(int(_number(_mapping(status.get("trades")).get("total")))),
         str(int(_number(_mapping(status.get("restarts")).get("total")))),
         pending_text(_pending(bot), _coalesce_seconds(bot), now),
+        checkpoint_text(_mapping(status.get("state")), now),
         format_age(parse_time(meta.get("creationTimestamp")), now),
     ]
+
+
+def checkpoint_text(state: Mapping[str, Any], now: datetime) -> str:
+    """The last checkpoint: its sequence number and how long ago it was saved."""
+    seq = state.get("checkpointSeq")
+    if seq is None:
+        return "-"
+    saved = parse_time(state.get("savedAt"))
+    return f"#{seq} {format_age(saved, now)} ago" if saved else f"#{seq}"
+
+
+def feed_lines(
+    events: Iterable[Mapping[str, Any]], now: datetime, limit: int = FEED_LENGTH
+) -> list[str]:
+    """The newest Events about TradingBots, newest last, one line each."""
+
+    def when(event: Mapping[str, Any]) -> datetime:
+        stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+        return parse_time(stamp) or datetime.min.replace(tzinfo=UTC)
+
+    about_bots = [
+        e for e in events if _mapping(e.get("involvedObject")).get("kind") == "TradingBot"
+    ]
+    lines = []
+    for event in sorted(about_bots, key=when)[-limit:]:
+        target = _mapping(event.get("involvedObject")).get("name", "")
+        message = " ".join(str(event.get("message") or "").split())
+        if len(message) > 100:
+            message = message[:99] + "…"
+        lines.append(
+            f"{format_age(when(event), now):>5} ago  {target:<16} {event.get('reason', '')}: "
+            f"{message}"
+        )
+    return lines
 
 
 def _sort_key(bot: Mapping[str, Any]) -> tuple[str, str]:
@@ -1080,6 +1122,20 @@ class Kube:
                 server=self.server,
             ) from None
 
+    def list_events(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Events as plain JSON; an empty list when they cannot be read (the feed is extra)."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        try:
+            if namespace is None:
+                listed = core.list_event_for_all_namespaces(_preload_content=False)
+            else:
+                listed = core.list_namespaced_event(namespace, _preload_content=False)
+            return list(json.loads(listed.data).get("items") or [])
+        except Exception:  # a viewer without `list events` still gets the table
+            return []
+
     def read_state(self, namespace: str, bot: str) -> Mapping[str, str]:
         """The data of the bot's state ConfigMap; PluginError when missing or forbidden."""
         return self.read_configmap(namespace, state_configmap_name(bot))
@@ -1263,8 +1319,12 @@ def watch_status(
     interactive: bool = False,
     clock: Clock = utc_now,
     timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+    feed: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> int:
     """Draw the status table on every change until `stop` is set (or Ctrl-C in the caller).
+
+    With `feed` (a function returning Events), interactive terminals also show the latest
+    Events about the bots under the table.
 
     Interactive terminals get the table redrawn in place (and every second while a countdown
     runs); pipes get a new table per change. With -o json/yaml each changed object is
@@ -1323,6 +1383,9 @@ def watch_status(
                 text = _no_bots_message(namespace)
             else:
                 text = _render_status(bots.values(), now, with_namespace=with_namespace)
+            if interactive and feed is not None:
+                lines = feed_lines(feed(), now)
+                text += "\n\nRecent events:\n" + ("\n".join(lines) if lines else "(none yet)")
             if text == last_drawn:
                 continue
             if interactive:
@@ -1478,6 +1541,7 @@ def cmd_status(ctx: Context) -> int:
                 output=args.output,
                 interactive=ctx.out.isatty(),
                 clock=ctx.clock,
+                feed=lambda: ctx.kube.list_events(namespace),
             )
         except KeyboardInterrupt:
             stop.set()

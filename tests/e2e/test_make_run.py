@@ -47,10 +47,28 @@ def states(data_dir: Path) -> dict[str, dict[str, Any]]:
         }
 
 
-def last_table(stdout: str) -> dict[str, list[str]]:
-    tables = [t for t in stdout.split("--- ") if "NAME" in t]
-    rows = [line.split() for line in tables[-1].splitlines()[2:] if line.strip()]
-    return {row[0]: row for row in rows}
+def last_table(stdout: str) -> dict[str, dict[str, str]]:
+    """The last status table `make run` printed (not a terminal: one table per change)."""
+    tables = [t for t in stdout.split("\n\n") if t.strip().startswith("NAME")]
+    header, *lines = tables[-1].strip().splitlines()
+    columns = header.split()
+    rows = [dict(zip(columns, line.split(), strict=False)) for line in lines if line.strip()]
+    return {row["NAME"]: row for row in rows}
+
+
+def edit_as_the_tour_does(data_dir: Path) -> None:
+    """`kubectl patch tb bot-medio --type merge -p ...` between two runs (README tour)."""
+    with LocalCluster(data_dir, die_with_parent=True) as cluster:
+        api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
+        api.patch_namespaced_custom_object(
+            "trading.r7.dev",
+            "v1alpha1",
+            "trading",
+            "tradingbots",
+            "bot-medio",
+            {"spec": {"risk": {"maxOpenPositions": 4}}},
+            field_manager="kubectl-patch",
+        )
 
 
 def test_make_run_twice_resumes_every_bot_with_its_positions(tmp_path: Path) -> None:
@@ -58,14 +76,21 @@ def test_make_run_twice_resumes_every_bot_with_its_positions(tmp_path: Path) -> 
     first = run_product(data_dir, 40)
     table = last_table(first)
     assert set(table) == set(BOTS)
-    assert all(row[2] == "Running" for row in table.values()), table
+    assert all(row["PHASE"] == "Running" for row in table.values()), table
     after_first = states(data_dir)
     for bot, state in after_first.items():
         assert state["reason"] == "shutdown", (bot, state["reason"])  # Ctrl-C was graceful
     assert sum(s["stats"]["totalTrades"] for s in after_first.values()) > 0
 
+    edit_as_the_tour_does(data_dir)
     run_product(data_dir, 25)
     after_second = states(data_dir)
+    with LocalCluster(data_dir, die_with_parent=True) as cluster:
+        api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
+        medio = api.get_namespaced_custom_object(
+            "trading.r7.dev", "v1alpha1", "trading", "tradingbots", "bot-medio"
+        )
+    assert medio["spec"]["risk"]["maxOpenPositions"] == 4  # the user's edit survived
     for bot in BOTS:
         before, after = after_first[bot], after_second[bot]
         assert after["checkpointSeq"] > before["checkpointSeq"]

@@ -453,10 +453,13 @@ def test_status_outputs_table_json_and_yaml(run: Run, fake_kube: FakeKubeApi) ->
         "EXCHANGE",
         "PHASE",
         "READY",
+        "CRASHES",
         "POSITIONS",
         "PNL",
+        "TRADES",
         "RESTARTS",
         "PENDING",
+        "CHECKPOINT",
         "AGE",
     ]
     assert [line.split()[0] for line in table.splitlines()[1:]] == ["meme", "stable"]

@@ -13,6 +13,7 @@ from tradingbot_operator.plugin import (
     as_list,
     audit_table,
     balance_rows,
+    feed_lines,
     format_age,
     format_amount,
     format_money,
@@ -156,6 +157,9 @@ def test_a_running_bot_fills_every_column() -> None:
         pnl={"realized": 12.345, "unrealized": -1.0},
         restarts={"total": 4},
         pendingAction={"action": "restart", "lastRequestedAt": ago(seconds=1)},
+        container={"restarts": 3},
+        trades={"total": 17, "wins": 9},
+        state={"checkpointSeq": 42, "savedAt": ago(seconds=90)},
     )
     assert status_row(running, NOW) == [
         "stable",
@@ -163,10 +167,13 @@ def test_a_running_bot_fills_every_column() -> None:
         "binance",
         "Running",
         "True",
+        "3",
         "2",
         "+12.35",
+        "17",
         "4",
         "restart in 2s",
+        "#42 90s ago",
         "120m",
     ]
 
@@ -181,8 +188,11 @@ def test_a_bot_the_operator_has_not_seen_shows_dashes_and_zeros() -> None:
         "-",
         "-",
         "0",
+        "0",
         "0.00",
         "0",
+        "0",
+        "-",
         "-",
         "120m",
     ]
@@ -203,7 +213,7 @@ def test_all_namespaces_adds_a_namespace_column_and_sorts_by_namespace_then_name
         [bot("meme", "b"), bot("volatile", "a"), bot("medium", "b")], NOW, with_namespace=True
     )
     assert headers[:3] == ["NAMESPACE", "NAME", "PROFILE"]
-    assert headers[-2:] == ["PENDING", "AGE"]
+    assert headers[-3:] == ["PENDING", "CHECKPOINT", "AGE"]
     assert [(r[0], r[1]) for r in rows] == [("a", "volatile"), ("b", "medium"), ("b", "meme")]
 
 
@@ -215,10 +225,13 @@ def test_one_namespace_has_no_namespace_column() -> None:
         "EXCHANGE",
         "PHASE",
         "READY",
+        "CRASHES",
         "POSITIONS",
         "PNL",
+        "TRADES",
         "RESTARTS",
         "PENDING",
+        "CHECKPOINT",
         "AGE",
     ]
     assert len(rows[0]) == len(headers)
@@ -405,3 +418,20 @@ def test_summary_renders_a_total_and_one_table_per_dimension() -> None:
     assert text.startswith("3 events\n")
     assert "TYPE      COUNT" in text and "restart   2" in text
     assert "SOURCE" not in text
+
+
+def test_the_feed_shows_the_newest_events_about_bots_newest_last() -> None:
+    events = [
+        {
+            "involvedObject": {"kind": "TradingBot", "name": f"bot-{i}"},
+            "reason": reason,
+            "message": "m " * 80,
+            "lastTimestamp": ago(seconds=60 - i),
+        }
+        for i, reason in enumerate(["Started", "RestartStarted", "Halted", "CrashLoop"] * 2)
+    ]
+    events.append({"involvedObject": {"kind": "Pod", "name": "x"}, "reason": "Pulled"})
+    lines = feed_lines(events, NOW, limit=3)
+    assert len(lines) == 3
+    assert [line.split()[3] for line in lines] == ["RestartStarted:", "Halted:", "CrashLoop:"]
+    assert all(len(line) < 160 for line in lines)
