@@ -11,6 +11,7 @@ import base64
 import json
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -202,8 +203,9 @@ class LocalCluster:
             etcd_binary=str(etcd),
             apiserver_binary=str(apiserver),
         )
+        api_proc: subprocess.Popen[bytes] | None = None
         try:
-            self._wait_etcd(etcd_proc.pid, timeout)
+            self._wait_etcd(etcd_proc, timeout)
             api_proc = spawn(
                 [str(apiserver), *self._apiserver_flags(etcd_port, api_port)],
                 self.logs / "kube-apiserver.log",
@@ -219,8 +221,12 @@ class LocalCluster:
                 cert=self.pki.admin_cert,
                 key=self.pki.admin_key,
             )
-            self._wait_apiserver(api_proc.pid, timeout)
+            self._wait_apiserver(api_proc, timeout)
         except BaseException:
+            # Whatever was started goes, even if a check misjudged it: these are our children.
+            for proc in (etcd_proc, api_proc):
+                if proc is not None and proc.poll() is None:
+                    terminate(proc.pid, grace_seconds=10)
             self.stop()
             raise
         return self
@@ -282,27 +288,19 @@ class LocalCluster:
             "--v=1",
         ]
 
-    def _wait_etcd(self, pid: int, timeout: float) -> None:
+    def _wait_etcd(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         assert self.state is not None
         url = f"http://127.0.0.1:{self.state.etcd_port}/health"
-        self._wait(
-            "etcd",
-            pid,
-            self.state.etcd_binary,
-            self.logs / "etcd.log",
-            timeout,
-            lambda: _http_ok(url, None),
-        )
+        self._wait("etcd", proc, self.logs / "etcd.log", timeout, lambda: _http_ok(url, None))
 
-    def _wait_apiserver(self, pid: int, timeout: float) -> None:
+    def _wait_apiserver(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         assert self.state is not None
         context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         url = f"{self.server}/readyz"
         self._wait(
             "kube-apiserver",
-            pid,
-            self.state.apiserver_binary,
+            proc,
             self.logs / "kube-apiserver.log",
             timeout,
             lambda: _http_ok(url, context),
@@ -310,13 +308,22 @@ class LocalCluster:
 
     @staticmethod
     def _wait(
-        name: str, pid: int, binary: str, log: Path, timeout: float, probe: Callable[[], bool]
+        name: str,
+        proc: subprocess.Popen[bytes],
+        log: Path,
+        timeout: float,
+        probe: Callable[[], bool],
     ) -> None:
+        """Until `probe` passes. Liveness comes from our own child handle (`poll`), which
+        cannot misjudge a live process the way reading /proc by pid can (a busy machine, or a
+        pid that another cluster's process just left)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not pid_runs(pid, binary):
+            code = proc.poll()
+            if code is not None:
                 raise ClusterError(
-                    f"{name} exited during start-up; last lines of {log}:\n{tail(log)}"
+                    f"{name} exited during start-up (exit code {code}); last lines of {log}:\n"
+                    f"{tail(log)}"
                 )
             if probe():
                 return

@@ -267,3 +267,40 @@ def test_localkube_comes_up_in_a_network_namespace_with_only_loopback(tmp_path: 
         ["unshare", "--net", "ip", "route"], capture_output=True, text=True, timeout=10
     )
     assert routes.stdout.strip() == ""  # the namespace had no route at all
+
+
+def test_a_failed_start_says_which_component_failed_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    """etcd cannot start on a data dir that is a file: `up` must name etcd and stop it all."""
+    data_dir = tmp_path / "broken"
+    data_dir.mkdir()
+    (data_dir / "etcd").write_text("not a directory")
+    up = subprocess.run(
+        [sys.executable, "-m", "localkube", "up", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert up.returncode != 0
+    assert "etcd exited during start-up" in up.stderr
+    assert "Traceback" not in up.stderr
+    assert LocalCluster(data_dir, die_with_parent=False).state_from_disk() is None
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"--data-dir={data_dir}/etcd"], capture_output=True, text=True
+    )
+    assert leftovers.stdout.strip() == "", "an etcd of the failed start is still running"
+
+
+def test_start_up_checks_hold_under_cpu_load(tmp_path: Path) -> None:
+    """The start-up wait judges our own children by their handle: a busy machine (both cores
+    spinning) never makes it call a live etcd or API server dead."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        with LocalCluster(tmp_path / "busy", die_with_parent=True) as busy:
+            state = busy.state_from_disk()
+            assert state is not None and state.running()
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
