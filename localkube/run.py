@@ -9,6 +9,7 @@ gracefully (each flushes its state and releases its Lease), then the control pla
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from kubernetes import client, config
 
@@ -213,17 +215,51 @@ class LocalRun:
         self.say("stopped; state kept in " + str(self.data_dir))
 
 
+class AlreadyRunning(Exception):
+    """Another `make run` holds this data dir."""
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """An exclusive lock on the data dir for the life of this run (released on any exit)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "run.lock", "a+")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise AlreadyRunning(
+            f"{data_dir} is in use by a running `make run` ({owner}); stop it first (Ctrl-C "
+            "there), or use another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 def main(data_dir: Path, duration: float | None) -> int:
     logging.basicConfig(level=logging.WARNING)
+    try:
+        lock = hold_data_dir(data_dir)
+    except AlreadyRunning as err:
+        print(f"localkube: {err}", file=sys.stderr)
+        return 1
     run = LocalRun(data_dir, duration)
     signal.signal(signal.SIGINT, lambda *_: run.stop.set())
     signal.signal(signal.SIGTERM, lambda *_: run.stop.set())
     try:
         run.start()
         run.watch()
-    except ClusterError as err:
-        print(f"localkube: {err}", file=sys.stderr)
+    except (ClusterError, OSError, client.ApiException) as err:
+        # One line for the user; the details are in the logs under the data dir.
+        print(
+            f"localkube: {str(err).splitlines()[0]} (logs in {data_dir / 'logs'})", file=sys.stderr
+        )
         return 1
     finally:
         run.shutdown()
+        lock.close()
     return 0
