@@ -43,8 +43,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    """Run the process node in the foreground until SIGTERM or Ctrl-C."""
-    from localkube.node import ProcessNode
+    """Run the process node in the foreground until SIGTERM or Ctrl-C. Its pods' processes
+    outlive it (a restarted node adopts them) but not the cluster's etcd or API server."""
+    from localkube import procfs
+    from localkube.heartbeat import NODE_LEASE_DURATION_SECONDS
+    from localkube.node import NodeBusyError, ProcessNode
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cluster = LocalCluster(_data_dir(args), die_with_parent=False)
@@ -56,13 +59,27 @@ def cmd_node(args: argparse.Namespace) -> int:
         )
         return 1
     cluster.state = state
-    node = ProcessNode(
-        cluster.kubeconfig,
-        cluster.data_dir / "node",
-        server=cluster.server,
-        ca_cert=cluster.pki.ca_cert,
-        die_with_parent=False,
-    ).start()
+    # The pods live as long as the control plane: etcd too, since an API server whose etcd
+    # died with their owner can hang in its shutdown for a long while.
+    anchors = [procfs.identify(state.apiserver_pid), procfs.identify(state.etcd_pid)]
+    if None in anchors:
+        print("localkube: the control plane just went away", file=sys.stderr)
+        return 1
+    try:
+        node = ProcessNode(
+            cluster.kubeconfig,
+            Path(args.node_dir).resolve() if args.node_dir else cluster.data_dir / "node",
+            server=cluster.server,
+            ca_cert=cluster.pki.ca_cert,
+            name=args.name,
+            die_with_parent=False,
+            namespaces=set(args.namespace) if args.namespace else None,
+            anchors=[a for a in anchors if a is not None],
+            lease_duration_seconds=args.lease_duration or NODE_LEASE_DURATION_SECONDS,
+        ).start()
+    except NodeBusyError as err:
+        print(f"localkube: {err}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -133,6 +150,26 @@ def main(argv: list[str] | None = None) -> int:
                 "--node",
                 action="store_true",
                 help="also run the process node that runs pods as processes",
+            )
+        if name == "node":
+            cmd.add_argument("--name", default="localkube-node", help="the Node's name")
+            cmd.add_argument(
+                "--node-dir",
+                default=None,
+                help="the node's own data (pod dirs, container records); default DATA_DIR/node",
+            )
+            cmd.add_argument(
+                "--namespace",
+                action="append",
+                default=[],
+                help="run only pods of this namespace (repeatable; default: every namespace)",
+            )
+            cmd.add_argument(
+                "--lease-duration",
+                type=int,
+                default=None,
+                help="seconds the node Lease lasts, renewed every quarter of it "
+                "(default: localkube.heartbeat.NODE_LEASE_DURATION_SECONDS)",
             )
         if name == "run":
             cmd.add_argument(

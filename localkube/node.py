@@ -1,14 +1,40 @@
 """The process node: a Node that runs pods' containers as local processes.
 
 It does a kubelet's job for this machine, against the real API server: registers a Node with
-a heartbeat Lease, binds unscheduled pods to itself (there is no scheduler), starts each
-container's command with the pod's environment resolved (downward API, Secret and ConfigMap
-references), a loopback pod IP of its own (127.0.0.N), a token for the pod's own
-ServiceAccount (so RBAC applies to the process exactly as in a cluster), volumes mapped to
-per-pod and per-claim directories (Secret volumes written as files before any container of the
-pod starts; localkube/volumes.py); it probes readiness over HTTP, restarts containers by the
-pod's restartPolicy with back-off, and on deletion sends SIGTERM, waits the grace period,
-sends SIGKILL and removes the pod object as a kubelet would.
+a heartbeat Lease (localkube/heartbeat.py), binds unscheduled pods to itself (there is no
+scheduler), starts each container's command with the pod's environment resolved (downward
+API, Secret and ConfigMap references), a loopback pod IP of its own (127.0.0.N), a token for
+the pod's own ServiceAccount (so RBAC applies to the process exactly as in a cluster), volumes
+mapped to per-pod and per-claim directories (Secret volumes written as files before any
+container of the pod starts; localkube/volumes.py); it probes readiness over HTTP off the sync
+loop (localkube/probes.py), restarts containers by the pod's restartPolicy with back-off, and
+on deletion sends SIGTERM, waits the grace period, sends SIGKILL and removes the pod object as
+a kubelet would.
+
+Process lifetime. Killing a kubelet does not kill its containers, and neither does killing
+this node agent: every container process is the child of its own small supervisor, the shim
+(localkube/shim.py), started in a session of its own and not bound to the agent. What bounds a
+container's life instead is its node's *anchors*: processes whose death means the cluster or
+the session that started it is over. A node run by the CLI (`python -m localkube node`,
+`up --node`) is anchored to the cluster's etcd and kube-apiserver, so `LocalCluster.stop` and
+`python -m localkube down` end every pod process, adopted ones included, within its grace
+period (and both die with a test run that started them, through PDEATHSIG). A
+node running inside another program (tests' fixture, `make run`, benchmarks;
+`die_with_parent=True`) is anchored to that program's process: its end, however abrupt, ends
+the pods. When an anchor dies the shim sends SIGTERM to the container's process group, waits
+the pod's grace period and sends SIGKILL. The container in turn carries PR_SET_PDEATHSIG =
+SIGKILL towards its shim, so no container runs unsupervised, and when a container exits the
+rest of its process group is killed, as when a container's init dies.
+
+Adoption. The shim writes a record per container (localkube/records.py: pod uid, container,
+pod IP, pid and /proc start time of the container and of the shim) before the command runs.
+A node agent starting on a data dir where another one died reads them: a container whose
+recorded process still runs (same pid *and* start time) is adopted (monitored, probed,
+reported, terminated with its grace period on deletion) and nothing is started; a dead one is
+restarted per restartPolicy and counted; a process whose pod is gone or has another uid is
+terminated (localkube/adoption.py decides). Readiness only ever comes from a live process
+whose probe passes, and a frozen process's probes time out, so a status never shows Ready for
+a container without a live, answering process.
 
 Containers run the project's own Python (its virtualenv's bin directory leads PATH); images
 are not pulled. Production runs on a real cluster; this exists so that the real bot runtime
@@ -18,8 +44,7 @@ runs against the real API server in tests and in `make run`.
 from __future__ import annotations
 
 import contextlib
-import copy
-import datetime as dt
+import fcntl
 import logging
 import os
 import shutil
@@ -28,17 +53,31 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
 
+from localkube import containers, procfs
+from localkube.adoption import PodFacts, choose_pod_ip, restart_count
 from localkube.cluster import write_kubeconfig
-from localkube.processes import _die_with_parent
+from localkube.containers import ContainerProcess, ContainerStartError
+from localkube.heartbeat import NODE_LEASE_DURATION_SECONDS, NODE_STATUS_SECONDS, Heartbeat
+from localkube.pods import (
+    Container,
+    Orphan,
+    PodRun,
+    now_stamp,
+    pod_status,
+    stamped,
+    stopped_status,
+    terminated_state,
+)
+from localkube.probes import Prober, Readiness, after_probe, probe_spec
+from localkube.procfs import ProcessIdentity
+from localkube.records import RecordStore, ShimRequest
+from localkube.recovery import clean_pod_dirs, find_orphans, recover_container, step_orphan
 from localkube.volumes import (
     VolumeError,
     decode_data,
@@ -51,71 +90,28 @@ from localkube.volumes import (
 log = logging.getLogger("localkube.node")
 
 NODE_NAME = "localkube-node"
-NODE_LEASE_NAMESPACE = "kube-node-lease"
-HEARTBEAT_SECONDS = 10
 TOKEN_SECONDS = 3600
-BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 MOUNT_RETRY_SECONDS = 1.0
 POD_IP_RANGE = range(2, 255)
+POD_IPS = tuple(f"127.0.0.{n}" for n in POD_IP_RANGE)
 LOCAL_PROVISIONER = "localkube.local/dir"
+LOCK_FILE = "node.lock"
+RECORDS_DIR = "containers"
+_now = now_stamp
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Container:
-    name: str
-    spec: dict[str, Any]
-    proc: subprocess.Popen[bytes] | None = None
-    restart_count: int = 0
-    started_at: str | None = None
-    last_exit: dict[str, Any] | None = None
-    next_start: float = 0.0
-    backoff: float = BACKOFF_START
-    ready: bool = False
-    next_probe: float = 0.0
-    probe_failures: int = 0
-    probe_successes: int = 0
-    finished: bool = False
-    term_sent: bool = False
-
-
-@dataclass
-class PodRun:
-    """A pod this node runs: its processes, IP and directories."""
-
-    namespace: str
-    name: str
-    uid: str
-    ip: str
-    root: Path
-    spec: dict[str, Any]
-    containers: list[Container] = field(default_factory=list)
-    env_cache: dict[str, list[str]] = field(default_factory=dict)
-    reported: dict[str, Any] = field(default_factory=dict)
-    deleting_since: float | None = None
-    grace: float = 30.0
-    start_time: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    # No container starts before the Secret volumes are written, as on a kubelet: a bot must
-    # never run without the credentials its pod mounts.
-    mounted: bool = False
-    mount_error: str = ""
-    next_mount: float = 0.0
-
-    def live_processes(self) -> int:
-        return sum(1 for c in self.containers if c.proc is not None and c.proc.poll() is None)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+class NodeBusyError(RuntimeError):
+    """Another node agent runs on this data dir: two would start every container twice."""
 
 
 class ProcessNode:
-    """Run with `start()` (background threads) and `stop()` (stop every pod's processes)."""
+    """Run with `start()` (background threads) and `stop()` (stop every pod's processes).
+
+    `anchors`: processes whose death ends every container of this node (see the module
+    docstring); by default this process when `die_with_parent`, else none.
+    `lease_duration_seconds`: the node Lease's duration; it is renewed every quarter of it.
+    """
 
     def __init__(
         self,
@@ -128,6 +124,9 @@ class ProcessNode:
         die_with_parent: bool = True,
         python_bin: Path | None = None,
         namespaces: set[str] | None = None,
+        anchors: Sequence[ProcessIdentity] | None = None,
+        lease_duration_seconds: int = NODE_LEASE_DURATION_SECONDS,
+        status_seconds: float = NODE_STATUS_SECONDS,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.data_dir = data_dir
@@ -136,16 +135,34 @@ class ProcessNode:
         self.name = name
         self.die_with_parent = die_with_parent
         self.python_bin = python_bin or Path(sys.executable).parent
+        if anchors is None:
+            me = procfs.identify(os.getpid())
+            anchors = [me] if die_with_parent and me is not None else []
+        self.anchors = list(anchors)
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.coord = client.CoordinationV1Api(self.api)
+        self.heartbeat = Heartbeat(
+            self.core,
+            self.coord,
+            name,
+            lease_duration_seconds=lease_duration_seconds,
+            status_seconds=status_seconds,
+        )
+        self.records = RecordStore(data_dir / RECORDS_DIR)
+        self.prober = Prober()
         self.pods: dict[str, PodRun] = {}
+        self.orphans: list[Orphan] = []
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.sync_thread: threading.Thread | None = None
+        self.watches: list[watch.Watch] = []
         self.ips_in_use: set[str] = set()
         self.node_uid: str | None = None
+        self.recovered = threading.Event()
+        self._lock_file: Any = None
         # None: every namespace. Tests share one API server with tests that play the
         # kubelet themselves, so they hand the node only their own namespaces.
         self.namespaces = namespaces
@@ -154,47 +171,53 @@ class ProcessNode:
 
     def start(self) -> ProcessNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._register()
-        for target in (self._heartbeat_loop, self._watch_pods, self._watch_claims, self._sync_loop):
+        self._take_data_dir()
+        try:
+            self._reserve_recorded_ips()
+            self._register()
+            self.heartbeat.start(self.node_uid)
+        except BaseException:
+            self._release_data_dir()
+            raise
+        self.sync_thread = threading.Thread(target=self._sync_loop, name="node-sync", daemon=True)
+        for target in (self._watch_pods, self._watch_claims):
             thread = threading.Thread(target=target, name=f"node-{target.__name__}", daemon=True)
             thread.start()
             self.threads.append(thread)
+        self.sync_thread.start()
+        self.threads.append(self.sync_thread)
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop every container gracefully (a node shutting down), leaving pod objects."""
         self.stopping.set()
         self.wake.set()
+        if self.sync_thread is not None:
+            self.sync_thread.join(timeout=20)  # no container may start once stopping begins
         with self.lock:
             runs = list(self.pods.values())
-        for run in runs:
-            for c in run.containers:
-                self._signal(c, signal.SIGTERM)
-        deadline = time.monotonic() + min(timeout, max((r.grace for r in runs), default=0))
-        for run in runs:
-            for c in run.containers:
-                self._wait_or_kill(c, deadline)
+            orphans = list(self.orphans)
+        procs = [c.proc for run in runs for c in run.containers if c.proc is not None]
+        procs += [o.proc for o in orphans]
+        for proc in procs:
+            proc.signal_group(signal.SIGTERM)
+        graces = [r.grace for r in runs] + [o.proc.record.grace_seconds for o in orphans]
+        deadline = time.monotonic() + min(timeout, max(graces, default=0))
+        for proc in procs:
+            self._wait_or_kill(proc, deadline)
         for run in runs:  # a node going away leaves its pods not ready, as a kubelet would
             with contextlib.suppress(Exception):
-                self.core.patch_namespaced_pod_status(
-                    run.name,
-                    run.namespace,
-                    {
-                        "status": {
-                            "conditions": [
-                                {
-                                    "type": "Ready",
-                                    "status": "False",
-                                    "reason": "NodeShutdown",
-                                    "lastTransitionTime": _now(),
-                                }
-                            ]
-                        }
-                    },
-                )
+                self._report_stopped(run)
+        self.heartbeat.stop()
+        with self.lock:
+            streams = list(self.watches)
+        for stream in streams:  # unblocks a watch waiting for its next event
+            stream.stop()
         for thread in self.threads:
             thread.join(timeout=5)
+        self.prober.close()
         self.api.close()
+        self._release_data_dir()
 
     def live_processes(self, label: str) -> dict[str, int]:
         """Running processes per value of a pod label (e.g. bots by their bot label)."""
@@ -207,7 +230,30 @@ class ProcessNode:
                 counts[value] = counts.get(value, 0) + run.live_processes()
         return counts
 
-    # -- node object and heartbeat -----------------------------------------------------
+    def _take_data_dir(self) -> None:
+        lock = open(self.data_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held until stop)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise NodeBusyError(f"another node agent runs on {self.data_dir}") from None
+        self._lock_file = lock
+
+    def _release_data_dir(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _reserve_recorded_ips(self) -> None:
+        """Addresses live processes of a previous agent listen on stay theirs."""
+        records, problems = self.records.load()
+        for problem in problems:
+            log.warning("ignoring container record %s", problem)
+        for record in records:
+            if procfs.is_running(record.process):
+                self.ips_in_use.add(record.pod_ip)
+
+    # -- node object -------------------------------------------------------------------
 
     def _register(self) -> None:
         node = {
@@ -229,78 +275,21 @@ class ProcessNode:
                 raise
             created = self.core.read_node(self.name)
         self.node_uid = created.metadata.uid
-        self._report_node_status()
-        with contextlib.suppress(client.ApiException):
-            self.core.create_namespace({"metadata": {"name": NODE_LEASE_NAMESPACE}})
-
-    def _report_node_status(self) -> None:
-        now = _now()
-        status = {
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "localkube process node is ready",
-                    "lastHeartbeatTime": now,
-                    "lastTransitionTime": now,
-                }
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": self.name},
-            ],
-            "capacity": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
-            "allocatable": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
-            "nodeInfo": {
-                "kubeletVersion": "localkube",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-                "containerRuntimeVersion": "process://",
-                "kernelVersion": os.uname().release,
-                "osImage": "localkube",
-                "kubeProxyVersion": "",
-                "machineID": "",
-                "systemUUID": "",
-                "bootID": "",
-            },
-        }
-        self.core.patch_node_status(self.name, {"status": status})
-
-    def _heartbeat_loop(self) -> None:
-        while not self.stopping.wait(HEARTBEAT_SECONDS):
-            try:
-                self._renew_lease()
-                self._report_node_status()
-            except Exception as err:  # the API server may be restarting; try next beat
-                log.warning("node heartbeat failed: %s", err)
-
-    def _renew_lease(self) -> None:
-        now = dt.datetime.now(dt.UTC)
-        body = {
-            "metadata": {"name": self.name, "namespace": NODE_LEASE_NAMESPACE},
-            "spec": {
-                "holderIdentity": self.name,
-                "leaseDurationSeconds": 40,
-                "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            },
-        }
-        try:
-            self.coord.patch_namespaced_lease(self.name, NODE_LEASE_NAMESPACE, body)
-        except client.ApiException as err:
-            if err.status != 404:
-                raise
-            self.coord.create_namespaced_lease(NODE_LEASE_NAMESPACE, body)
 
     # -- watches ---------------------------------------------------------------------
 
     def _watch_pods(self) -> None:
-        self._watch(self.core.list_pod_for_all_namespaces, self._on_pod)
+        self._watch(self.core.list_pod_for_all_namespaces, self._on_pod, self._after_pod_list)
 
     def _watch_claims(self) -> None:
         self._watch(self.core.list_persistent_volume_claim_for_all_namespaces, self._on_claim)
 
-    def _watch(self, lister: Any, handler: Any) -> None:
+    def _watch(
+        self,
+        lister: Any,
+        handler: Callable[[str, Any], None],
+        after_list: Callable[[], None] | None = None,
+    ) -> None:
         resource_version = None
         while not self.stopping.is_set():
             try:
@@ -309,26 +298,36 @@ class ProcessNode:
                     resource_version = listed.metadata.resource_version
                     for item in listed.items:
                         handler("ADDED", item)
+                    if after_list is not None:
+                        after_list()
                 stream = watch.Watch()
-                for event in stream.stream(
-                    lister,
-                    resource_version=resource_version,
-                    timeout_seconds=30,
-                    allow_watch_bookmarks=True,
-                ):
+                with self.lock:
+                    self.watches.append(stream)
+                try:
                     if self.stopping.is_set():
-                        stream.stop()
                         return
-                    obj = event["object"]
-                    if event["type"] == "ERROR":  # e.g. 410 Gone: list again
-                        resource_version = None
-                        break
-                    if isinstance(obj, dict):
-                        resource_version = obj.get("metadata", {}).get("resourceVersion")
-                        continue
-                    resource_version = obj.metadata.resource_version
-                    if event["type"] != "BOOKMARK":
-                        handler(event["type"], obj)
+                    for event in stream.stream(
+                        lister,
+                        resource_version=resource_version,
+                        timeout_seconds=30,
+                        allow_watch_bookmarks=True,
+                    ):
+                        if self.stopping.is_set():
+                            stream.stop()
+                            return
+                        obj = event["object"]
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: list again
+                            resource_version = None
+                            break
+                        if isinstance(obj, dict):
+                            resource_version = obj.get("metadata", {}).get("resourceVersion")
+                            continue
+                        resource_version = obj.metadata.resource_version
+                        if event["type"] != "BOOKMARK":
+                            handler(event["type"], obj)
+                finally:
+                    with self.lock:
+                        self.watches.remove(stream)
             except client.ApiException as err:
                 if err.status == 410:
                     resource_version = None  # expired: list again
@@ -360,19 +359,42 @@ class ProcessNode:
         if pod.spec.node_name != self.name:
             return
         key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+        deleting = pod.metadata.deletion_timestamp is not None
         with self.lock:
             run = self.pods.get(key)
             if run and run.uid != pod.metadata.uid:
                 self._kill_all(run)
                 self._forget(run)
                 run = None
-            if run is None and pod.metadata.deletion_timestamp is None:
+            # A pod deleted while no agent ran may still have a live process here: adopted,
+            # it gets its grace period like any other.
+            if run is None and (not deleting or self._runs_here(pod.metadata.uid)):
                 run = self._admit(pod)
-            if run and pod.metadata.deletion_timestamp and run.deleting_since is None:
+            if run and deleting and run.deleting_since is None:
                 run.deleting_since = time.monotonic()
                 run.grace = float(pod.metadata.deletion_grace_period_seconds or 0)
-            elif run is None and pod.metadata.deletion_timestamp:
+            elif run is None and deleting:
+                self.records.remove_pod(pod.metadata.uid)
                 self._remove_pod_object(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
+        self.wake.set()
+
+    def _runs_here(self, pod_uid: str) -> bool:
+        return any(procfs.is_running(r.process) for r in self.records.for_pod(pod_uid).values())
+
+    def _after_pod_list(self) -> None:
+        """After the first list every pod still bound here has been admitted (and its live
+        processes adopted), so a record no admitted pod claims is an orphan's: its pod was
+        deleted, replaced or moved while no agent ran."""
+        if self.recovered.is_set():
+            return
+        with self.lock:
+            orphans, empty = find_orphans(self.records, {run.uid for run in self.pods.values()})
+            for proc in orphans:
+                self.orphans.append(Orphan(proc))
+                self.ips_in_use.add(proc.record.pod_ip)
+            for uid in empty:
+                clean_pod_dirs(self.records, self.data_dir / "pods", uid)
+        self.recovered.set()
         self.wake.set()
 
     def _on_claim(self, kind: str, claim: client.V1PersistentVolumeClaim) -> None:
@@ -439,39 +461,64 @@ class ProcessNode:
     # -- admitting a pod -------------------------------------------------------------
 
     def _admit(self, pod: client.V1Pod) -> PodRun | None:
-        ip = self._allocate_ip()
-        root = self.data_dir / "pods" / pod.metadata.uid
-        root.mkdir(parents=True, exist_ok=True)
+        uid = pod.metadata.uid
         spec = self.api.sanitize_for_serialization(pod.spec)
+        facts = PodFacts(
+            uid=uid,
+            restart_policy=spec.get("restartPolicy", "Always"),
+            deleting=pod.metadata.deletion_timestamp is not None,
+        )
+        # Container names are fixed in a pod's spec: every record of this uid is one of them.
+        records = self.records.for_pod(uid)
+        status = pod.status or client.V1PodStatus()
+        ip = choose_pod_ip(
+            adopted_ip=next(
+                (r.pod_ip for r in records.values() if procfs.is_running(r.process)), None
+            ),
+            reported_ip=status.pod_ip,
+            in_use=self.ips_in_use,
+            candidates=POD_IPS,
+        )
+        if ip is None:
+            raise RuntimeError("no free loopback pod IP")
+        self.ips_in_use.add(ip)
+        root = self.data_dir / "pods" / uid
+        root.mkdir(parents=True, exist_ok=True)
         run = PodRun(
             labels=dict(pod.metadata.labels or {}),
             namespace=pod.metadata.namespace,
             name=pod.metadata.name,
-            uid=pod.metadata.uid,
+            uid=uid,
             ip=ip,
             root=root,
             spec=spec,
             grace=float(spec.get("terminationGracePeriodSeconds", 30)),
+            # A pod this node ran before it restarted keeps its start time.
+            start_time=status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if status.start_time
+            else None,
         )
         run.containers = [Container(name=c["name"], spec=c) for c in spec.get("containers", [])]
-        # A pod that already ran here before the node restarted keeps its restart counts.
-        for status in (pod.status.container_statuses or []) if pod.status else []:
-            for c in run.containers:
-                if c.name == status.name:
-                    c.restart_count = int(status.restart_count or 0) + (
-                        1 if status.state and status.state.running else 0
-                    )
+        reported = {s.name: s for s in status.container_statuses or []}
+        now = time.monotonic()
+        for c in run.containers:
+            found = recover_container(
+                self.records, facts, run.key, c.name, records.pop(c.name, None)
+            )
+            c.proc = found.proc
+            c.started_at = found.proc.record.started_at if found.proc else None
+            c.last_exit, c.finished = found.last_exit, found.finished
+            previous = reported.get(c.name)
+            c.restart_count = restart_count(
+                found.action,
+                int(previous.restart_count or 0) if previous else 0,
+                bool(previous and previous.state and previous.state.running),
+            )
+            c.probe = probe_spec(c.spec.get("readinessProbe"), run.ip, c.spec.get("ports") or [])
+            c.next_probe = now
         self.pods[run.key] = run
         log.info("admitted pod %s (ip %s)", run.key, ip)
         return run
-
-    def _allocate_ip(self) -> str:
-        for n in POD_IP_RANGE:
-            ip = f"127.0.0.{n}"
-            if ip not in self.ips_in_use:
-                self.ips_in_use.add(ip)
-                return ip
-        raise RuntimeError("no free loopback pod IP")
 
     def _forget(self, run: PodRun) -> None:
         with self.lock:
@@ -480,6 +527,7 @@ class ProcessNode:
             self.ips_in_use.discard(run.ip)
             # Under the lock: a mount in progress either finishes first or sees the pod gone.
             remove_secret_volumes(run.root / "volumes", run.spec)
+            self.records.remove_pod(run.uid)
         shutil.rmtree(run.root / "secrets", ignore_errors=True)
 
     # -- the sync loop ---------------------------------------------------------------
@@ -487,11 +535,17 @@ class ProcessNode:
     def _sync_loop(self) -> None:
         while not self.stopping.is_set():
             with self.lock:
-                terminating = any(r.deleting_since is not None for r in self.pods.values())
+                terminating = bool(self.orphans) or any(
+                    r.deleting_since is not None for r in self.pods.values()
+                )
             # A process exit raises no event: poll briskly while a pod is shutting down, so
             # its object goes (and its successor may start) as soon as the process is gone.
             self.wake.wait(0.02 if terminating else 0.25)
             self.wake.clear()
+            try:
+                self._sync_orphans(time.monotonic())
+            except Exception as err:
+                log.warning("ending orphans failed: %s", err)
             with self.lock:
                 runs = list(self.pods.values())
             for run in runs:
@@ -502,6 +556,23 @@ class ProcessNode:
                 except Exception as err:
                     log.warning("syncing pod %s failed: %s", run.key, err)
 
+    def _sync_orphans(self, now: float) -> None:
+        with self.lock:
+            orphans = list(self.orphans)
+        for orphan in orphans:
+            if not step_orphan(orphan, now):
+                continue
+            record = orphan.proc.record
+            with self.lock:
+                self.orphans.remove(orphan)
+                orphan.proc.slot.remove()
+                if not any(r.ip == record.pod_ip for r in self.pods.values()) and not any(
+                    o.proc.record.pod_ip == record.pod_ip for o in self.orphans
+                ):
+                    self.ips_in_use.discard(record.pod_ip)
+                if not self.records.for_pod(record.pod_uid):
+                    clean_pod_dirs(self.records, self.data_dir / "pods", record.pod_uid)
+
     def _sync(self, run: PodRun) -> None:
         if run.deleting_since is not None:
             self._terminate(run)
@@ -510,31 +581,40 @@ class ProcessNode:
         if not run.mounted and now >= run.next_mount:
             self._mount_secrets(run, now)
         policy = run.spec.get("restartPolicy", "Always")
+        with self.lock:
+            # A namesake's orphan (same pod name, older uid) must be gone before this pod's
+            # containers start: two bots of one name never run at once.
+            namesake_running = any(o.pod_key == run.key for o in self.orphans)
         for c in run.containers:
             if c.proc is not None and c.proc.poll() is not None:
                 self._on_exit(run, c, policy)
-            if c.proc is None and not c.finished and now >= c.next_start and run.mounted:
+            if (
+                c.proc is None
+                and not c.finished
+                and now >= c.next_start
+                and run.mounted
+                and not namesake_running
+                and self.recovered.is_set()
+                and not self.stopping.is_set()
+            ):
                 self._start_container(run, c)
             if c.proc is not None:
-                self._probe(run, c, now)
+                self._probe(c, now)
+            else:
+                c.in_flight, c.readiness = None, Readiness()
         self._report(run)
 
     def _on_exit(self, run: PodRun, c: Container, policy: str) -> None:
-        assert c.proc is not None
-        code = c.proc.returncode
-        exit_code = 128 - code if code < 0 else code
-        c.last_exit = {
-            "terminated": {
-                "exitCode": exit_code,
-                "reason": "Completed" if exit_code == 0 else "Error",
-                "startedAt": c.started_at,
-                "finishedAt": _now(),
-            }
-        }
+        proc = c.proc
+        assert proc is not None and proc.returncode is not None
+        c.last_exit = terminated_state(proc)
+        c.last_exit["terminated"]["startedAt"] = c.started_at
+        code = c.last_exit["terminated"]["exitCode"]
+        proc.slot.retire()
         c.proc = None
-        c.ready = False
-        log.info("container %s/%s exited with %s", run.key, c.name, exit_code)
-        if policy == "Never" or (policy == "OnFailure" and exit_code == 0):
+        c.readiness, c.in_flight = Readiness(), None
+        log.info("container %s/%s exited with %s", run.key, c.name, code)
+        if policy == "Never" or (policy == "OnFailure" and code == 0):
             c.finished = True
             return
         c.restart_count += 1
@@ -542,7 +622,6 @@ class ProcessNode:
         c.backoff = min(c.backoff * 2, BACKOFF_MAX)
 
     def _start_container(self, run: PodRun, c: Container) -> None:
-        env = self._environment(run, c)
         command = list(c.spec.get("command") or []) + list(c.spec.get("args") or [])
         if not command:
             c.finished = True
@@ -553,61 +632,58 @@ class ProcessNode:
                 }
             }
             return
+        env = self._environment(run, c)
         if command[0] in ("python", "python3"):
             command[0] = str(self.python_bin / "python")
-        log_path = run.root / "logs" / f"{c.name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as out:
-            c.proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=run.root,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )
-        c.started_at = _now()
-        c.next_probe = time.monotonic() + float(
-            (c.spec.get("readinessProbe") or {}).get("initialDelaySeconds", 0)
+        logs = run.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        request = ShimRequest(
+            argv=command,
+            env=env,
+            cwd=str(run.root),
+            log_path=str(logs / f"{c.name}.log"),
+            records_dir=str(self.records.root),
+            pod_uid=run.uid,
+            namespace=run.namespace,
+            pod=run.name,
+            container=c.name,
+            pod_ip=run.ip,
+            grace_seconds=run.grace,
+            anchors=self.anchors,
         )
-        c.probe_successes = c.probe_failures = 0
-        log.info("started container %s/%s pid %s", run.key, c.name, c.proc.pid)
-
-    def _probe(self, run: PodRun, c: Container, now: float) -> None:
-        probe = c.spec.get("readinessProbe")
-        if not probe:
-            c.ready = True
-            return
-        if now < c.next_probe:
-            return
-        c.next_probe = now + float(probe.get("periodSeconds", 10))
-        get = probe.get("httpGet") or {}
-        port = get.get("port")
-        if isinstance(port, str):
-            port = next(
-                (p["containerPort"] for p in c.spec.get("ports") or [] if p.get("name") == port),
-                None,
-            )
-        url = f"http://{run.ip}:{port}{get.get('path', '/')}"
         try:
-            with urllib.request.urlopen(
-                url, timeout=float(probe.get("timeoutSeconds", 1))
-            ) as response:
-                ok = 200 <= response.status < 400
-        except (urllib.error.URLError, OSError, ValueError):
-            ok = False
-        if ok:
-            c.probe_successes += 1
-            c.probe_failures = 0
-            if c.probe_successes >= int(probe.get("successThreshold", 1)):
-                c.ready = True
-        else:
-            c.probe_failures += 1
-            c.probe_successes = 0
-            if c.probe_failures >= int(probe.get("failureThreshold", 3)):
-                c.ready = False
+            proc = containers.spawn(request, logs / f"{c.name}.shim.log")
+        except (ContainerStartError, OSError) as err:
+            log.warning("starting container %s/%s failed: %s", run.key, c.name, err)
+            c.last_exit = {"waiting": {"reason": "RunContainerError", "message": str(err)[:1000]}}
+            c.next_start = time.monotonic() + c.backoff
+            c.backoff = min(c.backoff * 2, BACKOFF_MAX)
+            return
+        with self.lock:
+            if self.pods.get(run.key) is not run:
+                # Deleted while it started: nobody else would ever end this process.
+                self.orphans.append(Orphan(proc))
+                return
+            c.proc = proc
+        c.started_at = proc.record.started_at
+        c.readiness, c.in_flight = Readiness(), None
+        c.next_probe = time.monotonic() + (c.probe.initial_delay if c.probe else 0.0)
+        log.info("started container %s/%s pid %s", run.key, c.name, proc.pid)
+
+    def _probe(self, c: Container, now: float) -> None:
+        """Readiness from the probe's verdicts; a probe never blocks this loop."""
+        if c.probe is None:
+            c.readiness = Readiness(ready=True)
+            return
+        if c.in_flight is not None:
+            verdict = self.prober.collect(c.in_flight, now)
+            if verdict is None:
+                return
+            c.in_flight = None
+            c.readiness = after_probe(c.readiness, verdict, c.probe)
+        if now >= c.next_probe:
+            c.next_probe = now + c.probe.period
+            c.in_flight = self.prober.submit(c.probe, now)
 
     # -- environment, secrets, volumes ---------------------------------------------
 
@@ -774,7 +850,7 @@ class ProcessNode:
 
     def _terminate(self, run: PodRun) -> None:
         assert run.deleting_since is not None
-        alive = [c for c in run.containers if c.proc is not None and c.proc.poll() is None]
+        alive = [c for c in run.containers if c.running()]
         if alive and time.monotonic() - run.deleting_since < run.grace:
             for c in alive:
                 if not c.term_sent:
@@ -805,81 +881,28 @@ class ProcessNode:
 
     @staticmethod
     def _signal(c: Container, sig: int) -> None:
-        if c.proc is not None and c.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(c.proc.pid, sig)
+        if c.proc is not None:
+            c.proc.signal_group(sig)  # checks the process is still the recorded one
 
     @staticmethod
-    def _wait_or_kill(c: Container, deadline: float) -> None:
-        if c.proc is None:
-            return
+    def _wait_or_kill(proc: ContainerProcess, deadline: float) -> None:
         try:
-            c.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(c.proc.pid, signal.SIGKILL)
-            c.proc.wait(timeout=5)
+            proc.signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
 
     # -- status ------------------------------------------------------------------------
 
     def _report(self, run: PodRun) -> None:
-        statuses = []
-        for c in run.containers:
-            running = c.proc is not None and c.proc.poll() is None
-            if running:
-                state: dict[str, Any] = {"running": {"startedAt": c.started_at}}
-            elif c.finished and c.last_exit:
-                state = c.last_exit
-            else:
-                waiting = {"reason": "CrashLoopBackOff" if c.restart_count else "ContainerCreating"}
-                if run.mount_error:
-                    waiting["message"] = run.mount_error
-                state = {"waiting": waiting}
-            entry: dict[str, Any] = {
-                "name": c.name,
-                "ready": running and c.ready,
-                "started": running,
-                "restartCount": c.restart_count,
-                "image": c.spec.get("image", ""),
-                "imageID": "",
-                "containerID": f"process://{c.proc.pid}" if running and c.proc else "",
-                "state": state,
-            }
-            if c.last_exit and not c.finished:
-                entry["lastState"] = c.last_exit
-            statuses.append(entry)
-        all_ready = bool(statuses) and all(s["ready"] for s in statuses)
-        finished = [c for c in run.containers if c.finished]
-        if finished and len(finished) == len(run.containers):
-            codes = [(c.last_exit or {}).get("terminated", {}).get("exitCode", 1) for c in finished]
-            phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
-        else:
-            phase = "Running" if any(s["started"] for s in statuses) else "Pending"
-        ready = "True" if all_ready else "False"
-        status: dict[str, Any] = {
-            "phase": phase,
-            "podIP": run.ip,
-            "podIPs": [{"ip": run.ip}],
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
-            "conditions": [
-                {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": ready},
-                {"type": "Ready", "status": ready},
-            ],
-            "containerStatuses": statuses,
-        }
+        status = pod_status(run)
         if status == run.reported:
             return
-        stamped = copy.deepcopy(status)
-        now = _now()
-        run.start_time = run.start_time or now
-        stamped["startTime"] = run.start_time
-        for cond in stamped["conditions"]:
-            cond["lastTransitionTime"] = now
+        run.start_time = run.start_time or _now()
+        body = {"status": stamped(status, run.start_time, _now())}
         try:
-            self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": stamped})
+            self.core.patch_namespaced_pod_status(run.name, run.namespace, body)
             run.reported = status
         except client.ApiException as err:
             if err.status == 404:
@@ -887,3 +910,7 @@ class ProcessNode:
                 self._forget(run)
             else:
                 log.warning("status of %s failed: %s", run.key, err.reason)
+
+    def _report_stopped(self, run: PodRun) -> None:
+        body = {"status": stopped_status(run, _now())}
+        self.core.patch_namespaced_pod_status(run.name, run.namespace, body)

@@ -134,6 +134,7 @@ class ExitRecord:
     process: ProcessIdentity
     returncode: int
     finished_at: str
+    started_at: str = ""
     message: str = ""
 
     def encode(self) -> str:
@@ -142,6 +143,7 @@ class ExitRecord:
                 "version": RECORD_VERSION,
                 "process": self.process.to_json(),
                 "returncode": self.returncode,
+                "startedAt": self.started_at,
                 "finishedAt": self.finished_at,
                 "message": self.message,
             },
@@ -158,6 +160,7 @@ class ExitRecord:
             process=_identity(data, "process"),
             returncode=code,
             finished_at=_str(data, "finishedAt"),
+            started_at=str(data.get("startedAt") or ""),
             message=str(data.get("message") or ""),
         )
 
@@ -290,6 +293,11 @@ class Slot:
     def clear_exit(self) -> None:
         self.exit_path.unlink(missing_ok=True)
 
+    def retire(self) -> None:
+        """The node saw the process end and counted it: only the exit record stays, so a
+        restarted node neither adopts it nor counts its exit again."""
+        self.record_path.unlink(missing_ok=True)
+
     def remove(self) -> None:
         self.exit_path.unlink(missing_ok=True)
         self.record_path.unlink(missing_ok=True)
@@ -337,6 +345,13 @@ class RecordStore:
                 continue
             records.append(record)
         return records
+
+    def pod_uids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and _SAFE_NAME.match(p.name)
+        )
 
     def remove_pod(self, pod_uid: str) -> None:
         if _SAFE_NAME.match(pod_uid):

@@ -7,8 +7,8 @@ process ever runs without a record. Then it supervises:
 
 * the container exits -> any process left in its process group is killed (as when a
   container's init dies), the exit status is written next to the record, the shim exits;
-* an *anchor* dies (a process whose lifetime bounds the container's: the cluster's API
-  server, or the process that owns an in-process node), or the shim gets SIGTERM/SIGINT/
+* an *anchor* dies (a process whose lifetime bounds the container's: the cluster's etcd and
+  API server, or the process that owns an in-process node), or the shim gets SIGTERM/SIGINT/
   SIGHUP -> SIGTERM to the container's process group, the pod's grace period, SIGKILL.
 
 The shim is not bound to the node agent: the node dying leaves shim and container running for
@@ -155,7 +155,8 @@ def supervise(pid: int, anchors: Sequence[Anchor], grace: float, wakeup: int) ->
             return code
         now = time.monotonic()
         if terminating_since is None and (_stop_requested or any(a.gone() for a in anchors)):
-            _say(f"ending container pid {pid}: {'told to stop' if _stop_requested else 'anchor gone'}")
+            why = "told to stop" if _stop_requested else "an anchor is gone"
+            _say(f"ending container pid {pid}: {why}")
             _signal_group(pid, signal.SIGTERM)
             terminating_since = now
             for anchor in anchors:  # a dead anchor's pidfd stays readable: stop polling it
@@ -216,7 +217,7 @@ def main() -> int:
         return ANCHOR_GONE
     me = procfs.identify(os.getpid())
     assert me is not None
-    slot = Slot(root=Path(request.records_dir), pod_uid=request.pod_uid, container=request.container)
+    slot = Slot(Path(request.records_dir), request.pod_uid, request.container)
     slot.clear_exit()
     go_read, go_write = os.pipe()
     err_read, err_write = os.pipe()
@@ -254,12 +255,12 @@ def main() -> int:
         while code is None:
             time.sleep(0.01)
             code = _reap_if_exited(pid)
-        slot.write_exit(ExitRecord(child, code, _now(), message=failure))
+        slot.write_exit(ExitRecord(child, code, _now(), record.started_at, failure))
         _report({"error": failure, **child.to_json()})
         return 0
     _report(child.to_json())
     code = supervise(pid, anchors, request.grace_seconds, wake_read)
-    slot.write_exit(ExitRecord(child, code, _now()))
+    slot.write_exit(ExitRecord(child, code, _now(), record.started_at))
     _say(f"container pid {pid} exited with {code}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import textwrap
 import time
@@ -310,3 +311,61 @@ def test_an_optional_secret_volume_does_not_hold_the_pod_back(
     core_api.create_namespaced_pod(node_namespace, credentials_pod("optional", optional=True))
     p = ready_pod(core_api, node_namespace, "optional")
     assert get_files(p) == {}
+
+
+def test_a_frozen_process_is_not_ready_within_its_probes_failure_window(
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
+    process_node: ProcessNode,
+) -> None:
+    body = pod("frozen")
+    probe = body["spec"]["containers"][0]["readinessProbe"]
+    probe.update({"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2})
+    core_api.create_namespaced_pod(node_namespace, body)
+    ready_pod(core_api, node_namespace, "frozen")
+    proc = process_node.pods[f"{node_namespace}/frozen"].containers[0].proc
+    assert proc is not None
+    os.killpg(proc.pid, signal.SIGSTOP)  # a frozen node, in effect: nothing answers
+    try:
+        started = time.monotonic()
+        kube.wait_for(
+            lambda: not_ready(core_api, node_namespace, "frozen"), timeout=10, message="not ready"
+        )
+        # Two probes in a row fail, each after its 1 s timeout, one period apart.
+        window = probe["periodSeconds"] * probe["failureThreshold"] + probe["timeoutSeconds"]
+        assert time.monotonic() - started <= window + 1.5
+        status = core_api.read_namespaced_pod("frozen", node_namespace).status
+        assert status.container_statuses[0].state.running  # frozen is not dead
+        assert not status.container_statuses[0].ready
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    ready_pod(core_api, node_namespace, "frozen")  # answering again, ready again
+
+
+def test_a_dead_process_is_reported_not_ready_at_once(
+    core_api: client.CoreV1Api,
+    node_namespace: str,
+    keys: None,
+    process_node: ProcessNode,
+) -> None:
+    body = pod("mortal")
+    body["spec"]["restartPolicy"] = "Never"
+    core_api.create_namespaced_pod(node_namespace, body)
+    ready_pod(core_api, node_namespace, "mortal")
+    proc = process_node.pods[f"{node_namespace}/mortal"].containers[0].proc
+    assert proc is not None
+    proc.kill()
+    started = time.monotonic()
+    pod_now = kube.wait_for(
+        lambda: not_ready(core_api, node_namespace, "mortal"), timeout=5, message="not ready"
+    )
+    assert time.monotonic() - started < 1.0
+    status = pod_now.status.container_statuses[0]
+    assert not status.ready and status.state.terminated.exit_code == 137
+
+
+def not_ready(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod | None:
+    p = core.read_namespaced_pod(name, namespace)
+    conditions = {c.type: c.status for c in (p.status.conditions or [])}
+    return p if conditions.get("Ready") == "False" else None
