@@ -21,7 +21,8 @@ Delivery is at least once and never in the way of trading:
   `unaudited_removed`); trading and checkpoints never wait for the audit.
 
 The functions above the reporter are pure: events from journal entries, what to send, how
-acknowledgements change the state, how long to back off.
+acknowledgements change the state, how long to back off. The bot's other events (halts and
+errors) have no journal behind them and go through tradingbot.notices.
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ class JournalView(NamedTuple):
     checkpoint_seq: int
 
 
-class _Answer(NamedTuple):
+class Answer(NamedTuple):
     status: int | None  # None: no HTTP answer (timeout, refused, no token)
     payload: Any
     problem: str
@@ -422,7 +423,7 @@ class AuditReporter:
             flags = stored_flags(answer.payload, len(events))
             if flags is None:
                 outcome = OUTCOME_RETRY
-                answer = _Answer(200, None, "HTTP 200 without one stored entry per event")
+                answer = Answer(200, None, "HTTP 200 without one stored entry per event")
             else:
                 duplicates = sum(flags)
                 self.metrics.audit_sent("ok", len(events) - duplicates)
@@ -469,37 +470,51 @@ class AuditReporter:
         self._on_acked(seqs)
         return True
 
-    async def _post(self, events: list[dict[str, Any]]) -> _Answer:
-        try:
-            token = await asyncio.to_thread(self._token)
-        except Exception as exc:
-            return _Answer(None, None, f"cannot read the bearer token: {type(exc).__name__}")
-        if not token:
-            return _Answer(None, None, "no bearer token: the bot's credentials are not a token")
+    async def _post(self, events: list[dict[str, Any]]) -> Answer:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
-        total = self.timeout
-        body = json.dumps({"events": events}, separators=(",", ":"), allow_nan=False)
-        try:
-            async with self._session.post(
-                self.url,
-                data=body.encode(),
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-                timeout=aiohttp.ClientTimeout(
-                    total=total, connect=min(total, CONNECT_TIMEOUT_SECONDS)
-                ),
-            ) as response:
-                status = response.status
-                raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return _Answer(None, None, f"{type(exc).__name__}: {exc}"[:300])
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = None
-        problem = ""
-        if status != 200:
-            error = payload.get("error") if isinstance(payload, dict) else None
-            text = error if isinstance(error, str) else raw.decode("utf-8", "replace")
-            problem = " ".join(text.split())[:300] or f"HTTP {status}"
-        return _Answer(status, payload, problem)
+        return await post_events(
+            self._session, self.url, self._token, events, request_timeout=self.timeout
+        )
+
+
+async def post_events(
+    session: aiohttp.ClientSession,
+    url: str,
+    token: Callable[[], str | None],
+    events: list[dict[str, Any]],
+    *,
+    request_timeout: float,
+) -> Answer:
+    """One POST of `events` to the sidecar, authenticated as the bot; never raises for what
+    the network or the sidecar does (the answer says)."""
+    try:
+        bearer = await asyncio.to_thread(token)
+    except Exception as exc:
+        return Answer(None, None, f"cannot read the bearer token: {type(exc).__name__}")
+    if not bearer:
+        return Answer(None, None, "no bearer token: the bot's credentials are not a token")
+    body = json.dumps({"events": events}, separators=(",", ":"), allow_nan=False)
+    try:
+        async with session.post(
+            url,
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"},
+            timeout=aiohttp.ClientTimeout(
+                total=request_timeout, connect=min(request_timeout, CONNECT_TIMEOUT_SECONDS)
+            ),
+        ) as response:
+            status = response.status
+            raw = await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return Answer(None, None, f"{type(exc).__name__}: {exc}"[:300])
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = None
+    problem = ""
+    if status != 200:
+        error = payload.get("error") if isinstance(payload, dict) else None
+        text = error if isinstance(error, str) else raw.decode("utf-8", "replace")
+        problem = " ".join(text.split())[:300] or f"HTTP {status}"
+    return Answer(status, payload, problem)

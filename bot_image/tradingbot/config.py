@@ -23,13 +23,21 @@ Environment (set by the operator's pod template; defaults for running by hand):
 | PRICE_FEED                  | strategy param      | seeded, live or auto (overrides params)  |
 | LOG_LEVEL                   | INFO                | log level                                |
 | AUDIT_URL                   | unset (no reporting)| audit sidecar base URL (http or https);  |
-|                             |                     | fills are reported as trade and          |
-|                             |                     | position_change events                   |
+|                             |                     | fills, halts and errors are reported     |
+| FLEET_SWITCH                | unset (none)        | `namespace/name` of the fleet-wide kill  |
+|                             |                     | switch ConfigMap (data key `halt`)       |
+| CONTROL_WATCH_TIMEOUT_SECONDS | 10                | server timeout of the watches on the     |
+|                             |                     | TradingBot and the fleet switch; silent  |
+|                             |                     | for 3x this long pauses new entries      |
+
+The Lease holder identity is `<POD_NAME>_<POD_UID>_<nonce>`, the nonce drawn per process.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,15 +48,42 @@ from pydantic import ValidationError
 from tradingbot.constants import EXCHANGE_MODES, PROFILES
 from tradingbot.risk import RiskLimits, validate_risk
 from tradingbot.strategy import resolve_params, validate_params
-from tradingbot_api.constants import CREDENTIALS_DIR
+from tradingbot_api.constants import (
+    CONTROL_WATCH_TIMEOUT_ENV,
+    CREDENTIALS_DIR,
+    FLEET_SWITCH_ENV,
+)
 from tradingbot_api.models import TradingBotSpec, validation_messages
 
 # Where the operator's pod template mounts the credentials Secret.
 DEFAULT_CREDENTIALS_DIR = CREDENTIALS_DIR
 
 
+# Names as the API accepts them: a ConfigMap's (DNS subdomain), a namespace's (DNS label).
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 class ConfigError(Exception):
     """Configuration the bot must not run with; the message names what to fix."""
+
+
+def new_nonce() -> str:
+    """Drawn once per process: what tells two processes of one pod apart in the Lease."""
+    return secrets.token_hex(6)
+
+
+def parse_fleet_switch(raw: str | None) -> tuple[str, str] | None:
+    """`namespace/name` as a pair; None when unset; ValueError naming the problem."""
+    text = (raw or "").strip()
+    if not text:
+        return None
+    namespace, sep, name = text.partition("/")
+    if not sep or not _NAMESPACE.match(namespace):
+        raise ValueError(f"must be namespace/name, got {text[:300]!r}")
+    if not _DNS_NAME.match(name):
+        raise ValueError(f"{name[:300]!r} is not a ConfigMap name")
+    return namespace, name
 
 
 @dataclass(frozen=True)
@@ -70,11 +105,15 @@ class Settings:
     log_level: str = "INFO"
     config_hash: str = ""
     audit_url: str | None = None
+    fleet_switch: tuple[str, str] | None = None
+    control_watch_timeout_seconds: int = 10
+    nonce: str = field(default_factory=new_nonce)
 
     @property
     def identity(self) -> str:
-        """Lease holder identity: the pod, and which incarnation of it."""
-        return f"{self.pod_name}_{self.pod_uid}" if self.pod_uid else self.pod_name
+        """Lease holder identity: the pod, which incarnation of it, and which process."""
+        parts = [self.pod_name, self.pod_uid, self.nonce]
+        return "_".join(p for p in parts if p)
 
     @classmethod
     def from_env(
@@ -107,6 +146,11 @@ class Settings:
             scheme, _, rest = audit_url.partition("://")
             if scheme not in ("http", "https") or not rest:
                 errors.append(f"AUDIT_URL: must be an http:// or https:// URL, got {audit_url!r}")
+        fleet_switch = None
+        try:
+            fleet_switch = parse_fleet_switch(env.get(FLEET_SWITCH_ENV))
+        except ValueError as exc:
+            errors.append(f"{FLEET_SWITCH_ENV}: {exc}")
         feed = env.get("PRICE_FEED") or None
         if feed is not None and feed not in ("seeded", "live", "auto"):
             errors.append(f"PRICE_FEED: must be seeded, live or auto, got {feed!r}")
@@ -128,6 +172,8 @@ class Settings:
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             config_hash=env.get("CONFIG_HASH", ""),
             audit_url=audit_url,
+            fleet_switch=fleet_switch,
+            control_watch_timeout_seconds=int(number(CONTROL_WATCH_TIMEOUT_ENV, 10, 1, 300)),
         )
         if errors:
             raise ConfigError("invalid environment: " + "; ".join(errors))

@@ -1,8 +1,15 @@
 """Fencing: at most one process trades for a bot, by holding the Lease `<bot>-trader`.
 
-A process trades only while it holds the Lease (coordination.k8s.io/v1). It renews every
-`renew_interval` seconds; if it cannot renew for `renew_deadline` seconds (shorter than the
-lease duration) it considers the Lease lost and stops trading, before anyone else may take it.
+A process trades only while it holds the Lease (coordination.k8s.io/v1). Its holder identity
+is unique per process (pod name, pod uid and a random nonce drawn at start), so a second
+process started with the same pod name and uid is another contender, never "already ours".
+It renews every `renew_interval` seconds. The Lease counts as valid, by this process's own
+monotonic clock, for `renew_deadline` seconds (the lease duration minus a margin) after the
+last renewal was *sent*: the API server stored it no earlier, so nobody else can judge it
+expired before then. Before every order and every state write the runtime asks `held`; a
+process that was frozen (SIGSTOP, a stalled VM) past that window finds it false the moment
+it runs again, places nothing, writes nothing, and `keep_renewed` reports the Lease lost
+without trying to renew it.
 
 Another process takes the Lease only when it is absent, released (no holder), or expired.
 Expiry is judged the way client-go's leader election does: by how long this process has seen
@@ -86,6 +93,14 @@ def may_acquire(
     return False, f"held by {view.holder}"
 
 
+def lease_valid(
+    *, acquired: bool, lost: bool, renewed_at: float, now: float, valid_for: float
+) -> bool:
+    """Whether this process may still act as the holder: acquired, not known lost, and
+    renewed (sent) less than `valid_for` seconds ago by its own clock."""
+    return acquired and not lost and 0.0 <= now - renewed_at < valid_for
+
+
 class LeaseLostError(Exception):
     """The Lease is no longer ours: stop trading now."""
 
@@ -130,10 +145,12 @@ class LeaseFence:
     @property
     def held(self) -> bool:
         """True while this process may trade: acquired, not lost, renewed recently."""
-        return (
-            self._acquired
-            and not self.lost.is_set()
-            and self.clock() - self._last_renewed < self.renew_deadline
+        return lease_valid(
+            acquired=self._acquired,
+            lost=self.lost.is_set(),
+            renewed_at=self._last_renewed,
+            now=self.clock(),
+            valid_for=self.renew_deadline,
         )
 
     def _spec(self, *, transitions: int) -> dict[str, Any]:
@@ -158,6 +175,7 @@ class LeaseFence:
         """One attempt; True when this process now holds the Lease."""
         obj = await self._read()
         now = self.clock()
+        sent = now
         view = LeaseView.from_object(obj) if obj else None
         if view is not None:
             self._observation = observe(self._observation, view, now)
@@ -207,7 +225,7 @@ class LeaseFence:
             raise
         self._object = result
         self._acquired = True
-        self._last_renewed = self.clock()
+        self._last_renewed = sent
         self.lost.clear()
         log.info(
             "acquired the trader lease",
@@ -231,6 +249,14 @@ class LeaseFence:
         """Renew, raising LeaseLostError when someone else holds the Lease now."""
         if self._object is None:
             raise LeaseLostError("lease was never acquired")
+        if not self.held:
+            # Past the validity window someone may already hold it; a renewal that still
+            # succeeded would hide that this process acted on an expired Lease.
+            raise LeaseLostError(
+                f"lease {self.name} not renewed for {self.clock() - self._last_renewed:.1f}s "
+                f"(valid for {self.renew_deadline:g}s)"
+            )
+        sent = self.clock()
         spec = dict(self._object.get("spec") or {})
         body = {
             **self._object,
@@ -249,12 +275,19 @@ class LeaseFence:
                 raise LeaseLostError(f"lease {self.name} now held by {holder or 'nobody'}") from exc
             self._object = fresh  # our own Lease changed (e.g. a label): retry next round
             return
-        self._last_renewed = self.clock()
+        self._last_renewed = sent
 
     async def keep_renewed(self) -> None:
         """Renew until the Lease is lost (sets `lost`) or the task is cancelled."""
         while not self.lost.is_set():
             await asyncio.sleep(self.renew_interval)
+            if not self.held:
+                log.error(
+                    "trader lease expired by this process's clock (was it frozen?)",
+                    extra={"lease": self.name, "valid_for": self.renew_deadline},
+                )
+                self.lost.set()
+                return
             try:
                 await self.renew_once()
             except LeaseLostError as exc:

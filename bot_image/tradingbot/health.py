@@ -1,6 +1,7 @@
 """`/metrics`, `/healthz` and `/readyz` on the pod IP.
 
-Ready means: this process holds the trader Lease, has restored its state and is trading.
+Ready means: this process holds the trader Lease, has restored its state and is trading, and
+no kill switch or suspension is in force (`/readyz` then says why in `reason`).
 Healthy means: the event loop answers and, while trading, the loop has ticked recently (a
 wedged loop gets the container restarted; a process waiting for the Lease is healthy).
 """

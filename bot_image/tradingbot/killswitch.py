@@ -26,7 +26,9 @@ between the steps, and a step that fails is tried again on the next tick.
 - suspended: no order at all, nothing cancelled, positions kept; resumes when lifted.
 
 "Flat" means no position the exchange would let the bot sell (dust below the market's
-precision does not count) and no order still settling.
+precision does not count) and no order still settling. A position in a symbol the bot no
+longer trades has no price and is neither sold nor managed: a drain or flatten then never
+reports flat, and a human decides what to do with it.
 """
 
 from __future__ import annotations

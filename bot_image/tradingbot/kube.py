@@ -4,6 +4,10 @@ The official client's transport does authentication (kubeconfig, in-cluster toke
 requests and responses stay plain dicts so the bot controls every byte it sends (timestamps,
 resourceVersion preconditions) and tests can substitute an in-memory API with the same
 `request` method.
+
+Watches (`watch`) are streamed with aiohttp on the event loop, with the same server, CA,
+client certificate and bearer token as the official client: a watch is long-lived and must
+be cancellable at once, which a blocking transport on a worker thread is not.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+
+import aiohttp
 
 from tradingbot.clock import utc_now_iso
 from tradingbot.constants import (
@@ -28,6 +36,9 @@ from tradingbot.constants import (
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_SECONDS = 10.0
+# One watch event is one object; etcd stores at most 1.5 MiB per object.
+MAX_WATCH_EVENT_BYTES = 4 * 1024 * 1024
+WATCH_CONNECT_TIMEOUT_SECONDS = 5.0
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -51,6 +62,23 @@ class KubeApi(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class KubeWatchApi(Protocol):
+    def watch(self, path: str, *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch request (`path` with its query), until the server ends the
+        stream; raises KubeApiError for an HTTP error and TimeoutError when nothing arrived
+        for `read_timeout` seconds."""
+        ...
+
+
+def split_lines(buffer: bytes, limit: int = MAX_WATCH_EVENT_BYTES) -> tuple[list[bytes], bytes]:
+    """Complete non-empty lines of `buffer` and the incomplete rest; ValueError when the rest
+    grew past `limit` (no object is that large: the stream is not what it should be)."""
+    *lines, rest = buffer.split(b"\n")
+    if len(rest) > limit:
+        raise ValueError(f"watch event larger than {limit} bytes")
+    return [line for line in lines if line.strip()], rest
+
+
 class KubeClient:
     """Raw JSON requests through the official client's authenticated transport.
 
@@ -61,6 +89,8 @@ class KubeClient:
     def __init__(self, api_client: Any, token_file: str | None = None) -> None:
         self.api_client = api_client
         self.token_file = token_file
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool | None = None
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
@@ -125,12 +155,81 @@ class KubeClient:
     def close(self) -> None:
         self.api_client.close()
 
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        """TLS as the official client does it: the kubeconfig's CA and client certificate
+        (files written by the config loader), verification unless the kubeconfig turns it
+        off. Blocking: reads files."""
+        cfg = self.api_client.configuration
+        if not str(cfg.host).startswith("https"):
+            return False
+        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+        if not cfg.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if cfg.cert_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+        return context
+
+    async def watch(self, path: str, *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        cfg = self.api_client.configuration
+        if self._ssl is None:
+            self._ssl = await asyncio.to_thread(self._ssl_context)
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        token = await asyncio.to_thread(self.bearer_token)
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=WATCH_CONNECT_TIMEOUT_SECONDS, sock_read=read_timeout
+        )
+        options: dict[str, Any] = {}
+        server_name = getattr(cfg, "tls_server_name", None)
+        if server_name:
+            options["server_hostname"] = server_name
+        if getattr(cfg, "proxy", None):
+            options["proxy"] = cfg.proxy
+        url = str(cfg.host).rstrip("/") + path
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=timeout, ssl=self._ssl, **options
+            ) as response:
+                if response.status != 200:
+                    text = (await response.content.read(4096)).decode(errors="replace")
+                    raise KubeApiError(response.status, response.reason or "", text)
+                rest = b""
+                async for chunk in response.content.iter_any():
+                    lines, rest = split_lines(rest + chunk)
+                    for line in lines:
+                        yield json.loads(line)
+        except aiohttp.ServerTimeoutError as exc:
+            raise TimeoutError(f"watch silent for {read_timeout:g}s") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
 
 def namespaced_path(group_version: str, namespace: str, plural: str, name: str = "") -> str:
     """`/api/v1/...` for the core group, `/apis/<group>/<version>/...` otherwise."""
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
     path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
     return f"{path}/{quote(name)}" if name else path
+
+
+def watch_query(name: str, *, resource_version: str = "", timeout_seconds: int = 0) -> str:
+    """The query of a list (no timeout) or watch of one object by name: the fieldSelector
+    lets RBAC that names the object (resourceNames) authorize it."""
+    params = {"fieldSelector": f"metadata.name={name}"}
+    if timeout_seconds:
+        params.update(
+            watch="true",
+            allowWatchBookmarks="true",
+            timeoutSeconds=str(timeout_seconds),
+            resourceVersion=resource_version,
+        )
+    return "?" + urlencode(params)
 
 
 async def arequest(

@@ -12,6 +12,12 @@ Also exported for alerts and dashboards: tradingbot_daily_loss_breached{bot} (0/
 tradingbot_daily_loss_pct{bot}, tradingbot_open_positions{bot}, tradingbot_lease_held{bot},
 tradingbot_state_write_failing{bot}, tradingbot_state_checkpoint_seq{bot},
 tradingbot_state_restored_seq{bot}.
+Kill switch and control (tradingbot.killswitch, tradingbot.control):
+- tradingbot_kill_switch{bot,mode}: 1 for the mode obeyed (true, drain, flatten), else 0.
+- tradingbot_suspended{bot}: 1 while suspended (spec.suspend, the suspend annotation).
+- tradingbot_control_watch_silent{bot}: 1 while a watch on the TradingBot or the fleet
+  switch has been silent too long (no new entries).
+- tradingbot_orders_blocked_total{bot,check}: orders the gate refused, by the check.
 Audit delivery (events reported to the audit sidecar, see tradingbot.audit):
 - tradingbot_audit_events_sent_total{result}: per event and attempt; `ok` stored, `duplicate`
   already in the log (a resend), `rejected` refused for good (HTTP 4xx, dropped), `error` not
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from tradingbot_api.constants import HaltMode
 
 AUDIT_RESULTS = ("ok", "duplicate", "rejected", "error")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -128,7 +136,32 @@ class BotMetrics:
             "Audit events lost: their fill left the journal before the sidecar acknowledged it",
             registry=r,
         )
+        self.kill_switch = Gauge(
+            "tradingbot_kill_switch",
+            "1 for the kill switch mode the bot obeys",
+            ["bot", "mode"],
+            registry=r,
+        )
+        for mode in HaltMode:
+            self.kill_switch.labels(bot=bot, mode=str(mode))
+        self.suspended = Gauge(
+            "tradingbot_suspended", "1 while the bot is suspended", ["bot"], registry=r
+        )
+        self.control_watch_silent = Gauge(
+            "tradingbot_control_watch_silent",
+            "1 while a control watch is silent (no new entries)",
+            ["bot"],
+            registry=r,
+        )
+        self.orders_blocked = Counter(
+            "tradingbot_orders_blocked_total",
+            "Orders the order gate refused, by the check that refused",
+            ["bot", "check"],
+            registry=r,
+        )
         for gauge in (
+            self.suspended,
+            self.control_watch_silent,
             self.pnl_realized,
             self.pnl_unrealized,
             self.equity,
@@ -177,6 +210,13 @@ class BotMetrics:
     def audit_dropped(self, events: int) -> None:
         if events:
             self.audit_events_dropped.inc(events)
+
+    def obeying(self, mode: str | None) -> None:
+        for known in HaltMode:
+            self.kill_switch.labels(bot=self.bot, mode=str(known)).set(float(known == mode))
+
+    def blocked(self, check: str) -> None:
+        self.orders_blocked.labels(bot=self.bot, check=check).inc()
 
     def set_flag(self, gauge: Gauge, value: bool | float) -> None:
         gauge.labels(bot=self.bot).set(float(value))

@@ -6,30 +6,39 @@ Lifecycle of `python -m tradingbot`:
 2. Read the TradingBot `BOT_NAME` in `POD_NAMESPACE` and, outside paper mode, the credentials
    from the files of the Secret volume in CREDENTIALS_DIR (a missing or empty file is a config
    error); registers the credentials with the log redactor before anything else happens.
+   Start watching the TradingBot and the fleet switch (tradingbot.control) for the whole
+   life of the process: the kill switch and suspension are obeyed without the operator.
 3. Wait for the Lease `<bot>-trader` (another process may still be trading).
 4. Restore the newest good checkpoint (fallback to the previous one is loud: log + Warning
    Event); an unreadable state stops the bot instead of trading on an empty one. Write a
    `restore` checkpoint (proves this process can write and is the only writer), report the
-   restored checkpointSeq (Event, status, metric). Ready.
-5. Each tick: prices, marks, daily-loss check, one decision per symbol, orders, a `fill`
-   checkpoint after every fill, a `periodic` one on schedule. With AUDIT_URL set, stored fills
-   are reported to the audit sidecar in the background (tradingbot.audit); acknowledgements
-   are stored as journal flags with the next checkpoint.
+   restored checkpointSeq (Event, status, metric). Once both switches were read: Ready.
+5. Each tick: prices, marks, daily-loss check, the kill switch (tradingbot.killswitch: what
+   each mode does, step by step), one decision per symbol, orders, a `fill` checkpoint after
+   every fill, a `periodic` one on schedule. Every order, entry or exit, first passes the
+   order gate: the Lease still valid by this process's clock, no stop, no suspension, the
+   kill switch, and for entries a control watch heard recently, state writes working and the
+   daily loss limit. With AUDIT_URL set, stored fills are reported to the audit sidecar in
+   the background (tradingbot.audit), and so are halts and errors (tradingbot.notices);
+   acknowledgements of fills are stored as journal flags with the next checkpoint.
 6. SIGTERM: no new orders, at most a second for a last audit send, a `shutdown` checkpoint,
-   Lease released, exit 0, all inside the grace period. Losing the Lease or a write conflict
-   stops trading at once and goes back to step 3.
+   Lease released, exit 0, all inside the grace period. Losing the Lease (or a write by
+   another process) stops trading at once and ends the process with EXIT_FENCED without
+   writing state: its memory may be stale, and a fresh process (new nonce) starts over
+   from step 3.
+
+This module is the lifecycle; the runtime's other jobs are parts of the same object:
+tradingbot.obey (kill switch, suspension, order gate), tradingbot.orders (decisions, orders,
+fills, exchange and feed) and tradingbot.reporting (status, metrics, Events, audit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import signal
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -37,31 +46,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tradingbot.audit import (
-    SHUTDOWN_FLUSH_SECONDS,
-    AuditReporter,
-    JournalView,
-    events_per_fill,
-    mark_audited,
-    unaudited_removed,
-)
-from tradingbot.clock import utc_now_iso
+from tradingbot.audit import AuditReporter
 from tradingbot.config import BotConfig, ConfigError, Settings, parse_tradingbot
 from tradingbot.constants import (
     API_GROUP,
     API_VERSION,
-    REASON_FILL,
-    REASON_ORDER,
     REASON_PERIODIC,
     REASON_RESTORE,
     REASON_SHUTDOWN,
     TRADINGBOT_PLURAL,
     lease_name,
 )
+from tradingbot.control import ControlWatcher
 from tradingbot.credentials import Credentials, read_credentials
-from tradingbot.engine import OrderIntent, decide
-from tradingbot.exchange.base import FILLED, OPEN, REJECTED, FeedUnavailableError, OrderResult
-from tradingbot.exchange.errors import ExchangeCallError
+from tradingbot.exchange.base import FeedUnavailableError
 from tradingbot.fencing import LeaseFence, LeaseLostError
 from tradingbot.health import HealthServer, HealthState
 from tradingbot.kube import (
@@ -72,21 +70,14 @@ from tradingbot.kube import (
     arequest,
     namespaced_path,
 )
-from tradingbot.ledger import (
-    apply_fill,
-    day_realized_pnl,
-    equity,
-    mark,
-    position_notional,
-    split_symbol,
-    unrealized_pnl,
-    with_open_order,
-    without_open_order,
-)
+from tradingbot.ledger import mark
 from tradingbot.logsetup import REDACTOR
 from tradingbot.metrics import BotMetrics
-from tradingbot.risk import daily_loss_pct
-from tradingbot.state.model import Fill, OpenOrder, StateCheckpoint, StateCorruptError
+from tradingbot.notices import NoticeSender
+from tradingbot.obey import ControlPart
+from tradingbot.orders import STARTUP_RETRY_SECONDS, OrderPart
+from tradingbot.reporting import ReportingPart
+from tradingbot.state.model import StateCheckpoint, StateCorruptError
 from tradingbot.state.stores import (
     SOURCE_EMPTY,
     ConfigMapStateStore,
@@ -95,7 +86,10 @@ from tradingbot.state.stores import (
     StateStore,
     StateWriteError,
 )
+from tradingbot.status import StatusReporter
 from tradingbot.strategy import Strategy
+from tradingbot.throttle import ErrorThrottle
+from tradingbot_api.constants import HaltMode
 
 log = logging.getLogger("tradingbot")
 
@@ -103,19 +97,17 @@ EXIT_OK = 0
 EXIT_FORCED = 1
 EXIT_CONFIG = 2
 EXIT_STATE = 3
+# The Lease was lost or another process wrote the state: this process must not go on.
+EXIT_FENCED = 4
 
 # Time kept back from the grace period for releasing the Lease and closing connections.
 SHUTDOWN_MARGIN_SECONDS = 2.0
-# Status patches: soon after a change a user would see (fill, position, checkpoint), and at
-# least this often for PnL drift; never more than one in flight.
-STATUS_MIN_INTERVAL_SECONDS = 2.0
-STATUS_REFRESH_SECONDS = 30.0
 MAX_CONSECUTIVE_TICK_FAILURES = 30
-HISTORY_EXTRA = 50
-STARTUP_RETRY_SECONDS = 2.0
 
 
-class BotRuntime:
+class BotRuntime(ControlPart, OrderPart, ReportingPart):
+    """One bot process; its methods are grouped by job in the parts it is made of."""
+
     def __init__(
         self,
         settings: Settings,
@@ -161,9 +153,20 @@ class BotRuntime:
         self._save_task: asyncio.Future[StateCheckpoint] | None = None
         self._last_checkpoint = 0.0
         self._breach_day: str | None = None
-        self._status_task: asyncio.Task[None] | None = None
-        self._last_status = 0.0
-        self._last_fingerprint = ""
+        self.status = StatusReporter(self._patch_status, may_write=self._holds_lease)
+        # What controls the bot (tradingbot.control), and what the trade loop last acted on.
+        self.control: ControlWatcher | None = None
+        self._initial_object: dict[str, Any] | None = None
+        self._seen_mode: HaltMode | None = None
+        self.kill_observed_at: str | None = None
+        self._obeyed: tuple[HaltMode | None, bool] = (None, False)
+        self._obeyed_at: str | None = None
+        self._flat_reported: tuple[HaltMode | None, str | None] | None = None
+        self._silent_flagged = False
+        self._wake = asyncio.Event()
+        self.notices: NoticeSender | None = None
+        self.errors = ErrorThrottle()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ process lifecycle
 
@@ -174,10 +177,7 @@ class BotRuntime:
             self.health.ready = False
             self.health.phase = "stopping"
             self.stop_event.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self.stop_event.is_set()
+            self._wake.set()
 
     def _shutdown_budget(self) -> float:
         return max(1.0, self.settings.grace_period_seconds - SHUTDOWN_MARGIN_SECONDS)
@@ -217,16 +217,24 @@ class BotRuntime:
             await self._close()
 
     async def _close(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         if self.audit is not None:
             await self.audit.close()
-        if self._status_task is not None and not self._status_task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._status_task, 2.0)
+        if self.notices is not None:
+            await self.notices.close()
+        await self.status.close()
         for closable in (self.feed, self.exchange):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(closable.close(), 2.0)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=2.0)
         await self.server.stop()
+        async_closer = getattr(self.api, "aclose", None)
+        if callable(async_closer):
+            with contextlib.suppress(Exception):
+                await async_closer()
         closer = getattr(self.api, "close", None)
         if callable(closer):
             with contextlib.suppress(Exception):
@@ -247,6 +255,7 @@ class BotRuntime:
         if self.stopping or self.config is None:
             return EXIT_OK
         assert self.fence is not None
+        self._start_control()
         try:
             return await self._trade_while_fenced()
         finally:
@@ -255,32 +264,30 @@ class BotRuntime:
 
     async def _trade_while_fenced(self) -> int:
         assert self.fence is not None
-        code = EXIT_OK
-        while not self.stopping:
-            self.health.phase = "waiting-for-lease"
-            if not await self.fence.acquire(self.stop_event):
-                break
-            self.metrics.set_flag(self.metrics.lease_held, True)
-            try:
-                finished = await self._fenced_session()
-            except StateCorruptError as exc:
-                log.error(
-                    "stored state exists but cannot be read; refusing to trade on an empty state",
-                    extra={"error": str(exc)},
-                )
-                if self.events is not None:
-                    await self.events.warning("StateUnreadable", str(exc))
-                code = EXIT_STATE
-                break
-            finally:
-                self.health.ready = False
-                self.metrics.set_flag(self.metrics.lease_held, False)
-            if finished:
-                break
-            # Lease lost or someone else wrote the state: start over from the Lease.
-            await self.fence.release()
-            await self._sleep(1.0)
-        return code
+        self.health.phase = "waiting-for-lease"
+        if not await self.fence.acquire(self.stop_event):
+            return EXIT_OK
+        self.metrics.set_flag(self.metrics.lease_held, True)
+        try:
+            finished = await self._fenced_session()
+        except StateCorruptError as exc:
+            log.error(
+                "stored state exists but cannot be read; refusing to trade on an empty state",
+                extra={"error": str(exc)},
+            )
+            if self.events is not None:
+                await self.events.warning("StateUnreadable", str(exc))
+            return EXIT_STATE
+        finally:
+            self.health.ready = False
+            self.metrics.set_flag(self.metrics.lease_held, False)
+        if finished:
+            return EXIT_OK
+        # Lease lost or someone else wrote the state: whatever this process holds in memory
+        # may be stale, and a process that was frozen past its Lease must not come back.
+        # The container restarts as a new process that waits for the Lease and restores.
+        log.error("fencing broken: exiting without writing state", extra={"code": EXIT_FENCED})
+        return EXIT_FENCED
 
     async def _configure(self) -> None:
         s = self.settings
@@ -292,6 +299,7 @@ class BotRuntime:
         obj = await self._retry_api(lambda: self._read_tradingbot())
         if obj is None:
             return
+        self._initial_object = obj
         self.events = EventRecorder(
             self.api,
             s.namespace,
@@ -363,56 +371,6 @@ class BotRuntime:
     def _api(self) -> KubeApi:
         assert self.api is not None
         return self.api
-
-    def _configure_audit(self) -> None:
-        s = self.settings
-        if not s.audit_url:
-            log.info(
-                "audit reporting off: AUDIT_URL is not set, fills are not sent to the audit log"
-            )
-            return
-        if self.audit is not None:
-            return
-        token = self._audit_token or getattr(self.api, "bearer_token", None)
-        if token is None:
-            log.warning(
-                "audit reporting off: the Kubernetes client offers no bearer token to "
-                "authenticate to the audit sidecar with"
-            )
-            return
-        self.audit = AuditReporter(
-            s.audit_url,
-            bot=s.bot_name,
-            namespace=s.namespace,
-            metrics=self.metrics,
-            view=self._audit_view,
-            on_acked=self._audit_acked,
-            token=token,
-            redact=REDACTOR.redact,
-        )
-        log.info("reporting fills to the audit sidecar", extra={"audit_url": s.audit_url})
-
-    def _audit_view(self) -> JournalView:
-        return JournalView(self.state.journal, self._durable_fill_seq, self.state.checkpoint_seq)
-
-    def _audit_acked(self, seqs: set[int]) -> None:
-        # Stored with the next checkpoint; until then a restart simply resends (dedup).
-        self.state = mark_audited(self.state, seqs)
-
-    def _audit_lost(self, before: tuple[Fill, ...], after: tuple[Fill, ...]) -> None:
-        """Count and report unaudited fills the journal trimmed away (never blocks)."""
-        if self.audit is None:
-            return
-        lost = unaudited_removed(before, after)
-        if not lost:
-            return
-        events = sum(events_per_fill(f) for f in lost)
-        self.metrics.audit_dropped(events)
-        log.warning(
-            "journal trimmed fills the audit sidecar has not acknowledged; their audit "
-            "events are lost",
-            extra={"events": events, "trade_seqs": [f.seq for f in lost]},
-        )
 
     async def _read_tradingbot(self) -> dict[str, Any]:
         s = self.settings
@@ -537,6 +495,8 @@ class BotRuntime:
             if self.audit is not None:
                 # One last best-effort send, so the shutdown checkpoint stores the flags.
                 await self.audit.stop(self._audit_flush_budget())
+            if self.notices is not None:
+                await self.notices.stop(self._audit_flush_budget())
             await self._shutdown_checkpoint()
         finally:
             if self.audit is not None:
@@ -544,13 +504,15 @@ class BotRuntime:
 
     async def _trade(self) -> None:
         await self._start_feed()
+        if not await self._control_known():
+            return
         await self._push_status()
         self.health.phase = "trading"
-        self.health.ready = True
         self.health.detail = {
             "restoredFromSeq": self.restored_seq,
             "checkpointSeq": self.state.checkpoint_seq,
         }
+        self._update_readiness()
         self.health.tick()
         self._last_checkpoint = time.monotonic()
         failures = 0
@@ -562,25 +524,27 @@ class BotRuntime:
                     failures = 0
                 except (LeaseLostError, StateConflictError):
                     raise
-                except Exception:
+                except Exception as exc:
                     # One bad tick must not take positions down with the process; a bot that
                     # fails every tick is restarted (and restores) instead of spinning.
                     failures += 1
                     log.exception("tick failed", extra={"consecutive_failures": failures})
+                    self._report_error("tick", type(exc).__name__, str(exc))
                     if failures >= MAX_CONSECUTIVE_TICK_FAILURES:
                         raise
                 self.health.tick()
-                await self._sleep(
+                await self._pause(
                     max(0.0, self.settings.tick_seconds - (time.monotonic() - started))
                 )
         finally:
             self.health.ready = False
 
-    def _audit_flush_budget(self) -> float:
-        """At most SHUTDOWN_FLUSH_SECONDS, and never what the shutdown checkpoint needs."""
-        elapsed = time.monotonic() - (self.stop_requested_at or time.monotonic())
-        spare = self._shutdown_budget() - elapsed - 2.0
-        return max(0.0, min(SHUTDOWN_FLUSH_SECONDS, spare))
+    async def _pause(self, seconds: float) -> None:
+        """Until the next tick, a stop request, or a change of what controls the bot."""
+        if seconds > 0 and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _shutdown_checkpoint(self) -> None:
         elapsed = time.monotonic() - (self.stop_requested_at or time.monotonic())
@@ -605,119 +569,6 @@ class BotRuntime:
                 extra={"checkpoint_seq": self.state.checkpoint_seq},
             )
 
-    # ------------------------------------------------------------------ exchange and feed
-
-    async def _open_exchange(self, first_start: bool) -> None:
-        from tradingbot.exchange.paper import PaperExchange
-
-        assert self.config is not None
-        config = self.config
-        if config.mode == "paper" and (self._exchange_factory is None or self.exchange is None):
-            paper = PaperExchange(
-                self.state.balances,
-                fee_rate=config.params["feeRate"],
-                slippage_pct=config.params["slippagePct"],
-            )
-            paper.restore_cost_basis(
-                {
-                    split_symbol(p.symbol)[0]: p.amount * p.entry_price
-                    for p in self.state.positions.values()
-                }
-            )
-            self.exchange = paper
-        elif self.exchange is not None and self.exchange.mode != "paper":
-            with contextlib.suppress(Exception):
-                balances = await self.exchange.fetch_balances()
-                self.state = replace(self.state, balances=balances)
-
-    def _cost_rate(self) -> float:
-        assert self.config is not None
-        p = self.config.params
-        # Live markets: assume a taker fee and half a percent of slippage when sizing.
-        if self.config.mode == "paper":
-            return float(p["feeRate"]) + float(p["slippagePct"]) / 100
-        return 0.001 + 0.005
-
-    async def _start_feed(self) -> None:
-        from tradingbot.exchange.feeds import CcxtTickerFeed, SeededPriceFeed
-
-        assert self.config is not None and self.strategy is not None
-        config = self.config
-        anchors = {s: p.mark_price for s, p in self.state.positions.items()}
-        length = self.strategy.min_history + HISTORY_EXTRA
-        choice = self.settings.price_feed or config.params["priceFeed"]
-        if self.feed is not None:  # from a previous fenced session
-            with contextlib.suppress(Exception):
-                await self.feed.close()
-        if self._feed_factory is not None:
-            self.feed = self._feed_factory(config, self.state)
-        elif config.mode != "paper":
-            self.feed = CcxtTickerFeed(
-                config.exchange_id, config.params["timeframe"], exchange=self.exchange.client
-            )
-        elif choice in ("live", "auto"):
-            self.feed = CcxtTickerFeed(config.exchange_id, config.params["timeframe"])
-        else:
-            self.feed = SeededPriceFeed(config.profile, config.params["seed"], anchors)
-        warm: dict[str, list[float]] | None = None
-        while warm is None and not self.stopping:
-            try:
-                warm = await asyncio.wait_for(self.feed.warmup(config.symbols, length), 15.0)
-            except (FeedUnavailableError, TimeoutError) as exc:
-                if choice == "auto" and config.mode == "paper":
-                    log.warning(
-                        "live prices unavailable; using the seeded feed", extra={"error": str(exc)}
-                    )
-                    with contextlib.suppress(Exception):
-                        await self.feed.close()
-                    self.feed = SeededPriceFeed(config.profile, config.params["seed"], anchors)
-                    continue
-                log.warning("price feed unavailable; retrying", extra={"error": str(exc)})
-                await self._sleep(STARTUP_RETRY_SECONDS)
-        warm = warm or {}
-        self.history = {s: deque(warm.get(s, []), maxlen=length) for s in config.symbols}
-        self.health.detail["feed"] = self.feed.name
-
-    async def _reconcile_open_orders(self) -> None:
-        """Settle orders recorded before a restart: a fill the exchange made while this bot
-        was down is applied, never forgotten; an order the exchange never saw is dropped."""
-        if not self.state.open_orders:
-            return
-        if self.exchange is None or self.exchange.mode == "paper":
-            log.warning(
-                "dropping open orders recorded in paper mode (paper fills are immediate)",
-                extra={"orders": len(self.state.open_orders)},
-            )
-            self.state = replace(self.state, open_orders=())
-            return
-        for order in list(self.state.open_orders):
-            try:
-                result = await self.exchange.fetch_order(
-                    order.symbol, order.order_id, order.client_order_id
-                )
-            except ExchangeCallError as exc:
-                log.warning(
-                    "could not reconcile an open order; will retry",
-                    extra={"client_order_id": order.client_order_id, "error": str(exc)},
-                )
-                continue
-            await self._settle(order, result)
-
-    async def _settle(self, order: OpenOrder, result: OrderResult | None) -> None:
-        if result is None or result.status not in (FILLED, OPEN):
-            log.info(
-                "order not on the exchange or closed without a fill; dropping it",
-                extra={"client_order_id": order.client_order_id},
-            )
-            self.state = without_open_order(self.state, order.client_order_id)
-        elif result.status == FILLED and result.execution is not None:
-            await self._record_fill(result, order.reason)
-        elif result.status == OPEN:
-            self.state = with_open_order(
-                self.state,
-                replace(order, order_id=result.order_id or order.order_id, status="open"),
-            )
-
     # ------------------------------------------------------------------ trading
 
     async def _tick(self) -> None:
@@ -727,7 +578,7 @@ class BotRuntime:
             prices = dict(await asyncio.wait_for(self.feed.next_prices(config.symbols), 15.0))
         except (FeedUnavailableError, TimeoutError) as exc:
             log.warning("no prices this tick", extra={"error": str(exc)})
-            return
+            prices = {}
         for symbol, price in prices.items():
             self.history.setdefault(symbol, deque(maxlen=200)).append(price)
         if self.exchange.mode == "paper":
@@ -735,158 +586,21 @@ class BotRuntime:
         self.state = mark(self.state, prices)
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         await self._check_daily_loss(day)
+        self._watch_health()
+        await self._obey_control()
         if self.state.open_orders:
             await self._reconcile_open_orders()
-        for symbol in config.symbols:
-            if self.stopping:
-                break
-            if not self.fence.held:
-                raise LeaseLostError("lease not renewed in time")
-            closes = list(self.history.get(symbol, ()))
-            decision = decide(
-                symbol,
-                closes,
-                self.state,
-                self.strategy,
-                config.limits,
-                quote=config.quote,
-                day=day,
-                cost_rate=self._cost_rate(),
-                entries_allowed=self._entries_allowed(day),
-                to_precision=functools.partial(self._precision, symbol),
-            )
-            self.decisions += 1
-            if self.first_decision_at is None:
-                self.first_decision_at = time.monotonic()
-                log.info("first decision", extra={"symbol": symbol})
-            if decision.intent is not None:
-                await self._execute(decision.intent)
+        if prices:
+            await self._decide_and_execute(prices, day)
+        if not self.fence.held:
+            raise LeaseLostError("lease not renewed in time")
         due = time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_seconds
         if due or self.write_failing:
             await self._checkpoint(REASON_PERIODIC)
         self._update_metrics(day)
+        self._report_held_back_errors()
         self._schedule_status()
-
-    def _precision(self, symbol: str, amount: float) -> float:
-        try:
-            return float(self.exchange.amount_to_precision(symbol, amount))
-        except Exception:  # ccxt refuses amounts below the market's precision
-            return 0.0
-
-    def _entries_allowed(self, day: str) -> bool:
-        return not (self.stopping or self.write_failing or self._breach_day == day)
-
-    async def _check_daily_loss(self, day: str) -> None:
-        assert self.config is not None
-        eq = equity(self.state, self.config.quote)
-        pct = daily_loss_pct(day_realized_pnl(self.state, day), unrealized_pnl(self.state), eq)
-        self.metrics.daily_loss_pct.labels(bot=self.settings.bot_name).set(pct)
-        breached = pct >= self.config.limits.max_daily_loss_pct
-        if breached and self._breach_day != day:
-            self._breach_day = day
-            message = (
-                f"daily loss {pct:.2f}% reached maxDailyLossPct "
-                f"{self.config.limits.max_daily_loss_pct:g}%: no new entries until "
-                f"{day} ends (UTC); open positions keep their stop-loss/take-profit"
-            )
-            log.warning("daily loss limit breached", extra={"daily_loss_pct": pct})
-            if self.events is not None:
-                await self.events.warning("DailyLossLimitReached", message)
-        elif self._breach_day is not None and self._breach_day != day:
-            self._breach_day = None
-        self.metrics.set_flag(self.metrics.daily_loss_breached, self._breach_day == day)
-
-    def _client_order_id(self) -> str:
-        # Binance allows 36 characters of [A-Za-z0-9._:/-]; others are laxer.
-        return f"tb{uuid.uuid4().hex[:30]}"
-
-    async def _execute(self, intent: OrderIntent) -> None:
-        coid = self._client_order_id()
-        live = self.exchange.mode != "paper"
-        order = OpenOrder(
-            client_order_id=coid,
-            symbol=intent.symbol,
-            side=intent.side,
-            amount=intent.amount,
-            created_at=utc_now_iso(),
-            reason=intent.reason,
-        )
-        if live:
-            # Record the intent first: if the process dies after the exchange filled the
-            # order, the restart finds it by clientOrderId instead of losing the fill.
-            self.state = with_open_order(self.state, order)
-            if not await self._checkpoint(REASON_ORDER):
-                self.state = without_open_order(self.state, coid)
-                log.warning(
-                    "order skipped: its intent could not be recorded",
-                    extra={"symbol": intent.symbol, "side": intent.side},
-                )
-                return
-        try:
-            result = await self.exchange.market_order(
-                intent.symbol, intent.side, intent.amount, coid
-            )
-        except ExchangeCallError as exc:
-            log.error(
-                "order failed",
-                extra={
-                    "symbol": intent.symbol,
-                    "side": intent.side,
-                    "error_type": exc.error_type,
-                    "error": str(exc),
-                },
-            )
-            return  # a live intent stays recorded and is reconciled on the next ticks
-        if result.status == FILLED and result.execution is not None:
-            await self._record_fill(result, intent.reason)
-        elif result.status == OPEN:
-            self.state = with_open_order(
-                self.state, replace(order, order_id=result.order_id, status="open")
-            )
-        else:
-            self.state = without_open_order(self.state, coid)
-            error_type = result.error_type or "OrderRejected"
-            self.metrics.exchange_error(error_type)
-            self.metrics.trade(intent.symbol, intent.side, REJECTED)
-            log.warning(
-                "order refused by the exchange",
-                extra={
-                    "symbol": intent.symbol,
-                    "side": intent.side,
-                    "amount": intent.amount,
-                    "error_type": error_type,
-                    "error": result.message,
-                },
-            )
-
-    async def _record_fill(self, result: OrderResult, reason: str) -> None:
-        assert result.execution is not None
-        ex = result.execution
-        before = self.state.journal
-        self.state, fill = apply_fill(self.state, ex, reason=reason)
-        self._audit_lost(before, self.state.journal)
-        if self.exchange.mode == "paper":
-            self.state = replace(self.state, balances=dict(self.exchange.balances))
-        else:
-            with contextlib.suppress(Exception):  # sizing uses it; a stale value is refused
-                balances = await self.exchange.fetch_balances()  # by the exchange, not lost
-                self.state = replace(self.state, balances=balances)
-        self.metrics.trade(ex.symbol, ex.side, FILLED)
-        log.info(
-            "fill",
-            extra={
-                "symbol": ex.symbol,
-                "side": ex.side,
-                "amount": ex.amount,
-                "price": ex.price,
-                "fee": ex.fee,
-                "reason": reason,
-                "realized_pnl": fill.realized_pnl,
-                "trade_seq": fill.seq,
-            },
-        )
-        # The in-memory state already holds the fill; the checkpoint makes it durable.
-        await self._checkpoint(REASON_FILL)
+        self._report_flat()
 
     # ------------------------------------------------------------------ state
 
@@ -914,6 +628,7 @@ class BotRuntime:
                     "state write failed: no new entries until a write succeeds",
                     extra={"reason": reason, "error": str(exc)},
                 )
+            self._report_error("state_write", type(exc).__name__, str(exc))
             self.write_failing = True
             self.metrics.set_flag(self.metrics.state_write_failing, True)
             return False
@@ -943,93 +658,3 @@ class BotRuntime:
         if self.audit is not None:
             self.audit.notify()
         return True
-
-    # ------------------------------------------------------------------ reporting
-
-    def _update_metrics(self, day: str) -> None:
-        assert self.config is not None
-        self.metrics.portfolio(
-            notional=position_notional(self.state),
-            realized=self.state.stats.realized_pnl,
-            unrealized=unrealized_pnl(self.state),
-            equity=equity(self.state, self.config.quote),
-        )
-
-    def status_patch(self) -> dict[str, Any]:
-        """What the bot reports in its TradingBot's status (the operator owns the rest)."""
-        notional = position_notional(self.state)
-        state: dict[str, Any] = {
-            "backend": self.store.backend if self.store else None,
-            "checkpointSeq": self.state.checkpoint_seq,
-            "savedAt": self.state.saved_at or None,
-            "lastShutdownClean": self.last_shutdown_clean,
-            "restoredFromSeq": self.restored_seq,
-        }
-        if state["backend"] not in ("configmap", "pvc"):
-            state.pop("backend")
-        return {
-            "status": {
-                "positions": {
-                    "open": len(notional),
-                    "symbols": sorted(notional),
-                    "notional": round(sum(notional.values()), 8),
-                },
-                "pnl": {
-                    "realized": round(self.state.stats.realized_pnl, 8),
-                    "unrealized": round(unrealized_pnl(self.state), 8),
-                },
-                "trades": {"total": self.state.stats.total_trades, "wins": self.state.stats.wins},
-                "state": state,
-            }
-        }
-
-    def _schedule_status(self) -> None:
-        """Patch the status in the background, at most every few seconds: reporting must
-        never slow trading down."""
-        if self.api is None or self.config is None:
-            return
-        now = time.monotonic()
-        body = self.status_patch()
-        status = body["status"]
-        # What a user watches change; PnL drifts every tick and only refreshes periodically.
-        fingerprint = json.dumps(
-            [status["positions"]["symbols"], status["trades"], status["state"]], sort_keys=True
-        )
-        elapsed = now - self._last_status
-        changed = fingerprint != self._last_fingerprint
-        if elapsed < STATUS_MIN_INTERVAL_SECONDS or (
-            not changed and elapsed < STATUS_REFRESH_SECONDS
-        ):
-            return
-        if self._status_task is not None and not self._status_task.done():
-            return
-        self._last_status = now
-        self._last_fingerprint = fingerprint
-        self._status_task = asyncio.create_task(self._patch_status(body))
-
-    async def _push_status(self) -> None:
-        """Report now (restore, shutdown): after any patch in flight, so this one lands last."""
-        if self.api is None or self.config is None:
-            return
-        if self._status_task is not None and not self._status_task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._status_task), 5.0)
-        self._last_status = time.monotonic()
-        self._status_task = asyncio.create_task(self._patch_status(self.status_patch()))
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._status_task), 5.0)
-
-    async def _patch_status(self, body: dict[str, Any]) -> None:
-        s = self.settings
-        path = (
-            namespaced_path(
-                f"{API_GROUP}/{API_VERSION}", s.namespace, TRADINGBOT_PLURAL, s.bot_name
-            )
-            + "/status"
-        )
-        try:
-            await arequest(
-                self._api(), "PATCH", path, body, content_type="application/merge-patch+json"
-            )
-        except Exception as exc:
-            log.debug("status patch failed", extra={"error": str(exc)})

@@ -5,7 +5,7 @@ thousand bots share one API server, so a bot writes its status when something a 
 see changed, at most once per STATUS_MIN_INTERVAL_SECONDS (later changes are coalesced into
 the next write), refreshes drifting numbers (PnL) every STATUS_REFRESH_SECONDS, and never has
 two writes in flight. Only an urgent report (the kill switch) skips the interval; it still
-waits for a write in flight, then goes at once.
+waits for a write in flight (then goes at once) and URGENT_SPACING_SECONDS after the last.
 
 Errors: at most one audit event per error type per ERROR_REPORT_INTERVAL_SECONDS; the ones
 held back are counted and the count travels with the next report of that type, or with a
@@ -21,6 +21,8 @@ from typing import Final
 
 STATUS_MIN_INTERVAL_SECONDS: Final = 10.0
 STATUS_REFRESH_SECONDS: Final = 60.0
+# Even urgent writes keep this far apart, so a failing API is not retried on every tick.
+URGENT_SPACING_SECONDS: Final = 1.0
 ERROR_REPORT_INTERVAL_SECONDS: Final = 60.0
 # Error types come from exception class names; the table stays bounded whatever arrives.
 MAX_ERROR_TYPES: Final = 64
@@ -42,6 +44,7 @@ def plan_status_write(
     urgent: bool = False,
     min_interval: float = STATUS_MIN_INTERVAL_SECONDS,
     refresh: float = STATUS_REFRESH_SECONDS,
+    urgent_spacing: float = URGENT_SPACING_SECONDS,
 ) -> StatusWrite:
     """Whether to write the status now. `changed`: differs from the last written in what a
     user watches; `urgent`: the kill switch report changed."""
@@ -50,7 +53,10 @@ def plan_status_write(
         return StatusWrite.NONE
     if in_flight:
         return StatusWrite.LATER
-    if urgent or last_write is None or now - last_write >= min_interval:
+    elapsed = None if last_write is None else now - last_write
+    if elapsed is None or elapsed >= min_interval:
+        return StatusWrite.NOW
+    if urgent and elapsed >= urgent_spacing:
         return StatusWrite.NOW
     return StatusWrite.LATER
 

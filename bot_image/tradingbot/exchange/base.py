@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,8 +38,17 @@ class Exchange(Protocol):
     async def close(self) -> None: ...
 
     async def market_order(
-        self, symbol: str, side: str, amount: float, client_order_id: str
-    ) -> OrderResult: ...
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_order_id: str,
+        *,
+        may_send: Callable[[], bool] | None = None,
+    ) -> OrderResult:
+        """A market order. An exchange that retries asks `may_send` before sending again
+        (the kill switch or the Lease may have changed meanwhile)."""
+        ...
 
     async def fetch_order(
         self, symbol: str, order_id: str = "", client_order_id: str = ""

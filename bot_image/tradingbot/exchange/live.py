@@ -8,8 +8,9 @@ asks the exchange for that clientOrderId: an order is never sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tradingbot.clock import utc_now_iso
@@ -124,12 +125,16 @@ class LiveExchange:
         self.client: Any = None
 
     async def open(self) -> None:
+        """Create the ccxt client and load the markets. May be called again after a failure
+        (the runtime retries): every failed attempt closes the client it created, so none
+        is left with an open HTTP session."""
         import ccxt.async_support as ccxt  # lazy: ~0.8 s, paid only by real exchanges
 
         cls = getattr(ccxt, self.exchange_id, None)
         if cls is None:
             raise ValueError(f"ccxt has no exchange {self.exchange_id!r}")
-        self.client = cls(
+        await self.close()  # a client from an earlier open
+        client = cls(
             {
                 **self._credentials,
                 "enableRateLimit": True,
@@ -137,16 +142,23 @@ class LiveExchange:
                 "options": dict(self._options),
             }
         )
-        if self.mode == "sandbox":
-            # Must come right after construction: it swaps urls['api'] for urls['test'].
-            self.client.set_sandbox_mode(True)
-        if self._api_urls:
-            self.client.urls["api"] = {**self.client.urls["api"], **self._api_urls}
-        await self._call("load_markets", lambda: self.client.load_markets())
+        try:
+            if self.mode == "sandbox":
+                # Must come right after construction: it swaps urls['api'] for urls['test'].
+                client.set_sandbox_mode(True)
+            if self._api_urls:
+                client.urls["api"] = {**client.urls["api"], **self._api_urls}
+            await self._call("load_markets", lambda: client.load_markets())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
+        self.client = client
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close()
 
     async def _call(self, method: str, fn: Any) -> Any:
         return await call_with_retry(
@@ -161,10 +173,22 @@ class LiveExchange:
         return float(ticker.get("last") or ticker.get("close"))
 
     async def market_order(
-        self, symbol: str, side: str, amount: float, client_order_id: str
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_order_id: str,
+        *,
+        may_send: Callable[[], bool] | None = None,
     ) -> OrderResult:
         delays = backoff_delays(self._attempts, base=self._base_delay)
         for attempt in range(self._attempts):
+            if attempt and may_send is not None and not may_send():
+                # A retry is a new order as far as the kill switch and the Lease go. The
+                # intent stays recorded: reconciling by clientOrderId settles it.
+                raise ExchangeCallError(
+                    "create_order", "OrderHeldBack", "not sent again: no longer allowed"
+                )
             started = time.monotonic()
             try:
                 order = await self.client.create_order(

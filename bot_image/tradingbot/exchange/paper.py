@@ -10,11 +10,16 @@ same in every mode.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping
+from decimal import ROUND_DOWN, Context, Decimal
 
 from tradingbot.clock import utc_now_iso
 from tradingbot.exchange.base import FILLED, REJECTED, OrderResult
 from tradingbot.ledger import Execution, split_symbol
+
+EIGHT_DECIMALS = Decimal("1e-8")
+WIDE = Context(prec=400)  # any finite float fits: 1e308 has 309 digits, plus 8 decimals
 
 
 class PaperExchange:
@@ -50,7 +55,13 @@ class PaperExchange:
 
     def amount_to_precision(self, symbol: str, amount: float) -> float:
         # Eight decimals, truncated, like most spot markets; never round up past the balance.
-        return int(amount * 1e8) / 1e8
+        # In decimal: `int(amount * 1e8)` would cut 0.29 to 0.28999999 and leave dust behind
+        # every sell of a whole position.
+        if not math.isfinite(amount) or amount <= 0:
+            return 0.0
+        return float(
+            Decimal(repr(amount)).quantize(EIGHT_DECIMALS, rounding=ROUND_DOWN, context=WIDE)
+        )
 
     def _reject(self, coid: str, error_type: str, message: str) -> OrderResult:
         return OrderResult(
@@ -58,7 +69,13 @@ class PaperExchange:
         )
 
     async def market_order(
-        self, symbol: str, side: str, amount: float, client_order_id: str
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_order_id: str,
+        *,
+        may_send: Callable[[], bool] | None = None,  # one attempt only: nothing to ask
     ) -> OrderResult:
         base, quote = split_symbol(symbol)
         price = self.prices.get(symbol)

@@ -2,29 +2,41 @@
 
 Each bot runs as a subprocess under its own ServiceAccount (TokenRequest kubeconfig), with the
 Role, Lease and state ConfigMap the operator would create for it, so RBAC is the production
-one. Paper mode on the seeded price feed; only 127.0.0.1 is contacted.
+one. Paper mode on the seeded price feed; only 127.0.0.1 is contacted. No operator runs.
+
+Also here: the fleet switch ConfigMap with the read access the chart grants every
+ServiceAccount, and a proxy in front of the API server that can cut the bot's watches while
+every other request goes through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import pytest
+from aiohttp import web
 from kubernetes import client
 
+from localkube.cluster import LocalCluster, write_kubeconfig
+from tests import kube
 from tests.integration.conftest import SidecarProcess
-from tradingbot.state import StateCheckpoint, decode_state
+from tradingbot.state import Fill, StateCheckpoint, decode_state
 
 GROUP, VERSION, PLURAL = "trading.r7.dev", "v1alpha1", "tradingbots"
 BOT = "alpha"
@@ -90,6 +102,19 @@ class BotProcess:
     def wait_exit(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
 
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        return [line for line in self.log_lines() if line.get("message") == message]
+
+    def metric(self, name: str) -> float | None:
+        """A sample of this bot's /metrics (`name` with its labels, as exposed)."""
+        status, text = self.get("/metrics")
+        if status != 200:
+            return None
+        for line in str(text).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return None
+
 
 @dataclass
 class BotEnv:
@@ -103,7 +128,8 @@ class BotEnv:
 
     def start(self, pod: str, **env: str) -> BotProcess:
         port = free_port()
-        log_path = self.tmp / f"{pod}.log"
+        # One file per process: two processes may share a pod name.
+        log_path = self.tmp / f"{pod}-{len(self.processes)}.log"
         environment = {
             **{k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)},
             "BOT_NAME": BOT,
@@ -150,6 +176,39 @@ class BotEnv:
             self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, BOT),
         )
         return dict(obj.get("status") or {})
+
+    def kill_switch(self) -> tuple[str, bool] | None:
+        """(mode, flat) as the bot reports them in status.killSwitch."""
+        report = self.status().get("killSwitch")
+        return None if report is None else (report.get("mode", ""), bool(report.get("flat")))
+
+    def annotate(self, **values: str | None) -> datetime:
+        """Set (None: remove) annotations on the TradingBot as an admin; returns a moment
+        no later than when the API server stored the change."""
+        before = datetime.now(UTC)
+        body = {"metadata": {"annotations": values}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, BOT, body
+        )
+        return before
+
+    def patch_spec(self, spec: dict[str, Any]) -> None:
+        body = {"spec": spec}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, BOT, body
+        )
+
+
+def fill_time(fill: Fill) -> datetime:
+    return datetime.fromisoformat(fill.time.replace("Z", "+00:00"))
+
+
+def log_time(line: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(line["time"]).replace("Z", "+00:00"))
+
+
+def fills_after(state: StateCheckpoint | None, moment: datetime) -> list[Fill]:
+    return [] if state is None else [f for f in state.journal if fill_time(f) > moment]
 
 
 def tradingbot_manifest(namespace: str) -> dict[str, Any]:
@@ -211,3 +270,204 @@ def audit_sidecars(
     """Starts the audit sidecar as a process, every one on the same log directory, under a
     ServiceAccount bound to `system:auth-delegator` only (as the chart does)."""
     return lambda: start_sidecar(tmp_path / "audit")
+
+
+FLEET_SWITCH = "fleet-switch"
+
+
+@dataclass
+class FleetSwitch:
+    core: client.CoreV1Api
+    namespace: str
+    name: str = FLEET_SWITCH
+
+    @property
+    def env(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def set(self, mode: str | None) -> datetime:
+        """Set (None: clear) the fleet-wide halt; returns a moment no later than the write."""
+        before = datetime.now(UTC)
+        self.core.patch_namespaced_config_map(self.name, self.namespace, {"data": {"halt": mode}})
+        return before
+
+
+@pytest.fixture
+def fleet_switch(bot_env: BotEnv, apply_yaml: Callable[..., list[Any]]) -> FleetSwitch:
+    """The fleet switch ConfigMap, readable (get/list/watch, this one object) by every
+    ServiceAccount, as the chart grants it."""
+    ns = bot_env.namespace
+    apply_yaml(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": FLEET_SWITCH, "namespace": ns},
+                "data": {},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "fleet-switch-reader", "namespace": ns},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["configmaps"],
+                        "resourceNames": [FLEET_SWITCH],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "fleet-switch-reader", "namespace": ns},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "fleet-switch-reader",
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Group",
+                        "name": "system:serviceaccounts",
+                    }
+                ],
+            },
+        ],
+        ns,
+    )
+    return FleetSwitch(bot_env.core, ns)
+
+
+# Headers that belong to one connection, not to the request or response forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "host",
+        "upgrade",
+    }
+)
+
+
+class WatchCutProxy:
+    """Plain HTTP on loopback in front of the API server (TLS upstream, the cluster's CA).
+
+    `cut()` stops every byte on watches, like a connection that died without a reset: open
+    streams stall and new watch requests get no answer. Lists, Lease renewals, state writes,
+    status and Events keep flowing, so only the control watch is what fails. `mend()` lets
+    the watches flow again."""
+
+    def __init__(self, upstream: str, ca_cert: Path) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.ca_cert = ca_cert
+        self.port = 0
+        self.watch_requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._flowing = asyncio.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="watch-cut-proxy", daemon=True)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("proxy did not start")
+
+    def cut(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def mend(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self._flowing.set()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._session is not None:
+                await self._session.close()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._setup())
+        self._started.set()
+        self._loop.run_forever()
+
+    async def _setup(self) -> None:
+        self._flowing.set()
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        watch = request.query.get("watch") in ("true", "1")
+        if watch:
+            self.watch_requests += 1
+            await self._flowing.wait()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        body = await request.read()
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in HOP_BY_HOP:
+                    response.headers[key] = value
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                if watch:
+                    await self._flowing.wait()
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+
+@pytest.fixture
+def watch_cut_proxy(
+    cluster: LocalCluster, api_client: client.ApiClient, bot_env: BotEnv
+) -> Iterator[tuple[WatchCutProxy, Path]]:
+    """The proxy, and a kubeconfig for the bot's ServiceAccount that goes through it."""
+    from tradingbot_operator.render import service_account_name
+
+    proxy = WatchCutProxy(cluster.server, cluster.pki.ca_cert)
+    proxy.start()
+    account = service_account_name(BOT)
+    token = kube.service_account_token(api_client, bot_env.namespace, account)
+    path = write_kubeconfig(
+        bot_env.tmp / "through-proxy.kubeconfig",
+        proxy.url,
+        cluster.pki.ca_cert,
+        f"system:serviceaccount:{bot_env.namespace}:{account}",
+        token=token,
+        namespace=bot_env.namespace,
+    )
+    yield proxy, path
+    proxy.stop()

@@ -14,6 +14,7 @@ from tests import kube
 from tests.integration.conftest import SidecarProcess
 from tradingbot.audit import fill_key
 from tradingbot.state import StateCheckpoint
+from tradingbot_api.constants import ANNOTATION_HALT
 from tradingbot_operator.audit import AuditFilter, query, verify_log
 
 from .conftest import BOT, GRACE_SECONDS, LEASE_SECONDS, BotEnv
@@ -83,7 +84,7 @@ def test_every_fill_reaches_the_audit_log_once(
     sent = [
         line
         for line in bot.log_lines()
-        if line.get("message") == "reporting fills to the audit sidecar"
+        if line.get("message") == "reporting fills, halts and errors to the audit sidecar"
     ]
     assert sent and sent[0]["audit_url"] == sidecar.api_url
     sidecar.stop()
@@ -133,3 +134,28 @@ def test_sigkill_after_a_fill_loses_no_event_and_writes_none_twice(
     assert final is not None and final.journal[: len(before.journal)] == before.journal
     sidecar.stop()
     assert_one_record_per_fill(sidecar.log_dir, final, bot_env.namespace)
+
+
+def test_a_halt_reaches_the_audit_log_with_the_positions_before(
+    bot_env: BotEnv, audit_sidecars: Callable[[], SidecarProcess]
+) -> None:
+    sidecar = audit_sidecars()
+    bot = bot_env.start("alpha-pod-1", AUDIT_URL=sidecar.api_url)
+    kube.wait_for(
+        lambda: (s := bot_env.state()) and s.stats.total_trades >= 2,
+        timeout=60,
+        message="fills checkpointed",
+    )
+    bot_env.annotate(**{ANNOTATION_HALT: "true"})
+    kube.wait_for(lambda: records(sidecar.log_dir, "halt"), timeout=30, message="halt record")
+    (record,) = records(sidecar.log_dir, "halt")
+    user = f"system:serviceaccount:{bot_env.namespace}:tradingbot-{BOT}"
+    assert (record["source"], record["user_id"], record["target"]) == ("bot", user, BOT)
+    assert record["action"] == "true" and record["severity"] == "critical"
+    (obeyed,) = bot.logged("kill switch obeyed")
+    assert record["details"]["positions"] == obeyed["positions"]
+    assert record["details"]["switch"] == "bot"
+    bot.proc.send_signal(signal.SIGTERM)
+    assert bot.wait_exit(GRACE_SECONDS) == 0
+    sidecar.stop()
+    assert verify_log(sidecar.log_dir).ok

@@ -4,16 +4,23 @@ Implements `KubeApi.request` for namespaced objects: GET/POST/PUT/PATCH (JSON me
 404 for missing objects, 409 for a create of an existing object or a replace whose
 `metadata.resourceVersion` is stale, a fresh resourceVersion on every write, and a `/status`
 subresource. Failures can be injected per method.
+
+Lists by `fieldSelector=metadata.name=...` and `KubeWatchApi.watch` stream the changes of
+one object from a resourceVersion (ADDED/MODIFIED/DELETED, a bookmark at the server's
+timeout, then a clean end); `freeze_watches` makes every watch hang without a word, like a
+cut connection, and `watch_error` answers the next watch with an HTTP error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from tradingbot.kube import KubeApiError
 
@@ -21,7 +28,7 @@ Key = tuple[str, str, str, str]  # (group/version, namespace, plural, name)
 
 
 def _parse(path: str) -> tuple[str, str, str, str, str]:
-    parts = path.strip("/").split("/")
+    parts = urlsplit(path).path.strip("/").split("/")
     if parts[0] == "api":
         group_version, rest = parts[1], parts[2:]
     else:
@@ -56,16 +63,79 @@ class FakeKube:
         self.fail: dict[str, int] = {}
         # called before each request; may raise to simulate any failure
         self.hook: Callable[[str, str, Any], None] | None = None
+        # (resourceVersion, event type, key, object) of every write, for watches
+        self.history: list[tuple[int, str, Key, dict[str, Any]]] = []
+        self.freeze_watches = False
+        self.watch_error: int | None = None
+        self.watches_opened = 0
 
     # -- direct access for tests
     def put_object(
         self, group_version: str, namespace: str, plural: str, obj: dict[str, Any]
     ) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
-        obj.setdefault("metadata", {})["resourceVersion"] = str(next(self._rv))
+        rv = next(self._rv)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
         obj["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}")
-        self.objects[(group_version, namespace, plural, obj["metadata"]["name"])] = obj
+        key = (group_version, namespace, plural, obj["metadata"]["name"])
+        kind = "MODIFIED" if key in self.objects else "ADDED"
+        self.objects[key] = obj
+        self.history.append((rv, kind, key, copy.deepcopy(obj)))
         return copy.deepcopy(obj)
+
+    def delete_object(self, group_version: str, namespace: str, plural: str, name: str) -> None:
+        key = (group_version, namespace, plural, name)
+        obj = self.objects.pop(key)
+        rv = next(self._rv)
+        obj["metadata"]["resourceVersion"] = str(rv)
+        self.history.append((rv, "DELETED", key, copy.deepcopy(obj)))
+
+    def annotate(self, group_version: str, plural: str, name: str, **values: str | None) -> None:
+        """Set (or with None remove) annotations by a merge patch, as a user would."""
+        namespace = next(k[1] for k in self.objects if k[0] == group_version and k[3] == name)
+        path = f"/apis/{group_version}/namespaces/{namespace}/{plural}/{name}"
+        if group_version == "v1":
+            path = f"/api/v1/namespaces/{namespace}/{plural}/{name}"
+        self.request(
+            "PATCH",
+            path,
+            {"metadata": {"annotations": values}},
+            content_type="application/merge-patch+json",
+        )
+
+    def current_rv(self) -> int:
+        return self.history[-1][0] if self.history else 0
+
+    async def watch(self, path: str, *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(("WATCH", path))
+        self.watches_opened += 1
+        if self.watch_error is not None:
+            status, self.watch_error = self.watch_error, None
+            raise KubeApiError(status, "injected", "injected watch failure")
+        gv, ns, plural, _, _ = _parse(path)
+        query = parse_qs(urlsplit(path).query)
+        name = query["fieldSelector"][0].partition("=")[2]
+        since = int(query.get("resourceVersion", ["0"])[0] or 0)
+        timeout = float(query.get("timeoutSeconds", ["10"])[0])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet_since = loop.time()
+        while True:
+            if self.freeze_watches:  # not even the server's timeout ends a cut connection
+                if loop.time() - quiet_since > read_timeout:
+                    raise TimeoutError("watch silent")
+                await asyncio.sleep(0.005)
+                continue
+            if loop.time() >= deadline:
+                break
+            for rv, kind, key, obj in list(self.history):
+                if rv > since and key == (gv, ns, plural, name):
+                    since = rv
+                    quiet_since = loop.time()
+                    yield {"type": kind, "object": copy.deepcopy(obj)}
+            await asyncio.sleep(0.005)
+        bookmark = {"kind": "Bookmark", "metadata": {"resourceVersion": str(self.current_rv())}}
+        yield {"type": "BOOKMARK", "object": bookmark}
 
     def get_object(
         self, group_version: str, namespace: str, plural: str, name: str
@@ -98,6 +168,8 @@ class FakeKube:
             raise KubeApiError(500, "Internal Server Error", "injected failure")
         body = json.loads(json.dumps(body)) if body is not None else None  # like the wire
         gv, ns, plural, name, sub = _parse(path)
+        if method == "GET" and not name:
+            return self._list(gv, ns, plural, parse_qs(urlsplit(path).query))
         with self._lock:
             if method == "POST":
                 name = body["metadata"]["name"]
@@ -131,3 +203,16 @@ class FakeKube:
                 patched = merge_patch(current, body)
                 return self.put_object(gv, ns, plural, patched)
             raise KubeApiError(405, "Method Not Allowed", method)
+
+    def _list(self, gv: str, ns: str, plural: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        with self._lock:
+            items = self.list_objects(gv, ns, plural)
+            selector = (query.get("fieldSelector") or [""])[0]
+            if selector.startswith("metadata.name="):
+                wanted = selector.partition("=")[2]
+                items = [o for o in items if o["metadata"]["name"] == wanted]
+            return {
+                "kind": "List",
+                "metadata": {"resourceVersion": str(self.current_rv())},
+                "items": items,
+            }

@@ -8,11 +8,13 @@ import threading
 import pytest
 
 from tests.unit.bot.fakekube import FakeKube
+from tradingbot.config import Settings
 from tradingbot.fencing import (
     LeaseFence,
     LeaseLostError,
     LeaseView,
     Observation,
+    lease_valid,
     may_acquire,
     observe,
 )
@@ -179,3 +181,67 @@ def test_timing_must_leave_room() -> None:
         LeaseFence(
             FakeKube(), NS, "x", "y", duration_seconds=10, renew_interval=5, renew_deadline=12
         )
+
+
+@pytest.mark.parametrize(
+    ("acquired", "lost", "renewed_at", "now", "valid", "case"),
+    [
+        (True, False, 100.0, 100.0, True, "just renewed"),
+        (True, False, 100.0, 109.9, True, "inside the window"),
+        (True, False, 100.0, 110.0, False, "window over"),
+        (True, False, 100.0, 400.0, False, "frozen for minutes"),
+        (False, False, 100.0, 100.0, False, "never acquired"),
+        (True, True, 100.0, 100.0, False, "known lost"),
+        (True, False, 100.0, 99.0, False, "clock behind the renewal"),
+    ],
+)
+def test_lease_validity_by_the_process_clock(
+    acquired: bool, lost: bool, renewed_at: float, now: float, valid: bool, case: str
+) -> None:
+    assert (
+        lease_valid(acquired=acquired, lost=lost, renewed_at=renewed_at, now=now, valid_for=10)
+        == valid
+    )
+
+
+async def test_validity_counts_from_when_the_renewal_was_sent() -> None:
+    kube, clock = FakeKube(), Clock()
+    a = fence(kube, "pod-a", clock)
+    assert await a.try_acquire()
+    sent = clock.now
+
+    def slow_answer(method: str, path: str, body: object) -> None:
+        if method == "PUT":
+            clock.now += 3  # the server answers 3 s after the request left
+
+    kube.hook = slow_answer
+    await a.renew_once()
+    clock.now = sent + 1 + 10  # 10 s after the renewal was sent, 8 s after it was answered
+    assert not a.held
+
+
+async def test_a_frozen_holder_never_renews_and_knows_it_lost() -> None:
+    kube, clock = FakeKube(), Clock()
+    a = fence(kube, "pod-a", clock)
+    a.renew_interval = 0.01
+    assert await a.try_acquire()
+    puts = sum(1 for method, _ in kube.calls if method == "PUT")
+    # SIGSTOP for longer than the lease, then SIGCONT: nobody took it over, yet a renewal now
+    # would hide that this process was not the holder for a while.
+    clock.now += 20
+    assert not a.held
+    with pytest.raises(LeaseLostError):
+        await a.renew_once()
+    await asyncio.wait_for(a.keep_renewed(), 2)
+    assert a.lost.is_set()
+    assert sum(1 for method, _ in kube.calls if method == "PUT") == puts
+
+
+async def test_two_processes_of_one_pod_are_two_contenders() -> None:
+    kube, clock = FakeKube(), Clock()
+    first = Settings(bot_name="alpha", namespace=NS, pod_name="alpha-1", pod_uid="u1")
+    second = Settings(bot_name="alpha", namespace=NS, pod_name="alpha-1", pod_uid="u1")
+    assert first.identity != second.identity
+    assert await fence(kube, first.identity, clock).try_acquire()
+    assert not await fence(kube, second.identity, clock).try_acquire()
+    assert holder(kube) == first.identity

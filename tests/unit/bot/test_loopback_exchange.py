@@ -476,6 +476,51 @@ async def test_network_errors_are_retried_with_backoff(binance: tuple[FakeBinanc
         await exchange.close()
 
 
+async def test_failed_opens_leave_no_client_session_open(
+    binance: tuple[FakeBinance, str],
+) -> None:
+    import asyncio
+    import gc
+    import warnings
+
+    fake, base = binance
+    exchange = LiveExchange(
+        "binance",
+        "sandbox",
+        api_key=API_KEY,
+        secret=SECRET,
+        sink=BotMetrics("loopback"),
+        api_urls=urls(base),
+        attempts=2,
+        base_delay=0.01,
+        timeout_ms=5_000,
+    )
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Each open fails after its retries, as the runtime's start-up loop sees it.
+            fake.outages["/api/v3/exchangeInfo"] = [503] * 10
+            for _ in range(5):
+                with pytest.raises(ExchangeCallError):
+                    await exchange.open()
+                assert exchange.client is None
+            await exchange.open()  # the exchange is back
+            assert exchange.amount_to_precision("BTC/USDT", 0.0012345) == 0.00123
+            await exchange.open()  # opening again replaces the client, closing the old one
+            await exchange.close()
+            gc.collect()
+            await asyncio.sleep(0)
+        unclosed = [str(w.message) for w in caught if "Unclosed" in str(w.message)]
+        assert unclosed == [] and [m for m in reported if "Unclosed" in m] == []
+        assert fake.requests.count(("GET", "/api/v3/exchangeInfo")) >= 10
+    finally:
+        loop.set_exception_handler(previous)
+
+
 async def test_an_order_whose_response_was_lost_is_not_sent_twice(
     binance: tuple[FakeBinance, str],
 ) -> None:
@@ -489,6 +534,25 @@ async def test_an_order_whose_response_was_lost_is_not_sent_twice(
         assert [r for r in fake.requests if r == ("POST", "/api/v3/order")] == [
             ("POST", "/api/v3/order")
         ]
+    finally:
+        await exchange.close()
+
+
+async def test_a_retry_is_not_sent_once_the_bot_may_no_longer_order(
+    binance: tuple[FakeBinance, str],
+) -> None:
+    fake, base = binance
+    exchange = await live(base)
+    try:
+        fake.outages["/api/v3/order"] = [503]  # the first attempt fails before the exchange
+        allowed = iter([False])  # ... and a halt arrives before the retry
+        with pytest.raises(ExchangeCallError) as held:
+            await exchange.market_order(
+                "BTC/USDT", "buy", 0.01, "tbheldback1", may_send=lambda: next(allowed)
+            )
+        assert held.value.error_type == "OrderHeldBack"
+        assert fake.requests.count(("POST", "/api/v3/order")) == 1  # never sent again
+        assert fake.orders == {}
     finally:
         await exchange.close()
 
@@ -678,3 +742,35 @@ async def test_live_ticker_feed_warms_up_from_candles_and_reads_tickers(
         assert await exchange.fetch_price("BTC/USDT") == 61_000.0
     finally:
         await exchange.close()
+
+
+async def test_a_halt_cancels_the_bots_resting_entry_orders_on_the_exchange(
+    binance: tuple[FakeBinance, str], tmp_path: Path
+) -> None:
+    import asyncio
+
+    from tradingbot.state import MemoryStateStore
+
+    fake, base = binance
+    fake.fill_market_orders = False  # orders rest on the book
+    store = MemoryStateStore()
+    runtime = sandbox_runtime(base, store, tmp_path / "credentials")
+    task = asyncio.create_task(runtime.run())
+    resting = await until(
+        lambda: [o for o in runtime.state.open_orders if o.status == "open" and o.side == "buy"]
+    )
+    placed = len(fake.orders)
+    runtime.api.annotate(
+        "trading.r7.dev/v1alpha1", "tradingbots", "alpha", **{"trading.r7.dev/halt": "true"}
+    )
+    await until(lambda: not runtime.state.open_orders)
+    by_coid = {o["clientOrderId"]: o for o in fake.orders.values()}
+    assert all(by_coid[o.client_order_id]["status"] == "CANCELED" for o in resting)
+    assert ("DELETE", "/api/v3/order") in fake.requests
+    await asyncio.sleep(0.3)
+    assert len(fake.orders) == placed  # nothing new once halted
+    assert runtime.state.stats.total_trades == 0  # the positions (none) are kept as they were
+    halt = [s for s in store.saved if s.reason == "halt"]
+    assert halt and halt[-1].open_orders == ()
+    runtime.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0

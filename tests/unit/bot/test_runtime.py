@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 
 from tests.unit.bot.fakekube import FakeKube
-from tradingbot.config import ConfigError, Settings, parse_tradingbot
+from tradingbot.config import ConfigError, Settings, parse_fleet_switch, parse_tradingbot
 from tradingbot.engine import decide
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.risk import RiskLimits
-from tradingbot.runtime import EXIT_CONFIG, EXIT_OK, EXIT_STATE, BotRuntime
+from tradingbot.runtime import EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_STATE, BotRuntime
 from tradingbot.state import (
     ConfigMapStateStore,
     MemoryStateStore,
@@ -104,7 +104,8 @@ async def test_trades_checkpoints_and_shuts_down_cleanly(kube: FakeKube) -> None
     runtime = BotRuntime(settings(), api=kube, store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
-    assert lease_holder(kube) == "pod-a"
+    assert lease_holder(kube) == runtime.settings.identity
+    assert runtime.settings.identity.startswith("pod-a_")  # pod, then this process's nonce
     port = runtime.server.port
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
@@ -255,7 +256,7 @@ async def test_failed_writes_pause_entries_until_a_write_succeeds(kube: FakeKube
     assert decode_state(store.current or "").reason == "shutdown"
 
 
-async def test_losing_the_lease_stops_trading_at_once(kube: FakeKube) -> None:
+async def test_losing_the_lease_stops_trading_and_ends_the_process(kube: FakeKube) -> None:
     store = MemoryStateStore()
     runtime = BotRuntime(settings(), api=kube, store=store)
     task = asyncio.create_task(runtime.run())
@@ -264,28 +265,28 @@ async def test_losing_the_lease_stops_trading_at_once(kube: FakeKube) -> None:
     assert lease is not None
     lease["spec"]["holderIdentity"] = "intruder"
     kube.request("PUT", f"/apis/{LEASES}/namespaces/{NS}/leases/alpha-trader", lease)
-    await until(lambda: not runtime.health.ready, limit=5)
+    assert runtime.fence is not None
+    await until(lambda: runtime.fence.lost.is_set(), limit=5)  # at its next renewal
     frozen = store.current
-    await asyncio.sleep(0.3)
-    assert store.current == frozen  # no writes without the lease
-    assert lease_holder(kube) == "intruder"
-    runtime.request_stop()
-    assert await asyncio.wait_for(task, 10) == EXIT_OK
-    assert store.current == frozen
+    # Its memory may be stale: the process ends (and is restarted as a new one).
+    assert await asyncio.wait_for(task, 10) == EXIT_FENCED
+    assert store.current == frozen  # no writes once it knows
+    assert lease_holder(kube) == "intruder"  # and nobody else's Lease touched
 
 
-async def test_a_write_by_another_process_sends_the_bot_back_to_the_lease(kube: FakeKube) -> None:
-    runtime = BotRuntime(settings(), api=kube, store=ConfigMapStateStore(kube, NS, "alpha"))
+async def test_a_write_by_another_process_ends_the_bot(kube: FakeKube) -> None:
+    store = ConfigMapStateStore(kube, NS, "alpha")
+    runtime = BotRuntime(settings(), api=kube, store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     intruder = ConfigMapStateStore(kube, NS, "alpha")
     seen = await intruder.load()
     forged = replace_stats(seen.state, 999)
     await intruder.save(forged.next(reason="fill", writer_pod="intruder"))
-    # The bot notices at its next write, stops, takes the lease again and restores.
-    await until(lambda: runtime.state.stats.total_trades >= 999, limit=10)
-    runtime.request_stop()
-    assert await asyncio.wait_for(task, 10) == EXIT_OK
+    # The bot notices at its next write and stops without overwriting what it found.
+    assert await asyncio.wait_for(task, 10) == EXIT_FENCED
+    assert (await store.load()).state.stats.total_trades == 999
+    assert lease_holder(kube) is None  # released: a fresh process need not wait
 
 
 def replace_stats(state: StateCheckpoint, trades: int) -> StateCheckpoint:
@@ -460,13 +461,57 @@ def test_settings_from_env() -> None:
         "127.0.0.9",
         9100,
     )
-    assert s.grace_period_seconds == 45 and s.identity == "alpha-1_abc"
+    assert s.grace_period_seconds == 45
+    assert s.identity == f"alpha-1_abc_{s.nonce}" and len(s.nonce) == 12
+    # A second process of the same pod is another Lease holder, never "already ours".
+    assert Settings.from_env(env).identity != s.identity
+    assert s.fleet_switch is None and s.control_watch_timeout_seconds == 10
+    fleet = Settings.from_env(
+        {**env, "FLEET_SWITCH": "trading-system/fleet-switch", "CONTROL_WATCH_TIMEOUT_SECONDS": "3"}
+    )
+    assert fleet.fleet_switch == ("trading-system", "fleet-switch")
+    assert fleet.control_watch_timeout_seconds == 3
     assert Settings.from_env({"BOT_NAME": "a"}, default_namespace="ns").namespace == "ns"
     with pytest.raises(ConfigError) as bad:
-        Settings.from_env({"METRICS_PORT": "http", "PRICE_FEED": "x"})
+        Settings.from_env(
+            {
+                "METRICS_PORT": "http",
+                "PRICE_FEED": "x",
+                "FLEET_SWITCH": "no-slash",
+                "CONTROL_WATCH_TIMEOUT_SECONDS": "0",
+            }
+        )
     message = str(bad.value)
-    for name in ("BOT_NAME", "POD_NAMESPACE", "METRICS_PORT", "PRICE_FEED"):
+    for name in (
+        "BOT_NAME",
+        "POD_NAMESPACE",
+        "METRICS_PORT",
+        "PRICE_FEED",
+        "FLEET_SWITCH",
+        "CONTROL_WATCH_TIMEOUT_SECONDS",
+    ):
         assert name in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("trading-system/fleet-switch", ("trading-system", "fleet-switch")),
+        (" ns/a.b-c ", ("ns", "a.b-c")),
+    ],
+)
+def test_fleet_switch_names_one_configmap(raw: str, expected: tuple[str, str] | None) -> None:
+    assert parse_fleet_switch(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["fleet-switch", "/name", "ns/", "NS/name", "ns/Name", "ns/a/b", "a" * 64 + "/x"]
+)
+def test_a_fleet_switch_that_names_no_configmap_is_refused(raw: str) -> None:
+    with pytest.raises(ValueError):
+        parse_fleet_switch(raw)
 
 
 def test_status_patch_shape(kube: FakeKube) -> None:
@@ -474,7 +519,8 @@ def test_status_patch_shape(kube: FakeKube) -> None:
     runtime.state = held()
     body = runtime.status_patch()["status"]
     assert body["positions"] == {"open": 1, "symbols": ["BTC/USDT"], "notional": 200.0}
-    assert set(body) == {"positions", "pnl", "trades", "state"}
+    assert set(body) == {"positions", "pnl", "trades", "state", "killSwitch"}
+    assert body["killSwitch"] == {"mode": "", "observedAt": None, "flat": False}
     json.dumps(body)
 
 
