@@ -64,6 +64,7 @@ from localkube.adoption import PodFacts, choose_pod_ip, restart_count
 from localkube.cluster import write_kubeconfig
 from localkube.containers import ContainerProcess, ContainerStartError
 from localkube.heartbeat import NODE_LEASE_DURATION_SECONDS, NODE_STATUS_SECONDS, Heartbeat
+from localkube.podnet import Block, PodNetwork, block_of
 from localkube.pods import (
     Container,
     Orphan,
@@ -93,8 +94,6 @@ NODE_NAME = "localkube-node"
 TOKEN_SECONDS = 3600
 BACKOFF_MAX = 30.0
 MOUNT_RETRY_SECONDS = 1.0
-POD_IP_RANGE = range(2, 255)
-POD_IPS = tuple(f"127.0.0.{n}" for n in POD_IP_RANGE)
 LOCAL_PROVISIONER = "localkube.local/dir"
 LOCK_FILE = "node.lock"
 RECORDS_DIR = "containers"
@@ -160,6 +159,7 @@ class ProcessNode:
         self.sync_thread: threading.Thread | None = None
         self.watches: list[watch.Watch] = []
         self.ips_in_use: set[str] = set()
+        self.network: PodNetwork | None = None
         self.node_uid: str | None = None
         self.recovered = threading.Event()
         self._lock_file: Any = None
@@ -173,10 +173,13 @@ class ProcessNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_data_dir()
         try:
-            self._reserve_recorded_ips()
+            preferred = self._reserve_recorded_ips()
+            self.network = PodNetwork.claim(str(self.data_dir.resolve()), preferred)
             self._register()
             self.heartbeat.start(self.node_uid)
         except BaseException:
+            if self.network is not None:
+                self.network.release()
             self._release_data_dir()
             raise
         self.sync_thread = threading.Thread(target=self._sync_loop, name="node-sync", daemon=True)
@@ -217,6 +220,8 @@ class ProcessNode:
             thread.join(timeout=5)
         self.prober.close()
         self.api.close()
+        if self.network is not None:
+            self.network.release()
         self._release_data_dir()
 
     def live_processes(self, label: str) -> dict[str, int]:
@@ -244,14 +249,18 @@ class ProcessNode:
             self._lock_file.close()
             self._lock_file = None
 
-    def _reserve_recorded_ips(self) -> None:
-        """Addresses live processes of a previous agent listen on stay theirs."""
+    def _reserve_recorded_ips(self) -> Block | None:
+        """Addresses live processes of a previous agent listen on stay theirs; returns the
+        address block they are in, to claim it again."""
         records, problems = self.records.load()
         for problem in problems:
             log.warning("ignoring container record %s", problem)
+        block: Block | None = None
         for record in records:
             if procfs.is_running(record.process):
                 self.ips_in_use.add(record.pod_ip)
+                block = block or block_of(record.pod_ip)
+        return block
 
     # -- node object -------------------------------------------------------------------
 
@@ -477,7 +486,7 @@ class ProcessNode:
             ),
             reported_ip=status.pod_ip,
             in_use=self.ips_in_use,
-            candidates=POD_IPS,
+            candidates=self.network.ips if self.network else (),
         )
         if ip is None:
             raise RuntimeError("no free loopback pod IP")
