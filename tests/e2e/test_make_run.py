@@ -11,6 +11,7 @@ from typing import Any
 from kubernetes import client, config
 
 from localkube.cluster import LocalCluster
+from tests import kube
 
 BOTS = ("bot-estavel", "bot-medio", "bot-volatil", "bot-meme")
 
@@ -60,15 +61,25 @@ def edit_as_the_tour_does(data_dir: Path) -> None:
     """`kubectl patch tb bot-medio --type merge -p ...` between two runs (README tour)."""
     with LocalCluster(data_dir, die_with_parent=True) as cluster:
         api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
-        api.patch_namespaced_custom_object(
-            "trading.r7.dev",
-            "v1alpha1",
-            "trading",
-            "tradingbots",
-            "bot-medio",
-            {"spec": {"risk": {"maxOpenPositions": 4}}},
-            field_manager="kubectl-patch",
-        )
+
+        def patched() -> bool:
+            try:
+                api.patch_namespaced_custom_object(
+                    "trading.r7.dev",
+                    "v1alpha1",
+                    "trading",
+                    "tradingbots",
+                    "bot-medio",
+                    {"spec": {"risk": {"maxOpenPositions": 4}}},
+                    field_manager="kubectl-patch",
+                )
+            except client.ApiException as err:
+                if err.status != 503:  # a restarted API server serves CRDs a moment later
+                    raise
+                return False
+            return True
+
+        kube.wait_for(patched, timeout=30, message="the API server to serve TradingBots")
 
 
 def test_make_run_twice_resumes_every_bot_with_its_positions(tmp_path: Path) -> None:

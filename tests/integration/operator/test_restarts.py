@@ -89,7 +89,11 @@ def test_ten_patches_in_one_second_make_exactly_one_restart(
     assert (
         operator.metric("tradingbot_operator_restarts_total", bot="bot-a", result="succeeded") == 1
     )
-    assert operator.metric("tradingbot_operator_coalesced_changes_total", bot="bot-a") >= 1
+    # How many intermediate versions the operator saw depends on timing; the metric counts
+    # exactly the coalesced changes it recorded.
+    assert operator.metric(
+        "tradingbot_operator_coalesced_changes_total", bot="bot-a"
+    ) == reasons.count("RestartCoalesced")
     assert operator.metric("tradingbot_operator_restart_duration_seconds_count", bot="bot-a") == 1
 
 

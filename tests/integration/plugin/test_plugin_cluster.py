@@ -40,6 +40,7 @@ GROUP, VERSION, PLURAL = "trading.r7.dev", "v1alpha1", "tradingbots"
 RESTARTED_AT = "trading.r7.dev/restartedAt"
 REASON = "trading.r7.dev/restart-reason"
 HALT = "trading.r7.dev/halt"
+SUSPEND = "trading.r7.dev/suspend"
 
 Run = Callable[..., tuple[int, str, str]]
 MakeBot = Callable[..., dict[str, Any]]
@@ -119,17 +120,18 @@ def test_restart_sets_both_annotations_owned_by_the_plugin(
     assert get_bot("stable")["metadata"]["annotations"][RESTARTED_AT] != (annotations[RESTARTED_AT])
 
 
-def test_stop_and_resume_flip_spec_suspend(
+def test_stop_and_resume_set_and_remove_the_suspend_annotation_not_the_spec(
     run: Run, make_bot: MakeBot, get_bot: Callable[[str], dict]
 ) -> None:
     make_bot("stable")
     assert run("stop", "stable")[0] == EXIT_OK
     bot = get_bot("stable")
-    assert bot["spec"]["suspend"] is True
-    assert "f:suspend" in plugin_fields(bot)["f:spec"]
+    assert bot["metadata"]["annotations"][SUSPEND] == "true"
+    assert bot["spec"]["suspend"] is False  # spec.suspend belongs to whoever owns the spec
+    assert f"f:{SUSPEND}" in plugin_fields(bot)["f:metadata"]["f:annotations"]
     assert run("resume", "stable", "--reason", "maintenance over")[0] == EXIT_OK
     bot = get_bot("stable")
-    assert bot["spec"]["suspend"] is False
+    assert SUSPEND not in bot["metadata"]["annotations"]
     assert bot["metadata"]["annotations"][REASON] == "maintenance over"
 
 
@@ -138,7 +140,7 @@ def test_halt_sets_the_kill_switch_and_unhalt_removes_it(
 ) -> None:
     make_bot("stable")
     make_bot("meme", profile="meme")
-    code, out, _err = run("halt", "--all", "--reason", "exchange outage")
+    code, out, _err = run("halt", "--all", "--reason", "exchange outage", "--yes")
     assert code == EXIT_OK
     assert out.splitlines() == [
         "tradingbot.trading.r7.dev/meme halt requested (kill switch set)",
