@@ -26,6 +26,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         "Bot process start and state checkpoint latency",
         (["--localkube"],),
     ),
+    "killswitch": (
+        "benchmarks.killswitch_bench",
+        "Kill switch with the operator dead, and node-loss takeover",
+        (),
+    ),
     "scale": ("benchmarks.scale_bench", "Scale: 1,000 TradingBots on one operator", ()),
     "audit": (
         "benchmarks.audit_bench",
