@@ -16,7 +16,7 @@ proves the two agree.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -24,21 +24,21 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     PlainValidator,
     StrictBool,
     StrictInt,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     create_model,
     field_validator,
 )
-from pydantic.alias_generators import to_camel
 
+from tradingbot_api.base import SpecModel as _SpecModel
+from tradingbot_api.base import StatusModel as _StatusModel
+from tradingbot_api.base import plain as _plain
 from tradingbot_api.constants import (
     API_VERSION,
     DEFAULT_COALESCE_SECONDS,
@@ -49,16 +49,11 @@ from tradingbot_api.constants import (
     DEFAULT_STATE_BACKEND,
     KIND,
     MAX_SYMBOLS,
-    ConditionStatus,
-    ConditionType,
     ExchangeMode,
-    HaltMode,
-    PendingActionKind,
-    Phase,
     Profile,
-    RestartResult,
     StateBackend,
 )
+from tradingbot_api.errors import validation_messages  # noqa: F401 - part of this API
 from tradingbot_api.exchanges import EXCHANGE_IDS
 from tradingbot_api.params import (
     CROSS_RULES,
@@ -66,6 +61,21 @@ from tradingbot_api.params import (
     all_param_specs,
     param_names,
     resolve_params,
+)
+from tradingbot_api.status import (  # noqa: F401 - the status models are part of this API
+    Condition,
+    ContainerStatus,
+    KillSwitchStatus,
+    LastChange,
+    PendingAction,
+    PnlStatus,
+    PodRef,
+    PositionsStatus,
+    RestartRecord,
+    RestartsStatus,
+    StateStatus,
+    TradesStatus,
+    TradingBotStatus,
 )
 
 # Patterns shared with the CRD (the unit tests compare them string for string).
@@ -86,22 +96,6 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 BOT_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 
 _QUANTITY_MAX_LENGTH = 64
-
-
-# ---------------------------------------------------------------------------------------------
-# shared configuration
-
-
-class _SpecModel(BaseModel):
-    """Base of spec models: unknown fields are errors, so a typo never silently does nothing."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class _StatusModel(BaseModel):
-    """Base of status models: tolerant of fields added by newer writers."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,204 +511,7 @@ class TradingBotSpec(_SpecModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# status
-
-
-class Condition(_StatusModel):
-    """One entry of ``status.conditions`` (``Ready``, ``Progressing``, ``Degraded``)."""
-
-    type: ConditionType
-    status: ConditionStatus
-    reason: str | None = None
-    message: str | None = None
-    last_transition_time: datetime | None = None
-    observed_generation: int | None = None
-
-
-class PodRef(_StatusModel):
-    """The bot pod the operator currently runs (the uid is the delete precondition)."""
-
-    name: str | None = None
-    uid: str | None = None
-
-
-class ContainerStatus(_StatusModel):
-    """The bot container as its node reports it (restarts in the last 10 minutes make a
-    CrashLoop)."""
-
-    pod: Annotated[str, StringConstraints(max_length=253)] | None = None
-    restarts: int | None = Field(default=None, ge=0)
-    recent_restarts: list[datetime] = Field(default_factory=list, max_length=10)
-    last_exit_reason: Annotated[str, StringConstraints(max_length=128)] | None = None
-    last_exit_code: int | None = None
-
-
-class LastChange(_StatusModel):
-    """The newest verified change stamp: who, with which tool, when the API server wrote it
-    and the resourceVersion it was written over. A stamp older than this one is a replay."""
-
-    by: Annotated[str, StringConstraints(max_length=512)] | None = None
-    source: Annotated[str, StringConstraints(max_length=32)] | None = None
-    stamp_time: datetime | None = None
-    stamp_revision: Annotated[str, StringConstraints(max_length=32)] | None = None
-
-
-class PendingAction(_StatusModel):
-    """A requested action waiting for the coalescing window and the rate limit (SPEC §4)."""
-
-    action: PendingActionKind
-    reason: str | None = None
-    first_requested_at: datetime | None = None
-    last_requested_at: datetime | None = None
-    coalesced_changes: int = 0
-    attempts: int = 0
-    not_before: datetime | None = None
-    changed_fields: list[str] = Field(default_factory=list)
-    desired_hash: str | None = None
-    started_at: datetime | None = None
-    pod_created_at: datetime | None = None
-    requested_by: str | None = None
-
-
-class RestartRecord(_StatusModel):
-    """The most recent restart, for ``kubectl describe`` and the benchmarks."""
-
-    reason: str | None = None
-    changed_fields: list[str] = Field(default_factory=list)
-    requested_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    duration_seconds: float | None = None
-    result: RestartResult | None = None
-    attempts: int = 0
-
-
-class RestartsStatus(_StatusModel):
-    """Restart counter (``status.restarts.total`` is a stable name) and the last restart."""
-
-    total: int = 0
-    history: list[datetime] = Field(default_factory=list)
-    last: RestartRecord | None = None
-
-
-class PositionsStatus(_StatusModel):
-    """Open positions as last reported by the bot."""
-
-    open: int = 0
-    symbols: list[str] = Field(default_factory=list)
-    notional: float = 0.0
-
-
-class PnlStatus(_StatusModel):
-    """Profit and loss in the quote currency."""
-
-    realized: float = 0.0
-    unrealized: float = 0.0
-
-
-class TradesStatus(_StatusModel):
-    """Trade counters since the bot was created (they survive restarts via the state)."""
-
-    total: int = 0
-    wins: int = 0
-
-
-class StateStatus(_StatusModel):
-    """Last state checkpoint and restore, so the operator can verify nothing was lost."""
-
-    backend: StateBackend | None = None
-    checkpoint_seq: int | None = None
-    saved_at: datetime | None = None
-    last_shutdown_clean: bool | None = None
-    restored_from_seq: int | None = None
-
-
-def _kill_switch_mode(value: str) -> str:
-    if value and value not in set(HaltMode):
-        raise ValueError(f"must be empty or one of {', '.join(HaltMode)}, got {value!r}")
-    return value
-
-
-# The mode a bot obeys: a HaltMode, or "" when it obeys none.
-KillSwitchMode = Annotated[
-    str,
-    AfterValidator(_kill_switch_mode),
-    WithJsonSchema({"type": "string", "enum": ["", *(m.value for m in HaltMode)]}),
-]
-
-
-class KillSwitchStatus(_StatusModel):
-    """The kill switch as the bot obeys it, written by the bot (even with the operator
-    down). The operator finishes a drain or flatten once ``mode`` matches the switch in force
-    and ``flat`` is true."""
-
-    mode: KillSwitchMode | None = None
-    observed_at: datetime | None = None
-    flat: bool | None = None
-
-
-class TradingBotStatus(_StatusModel):
-    """``status`` of a TradingBot, written through the status subresource."""
-
-    phase: Phase | None = None
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    config_hash: str | None = None
-    desired_config_hash: str | None = None
-    pod: PodRef | None = None
-    container: ContainerStatus | None = None
-    last_change: LastChange | None = None
-    pending_action: PendingAction | None = None
-    audit_outbox: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
-    restarts: RestartsStatus = Field(default_factory=RestartsStatus)
-    positions: PositionsStatus = Field(default_factory=PositionsStatus)
-    pnl: PnlStatus = Field(default_factory=PnlStatus)
-    trades: TradesStatus = Field(default_factory=TradesStatus)
-    state: StateStatus | None = None
-    kill_switch: KillSwitchStatus | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The status as JSON with CRD names, omitting unset fields."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-    def to_patch(self) -> dict[str, Any]:
-        """The status as the body of a JSON merge patch of ``status``.
-
-        Unset fields are sent as ``null`` so that the patch removes them (a finished
-        ``pendingAction`` disappears); the result makes the stored status equal this model.
-        """
-        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
-
-    def condition(self, type_: ConditionType) -> Condition | None:
-        """The condition of that type, if present."""
-        return next((c for c in self.conditions if c.type == type_), None)
-
-    def set_condition(
-        self,
-        type_: ConditionType,
-        status: ConditionStatus,
-        reason: str,
-        message: str,
-        now: datetime,
-        observed_generation: int | None = None,
-    ) -> Condition:
-        """Add or update a condition; ``lastTransitionTime`` moves only when status changes."""
-        current = self.condition(type_)
-        transition = now if current is None or current.status != status else None
-        updated = Condition(
-            type=type_,
-            status=status,
-            reason=reason,
-            message=message,
-            last_transition_time=transition or (current.last_transition_time if current else now),
-            observed_generation=observed_generation,
-        )
-        self.conditions = [c for c in self.conditions if c.type != type_] + [updated]
-        return updated
-
-
-# ---------------------------------------------------------------------------------------------
-# the object
+# the object (status models: tradingbot_api.status)
 
 
 class ObjectMeta(_StatusModel):
@@ -754,68 +551,3 @@ class TradingBot(_StatusModel):
     def to_dict(self) -> dict[str, Any]:
         """The object as JSON with API names, omitting unset fields."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# parsing and error messages
-
-
-def _plain(value: Any) -> Any:
-    """Deep-copy mappings and sequences into dicts and lists (kopf hands out views)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _json_names() -> dict[str, str]:
-    """Python field name -> JSON name, for every model here.
-
-    Errors of defaulted fields (``validate_default``) carry the Python name; users know the
-    JSON name.
-    """
-    names: dict[str, str] = {}
-    for base in (_SpecModel, _StatusModel):
-        for model in base.__subclasses__():
-            for name, field in model.model_fields.items():
-                names[name] = field.alias or name
-    return names
-
-
-def _format_loc(loc: Sequence[int | str], prefix: str) -> str:
-    names = _json_names()
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            part = names.get(part, part)
-            path = f"{path}.{part}" if path else part
-    return path
-
-
-def validation_messages(error: ValidationError, prefix: str = "spec") -> list[str]:
-    """One ``<field path>: <message>`` line per error, in the API server's path style.
-
-    For admission responses, Events and logs: a user must see which field to fix.
-    """
-    return [_message(detail["loc"], detail["msg"], prefix) for detail in error.errors()]
-
-
-# A validator may name a more precise field than the one it runs on: "symbols[1]: ..." from
-# the validator of `symbols`, "strategy.params.window: ..." from the one of `strategy`.
-_NAMED_FIELD = re.compile(r"^([A-Za-z][\w]*(?:\.[A-Za-z]\w*|\[\d+\])*): (.*)$", re.DOTALL)
-
-
-def _message(loc: Sequence[int | str], msg: str, prefix: str) -> str:
-    path = _format_loc(loc, prefix)
-    text = msg.removeprefix("Value error, ")
-    named = _NAMED_FIELD.match(text)
-    if named and loc:
-        head = _format_loc(loc[:-1], prefix)
-        field = named.group(1)
-        last = _format_loc(loc[-1:], "")
-        if field == last or field.startswith((last + ".", last + "[")):
-            return f"{head}.{field}: {named.group(2)}" if head else f"{field}: {named.group(2)}"
-    return f"{path}: {text}"
