@@ -62,10 +62,41 @@ def _pods(core: client.CoreV1Api) -> list[client.V1Pod]:
     ]
 
 
+STEADY_SECONDS = 60
+
+
+def _status_writes(bots: Bots, seconds: float) -> int:
+    """Writes of the bot object (any writer) seen on a watch during `seconds`."""
+    from kubernetes import watch
+
+    count = 0
+    deadline = time.monotonic() + seconds
+    stream = watch.Watch()
+    version = bots.get("bench")["metadata"]["resourceVersion"]
+    while time.monotonic() < deadline:
+        for event in stream.stream(
+            bots.custom.list_namespaced_custom_object,
+            "trading.r7.dev",
+            "v1alpha1",
+            NAMESPACE,
+            "tradingbots",
+            field_selector="metadata.name=bench",
+            resource_version=version,
+            timeout_seconds=max(1, int(deadline - time.monotonic())),
+        ):
+            if event["type"] == "MODIFIED":
+                count += 1
+            version = event["object"]["metadata"]["resourceVersion"]
+            if time.monotonic() >= deadline:
+                break
+    return count
+
+
 def run() -> str:
     binaries.ensure()
     halts: list[float] = []
     late_fills = 0
+    writes = 0
     removed: list[float] = []
     replaced: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp) / "kube") as cluster:
@@ -93,6 +124,9 @@ def run() -> str:
         try:
             bots.create("bench", dict(SPEC))
             bots.wait_running_with("bench", timeout=120)
+            # -- status writes at steady state (trading, nothing else changing) -------------
+            time.sleep(5)
+            writes = _status_writes(bots, STEADY_SECONDS)
             # -- halts with the operator dead --------------------------------------------------
             op.kill()
             for _ in range(HALTS):
@@ -162,6 +196,9 @@ def run() -> str:
             f"{r['median']:.1f} s | {r['p95']:.1f} s | {r['max']:.1f} s | {len(removed)} |",
             f"| node lost to the replacement pod created | {p['median']:.1f} s | "
             f"{p['p95']:.1f} s | {p['max']:.1f} s | {len(replaced)} |",
+            "",
+            f"Status writes of a trading bot at steady state: {writes} in {STEADY_SECONDS} s "
+            "(all writers; the bot writes at most every 10 s).",
             "",
             f"Fills later than 1 s after a halt was written: {late_fills} (over {len(halts)} "
             "halts with no operator running). The node-loss times are bounded below by the "

@@ -39,11 +39,16 @@ class HealthState:
 
 
 class HealthServer:
-    def __init__(self, health: HealthState, metrics: BotMetrics, host: str, port: int) -> None:
+    def __init__(
+        self, health: HealthState, metrics: BotMetrics, host: str, port: int, pod: str = ""
+    ) -> None:
         self.health = health
         self.metrics = metrics
         self.host = host
         self.port = port
+        # Which pod answers: a probe reaching another pod's process (an address two clusters
+        # share) is then visible instead of passing for this one.
+        self.pod = pod
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -54,7 +59,7 @@ class HealthServer:
         return app
 
     def _json(self, ok: bool) -> web.Response:
-        body = {"ok": ok, "phase": self.health.phase, **self.health.detail}
+        body = {"ok": ok, "phase": self.health.phase, "pod": self.pod, **self.health.detail}
         return web.Response(
             status=200 if ok else 503,
             text=json.dumps(body, default=str),

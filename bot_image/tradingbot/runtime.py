@@ -125,7 +125,11 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart):
         self.metrics = metrics or BotMetrics(settings.bot_name)
         self.health = HealthState(stale_after=max(60.0, settings.tick_seconds * 10))
         self.server = HealthServer(
-            self.health, self.metrics, settings.pod_ip, settings.metrics_port
+            self.health,
+            self.metrics,
+            settings.pod_ip,
+            settings.metrics_port,
+            pod=settings.pod_uid or settings.pod_name,
         )
         self._exchange_factory = exchange_factory
         self._feed_factory = feed_factory
