@@ -14,6 +14,7 @@ not read it (it is a deputy that can read no Secret itself: the kubelet mounts i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -157,17 +158,26 @@ async def read_policy_state(api: ClusterReader) -> PolicyState:
 
 class PolicyWatch:
     """The policy state, read at most every POLICY_CACHE_SECONDS (it changes rarely; a
-    change takes effect within that time)."""
+    change takes effect within that time), or afresh on request, where "afresh" means read
+    within the last FRESH_SECONDS: a thousand bots starting at once share one read."""
+
+    FRESH_SECONDS = 1.0
 
     def __init__(self, api: ClusterReader, ttl: float = POLICY_CACHE_SECONDS) -> None:
         self.api = api
         self.ttl = ttl
         self._state: PolicyState | None = None
         self._read_at = 0.0
+        self._lock = asyncio.Lock()
 
     async def state(self, fresh: bool = False) -> PolicyState:
+        async with self._lock:  # concurrent callers wait for one read, then share it
+            return await self._state_locked(fresh)
+
+    async def _state_locked(self, fresh: bool) -> PolicyState:
         now = time.monotonic()
-        if fresh or self._state is None or now - self._read_at >= self.ttl:
+        age = now - self._read_at
+        if self._state is None or age >= self.ttl or (fresh and age >= self.FRESH_SECONDS):
             try:
                 state = await read_policy_state(self.api)
             except Exception as err:  # unknown is untrusted, never an error of the bot

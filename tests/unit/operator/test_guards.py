@@ -142,3 +142,25 @@ def test_the_policies_count_as_installed_since_the_newest_of_them() -> None:
 def test_any_missing_policy_or_binding_means_not_installed(missing: str) -> None:
     objects = {k: v for k, v in ALL_POLICY_OBJECTS.items() if k != missing}
     assert asyncio.run(read_policy_state(Reader(objects))).installed is False
+
+
+def test_a_thousand_bots_asking_afresh_at_once_share_one_read_of_the_policies() -> None:
+    from tradingbot_operator.guards import PolicyWatch
+
+    class Counting(Reader):
+        reads = 0
+
+        async def get_cluster_object(
+            self, group: str, version: str, plural: str, name: str
+        ) -> dict[str, Any] | None:
+            Counting.reads += 1
+            return await super().get_cluster_object(group, version, plural, name)
+
+    watch = PolicyWatch(Counting(ALL_POLICY_OBJECTS))
+
+    async def many() -> list[PolicyState]:
+        return await asyncio.gather(*(watch.state(fresh=True) for _ in range(1000)))
+
+    states = asyncio.run(many())
+    assert all(s == POLICIES for s in states)
+    assert Counting.reads == len(ALL_POLICY_OBJECTS)  # one read of each object, not 1,000
