@@ -149,12 +149,12 @@ class ProcessNode:
             status_seconds=status_seconds,
         )
         self.records = RecordStore(data_dir / RECORDS_DIR)
-        self.prober = Prober()
+        self.wake = threading.Event()
+        self.prober = Prober(on_done=self.wake.set)
         self.pods: dict[str, PodRun] = {}
         self.orphans: list[Orphan] = []
         self.lock = threading.RLock()
         self.stopping = threading.Event()
-        self.wake = threading.Event()
         self.threads: list[threading.Thread] = []
         self.sync_thread: threading.Thread | None = None
         self.watches: list[watch.Watch] = []
@@ -547,9 +547,19 @@ class ProcessNode:
                 terminating = bool(self.orphans) or any(
                     r.deleting_since is not None for r in self.pods.values()
                 )
+                probes = [
+                    c.next_probe
+                    for r in self.pods.values()
+                    for c in r.containers
+                    if c.proc is not None and c.probe is not None and c.in_flight is None
+                ]
             # A process exit raises no event: poll briskly while a pod is shutting down, so
-            # its object goes (and its successor may start) as soon as the process is gone.
-            self.wake.wait(0.02 if terminating else 0.25)
+            # its object goes (and its successor may start) as soon as the process is gone;
+            # otherwise wake for the next probe that is due, so probes keep their period.
+            timeout = 0.02 if terminating else 0.25
+            if probes:
+                timeout = min(timeout, max(min(probes) - time.monotonic(), 0.01))
+            self.wake.wait(timeout)
             self.wake.clear()
             try:
                 self._sync_orphans(time.monotonic())

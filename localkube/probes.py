@@ -13,7 +13,7 @@ import concurrent.futures
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -95,13 +95,20 @@ class InFlight:
 class Prober:
     """Runs probes on a bounded pool; the caller polls for results with `collect`."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: Callable[[], None] | None = None) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=MAX_WORKERS, thread_name_prefix="node-probe"
         )
+        # Called when a probe answers, so the sync loop reports readiness at once instead of
+        # on its next tick (a restarted bot counts as ready as soon as its probe passes).
+        self.on_done = on_done
 
     def submit(self, spec: ProbeSpec, now: float) -> InFlight:
-        return InFlight(self.pool.submit(_timed_get, spec.url, spec.timeout), now + spec.timeout)
+        future = self.pool.submit(_timed_get, spec.url, spec.timeout)
+        if self.on_done is not None:
+            done = self.on_done
+            future.add_done_callback(lambda _f: done())
+        return InFlight(future, now + spec.timeout)
 
     @staticmethod
     def collect(flight: InFlight, now: float) -> bool | None:
