@@ -43,10 +43,11 @@ test-e2e: tools
 
 HELM_BIN = $(PY) -c 'from localkube.binaries import require_binary as r; print(r("helm"))'
 
-lint: tools ## ruff, mypy, helm lint, CRD/chart agreement
+lint: tools ## ruff, mypy, import contracts, helm lint, CRD/chart agreement
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	"$$($(HELM_BIN))" lint --strict helm/tradingbot-operator
 	diff -u crds/tradingbots.trading.r7.dev.yaml helm/tradingbot-operator/crds/tradingbots.trading.r7.dev.yaml
 

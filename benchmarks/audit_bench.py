@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tradingbot_operator.audit import (
+from tradingbot_audit import (
     AuditFilter,
     open_writer,
     query,

@@ -139,7 +139,7 @@ class LocalRun:
                 [
                     sys.executable,
                     "-m",
-                    "tradingbot_operator.audit",
+                    "tradingbot_audit",
                     "--log-dir",
                     str(self.data_dir / "audit"),
                     "serve",
@@ -167,7 +167,7 @@ class LocalRun:
     def watch(self) -> None:
         """The plugin's live status view (`kubectl tradingbot status --watch`): redrawn in
         place on a terminal with the latest Events, one table per change otherwise."""
-        from tradingbot_operator.plugin import Kube, watch_status
+        from tradingbot_plugin.plugin import Kube, watch_status
 
         kube = Kube(self.api)
         deadline = time.monotonic() + self.duration if self.duration else None

@@ -8,12 +8,20 @@ formatter runs the same redaction over the final line, which covers tracebacks.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import threading
-import time
 from typing import Any
+
+from tradingbot_api.logs import STANDARD_ATTRS, JsonFormatter
+from tradingbot_api.logs import configure_logging as shared_configure_logging
+
+__all__ = [
+    "REDACTOR",
+    "JsonFormatter",
+    "SecretRedactingFilter",
+    "SecretRedactor",
+    "configure_logging",
+]
 
 MASK = "***"
 SENSITIVE_FIELD_NAMES = (
@@ -27,11 +35,7 @@ SENSITIVE_FIELD_NAMES = (
     "signature",
 )
 # Attributes every LogRecord has; anything else was passed as `extra=`.
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
-    "message",
-    "asctime",
-    "taskName",
-}
+_STANDARD_ATTRS = STANDARD_ATTRS
 # Short values would be masked everywhere they happen to appear (e.g. "1"), which destroys the
 # log without protecting anything real; real keys are long.
 MIN_SECRET_LENGTH = 6
@@ -83,49 +87,18 @@ class SecretRedactingFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    converter = time.gmtime  # type: ignore[assignment]  # UTC, as the `Z` suffix says
-
-    def __init__(
-        self, redactor: SecretRedactor | None = None, static: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__()
-        self.redactor = redactor
-        self.static = static or {}
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **self.static,
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in entry:
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        line = json.dumps(entry, default=str)
-        return self.redactor.redact(line) if self.redactor else line
-
-
 REDACTOR = SecretRedactor()
 
 
 def configure_logging(
     level: str = "INFO", *, static: dict[str, Any] | None = None, stream: Any = None
 ) -> logging.Handler:
-    """Route all logging through one redacting JSON handler on stdout."""
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.addFilter(SecretRedactingFilter(REDACTOR))
-    handler.setFormatter(JsonFormatter(REDACTOR, static))
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    # Library chatter at INFO would drown the bot's own lines.
-    for noisy in ("urllib3", "kubernetes", "ccxt", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return handler
+    """Route all logging through one redacting JSON handler on stdout (the shared format)."""
+    return shared_configure_logging(
+        level,
+        static=static,
+        redact=REDACTOR.redact,
+        filters=[SecretRedactingFilter(REDACTOR)],
+        quiet=("urllib3", "kubernetes", "ccxt", "aiohttp.access"),
+        stream=stream,
+    )

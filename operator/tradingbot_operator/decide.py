@@ -26,7 +26,7 @@ from tradingbot_api.constants import (
     Phase,
     RestartResult,
 )
-from tradingbot_operator.audit.schema import REDACTED, is_secret_key, redact_secrets
+from tradingbot_audit.schema import REDACTED, is_secret_key, redact_secrets
 from tradingbot_operator.hashing import bounded_value, canonical_json
 from tradingbot_operator.ratelimit import (
     CoalescingWindow,

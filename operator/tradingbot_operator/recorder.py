@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tradingbot_operator.audit.schema import redact_secrets
+from tradingbot_audit.schema import redact_secrets
 from tradingbot_operator.timeutil import format_time, parse_time, utcnow
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from tradingbot_operator.audit.client import AuditClient
+from tradingbot_audit.client import AuditClient
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.recorder import AuditEvent, InvolvedObject, Sink, kube_event_body
 

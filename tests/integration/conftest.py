@@ -30,7 +30,7 @@ SIDECAR_ACCOUNT = "audit-sidecar"
 
 
 class SidecarProcess:
-    """`python -m tradingbot_operator.audit --log-dir DIR serve`, killable at will."""
+    """`python -m tradingbot_audit --log-dir DIR serve`, killable at will."""
 
     def __init__(self, log_dir: Path, kubeconfig: Path, output: Path) -> None:
         self.log_dir = log_dir
@@ -54,7 +54,7 @@ class SidecarProcess:
                 [
                     sys.executable,
                     "-m",
-                    "tradingbot_operator.audit",
+                    "tradingbot_audit",
                     "--log-dir",
                     str(self.log_dir),
                     "serve",

@@ -1,72 +1,7 @@
-"""Durable, tamper-evident audit log (SPEC §6).
+"""The audit log's former home, kept because other tools rely on its names (SPEC §11):
+`python -m tradingbot_operator.audit` and `tradingbot_operator.audit.open_writer`. The audit
+library, CLI and sidecar live in the package `tradingbot_audit`."""
 
-Write with `open_writer(log_dir)` (one writer process per directory); read with `query`,
-`summary`, `export_json`; check integrity with `verify_log`. The same operations are on the
-command line: `python -m tradingbot_operator.audit --log-dir DIR {query,summary,export,verify}`.
-
-In a cluster the log has one writer, the sidecar (`... serve`, module `server`); the operator
-sends it events with `client.AuditClient`. Neither is imported here, so the library and the
-read-only commands do not load aiohttp or the Kubernetes client.
-"""
-
-from __future__ import annotations
-
-from .chain import GENESIS_HASH, ChainState, canonical_json, compute_hash
-from .metrics import AuditHooks, PrometheusHooks, WriterCounters
-from .reader import AuditFilter, Summary, export_json, iter_records, query, summarize, summary
-from .schema import (
-    KNOWN_EVENT_TYPES,
-    KNOWN_SOURCES,
-    SEVERITIES,
-    AuditSchemaError,
-    normalize_event,
-    redact_secrets,
-)
-from .verify import VerifyError, VerifyResult, verify_lines, verify_log
-from .writer import (
-    DEFAULT_DEDUP_WINDOW,
-    DEFAULT_MAX_FILE_BYTES,
-    AppendResult,
-    AuditLogCorruptError,
-    AuditLogError,
-    AuditWriteError,
-    AuditWriter,
-    WriterLockedError,
-    open_writer,
-)
-
-__all__ = [
-    "DEFAULT_DEDUP_WINDOW",
-    "DEFAULT_MAX_FILE_BYTES",
-    "GENESIS_HASH",
-    "KNOWN_EVENT_TYPES",
-    "KNOWN_SOURCES",
-    "SEVERITIES",
-    "AppendResult",
-    "AuditFilter",
-    "AuditHooks",
-    "AuditLogCorruptError",
-    "AuditLogError",
-    "AuditSchemaError",
-    "AuditWriteError",
-    "AuditWriter",
-    "ChainState",
-    "PrometheusHooks",
-    "Summary",
-    "VerifyError",
-    "VerifyResult",
-    "WriterCounters",
-    "WriterLockedError",
-    "canonical_json",
-    "compute_hash",
-    "export_json",
-    "iter_records",
-    "normalize_event",
-    "open_writer",
-    "query",
-    "redact_secrets",
-    "summarize",
-    "summary",
-    "verify_lines",
-    "verify_log",
-]
+from tradingbot_audit import *  # noqa: F403 - the same public names
+from tradingbot_audit import __all__ as __all__
+from tradingbot_audit import open_writer as open_writer

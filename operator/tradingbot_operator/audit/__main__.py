@@ -1,23 +1,7 @@
-"""Entry point: `python -m tradingbot_operator.audit --log-dir DIR COMMAND`."""
+"""`python -m tradingbot_operator.audit`: the same CLI as `python -m tradingbot_audit`."""
 
-from __future__ import annotations
-
-import os
 import sys
 
-from .cli import main
+from tradingbot_audit.__main__ import run
 
-
-def run() -> int:
-    try:
-        return main()
-    except BrokenPipeError:
-        # Output piped into `head` and the like: stop quietly, and point stdout at /dev/null
-        # so the interpreter's final flush does not complain a second time.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(run())
+sys.exit(run())

@@ -25,10 +25,10 @@ from kubernetes import client
 from localkube import product
 from tests import kube
 from tests.integration.conftest import SIDECAR_ACCOUNT, SidecarProcess, wait_allowed
-from tradingbot_operator.audit import AuditFilter, query
-from tradingbot_operator.audit.cli import main as audit_main
-from tradingbot_operator.audit.files import list_log_files
-from tradingbot_operator.plugin import main as plugin_main
+from tradingbot_audit import AuditFilter, query
+from tradingbot_audit.cli import main as audit_main
+from tradingbot_audit.files import list_log_files
+from tradingbot_plugin.plugin import main as plugin_main
 
 TRUNCATED = "the chain head recorded outside the log volume is at seq"
 
@@ -46,7 +46,7 @@ class HeadSidecar(SidecarProcess):
                 [
                     sys.executable,
                     "-m",
-                    "tradingbot_operator.audit",
+                    "tradingbot_audit",
                     "--log-dir",
                     str(self.log_dir),
                     "serve",

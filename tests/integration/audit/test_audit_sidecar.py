@@ -14,8 +14,8 @@ from kubernetes import client
 
 from tests import kube
 from tests.integration.conftest import SidecarProcess, wait_allowed
-from tradingbot_operator.audit import AuditFilter, query, verify_log
-from tradingbot_operator.audit.client import AuditClient, AuditDeliveryError
+from tradingbot_audit import AuditFilter, query, verify_log
+from tradingbot_audit.client import AuditClient, AuditDeliveryError
 
 GROUP = "trading.r7.dev"
 StartSidecar = Callable[..., SidecarProcess]
@@ -165,7 +165,7 @@ def test_reading_the_audit_needs_get_on_tradingbots_audit(
 def test_the_plugin_reads_through_the_sidecar(
     namespace: str, start_sidecar: StartSidecar, cluster_auditor: str
 ) -> None:
-    from tradingbot_operator.plugin import AuditQuery, HttpAuditSource
+    from tradingbot_plugin.plugin import AuditQuery, HttpAuditSource
 
     sidecar = start_sidecar()
     events = [event("a", namespace, event_type="halt", severity="critical"), event("b", namespace)]

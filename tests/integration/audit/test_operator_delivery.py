@@ -15,7 +15,7 @@ from tests import kube
 from tests.integration.conftest import SidecarProcess
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess
 from tests.integration.operator.test_restarts import base_spec
-from tradingbot_operator.audit import AuditFilter, query, verify_log
+from tradingbot_audit import AuditFilter, query, verify_log
 from tradingbot_operator.recorder import event_name_for_key
 
 

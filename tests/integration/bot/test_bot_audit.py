@@ -15,7 +15,7 @@ from tests.integration.conftest import SidecarProcess
 from tradingbot.audit import fill_key
 from tradingbot.state import StateCheckpoint
 from tradingbot_api.constants import ANNOTATION_HALT
-from tradingbot_operator.audit import AuditFilter, query, verify_log
+from tradingbot_audit import AuditFilter, query, verify_log
 
 from .conftest import BOT, GRACE_SECONDS, LEASE_SECONDS, BotEnv
 

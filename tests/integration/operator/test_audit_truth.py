@@ -17,9 +17,9 @@ from tests.integration.conftest import SidecarProcess
 from tests.integration.invalid_specs import spec_with
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess
 from tradingbot_api.constants import ANNOTATION_APPLIED_SPEC
-from tradingbot_operator.audit import AuditFilter, query
+from tradingbot_audit import AuditFilter, query
 from tradingbot_operator.hashing import canonical_json
-from tradingbot_operator.plugin import (
+from tradingbot_plugin.plugin import (
     halt_patch,
     restart_patch,
     suspend_patch,

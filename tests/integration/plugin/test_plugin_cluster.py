@@ -23,7 +23,7 @@ from kubernetes import client
 
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
-from tradingbot_operator.plugin import (
+from tradingbot_plugin.plugin import (
     EXIT_FORBIDDEN,
     EXIT_NOT_FOUND,
     EXIT_OK,

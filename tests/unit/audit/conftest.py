@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit import AuditWriter, open_writer
+from tradingbot_audit import AuditWriter, open_writer
 
 
 class FakeClock:

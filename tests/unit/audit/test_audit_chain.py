@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit.chain import (
+from tradingbot_audit.chain import (
     GENESIS_HASH,
     canonical_json,
     compute_hash,

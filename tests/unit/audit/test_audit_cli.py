@@ -1,4 +1,4 @@
-"""The command line: python -m tradingbot_operator.audit --log-dir DIR COMMAND."""
+"""The command line: python -m tradingbot_audit --log-dir DIR COMMAND."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit import AuditWriter
-from tradingbot_operator.audit.cli import LOG_DIR_ENV, main
-from tradingbot_operator.audit.files import list_log_files
+from tradingbot_audit import AuditWriter
+from tradingbot_audit.cli import LOG_DIR_ENV, main
+from tradingbot_audit.files import list_log_files
 
 WriterFactory = Callable[..., AuditWriter]
 EventFactory = Callable[..., dict[str, Any]]
@@ -219,7 +219,7 @@ def test_a_missing_log_dir_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_the_module_runs_with_python_dash_m(small_log: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "tradingbot_operator.audit", "--log-dir", str(small_log), "verify"],
+        [sys.executable, "-m", "tradingbot_audit", "--log-dir", str(small_log), "verify"],
         capture_output=True,
         text=True,
         check=False,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tradingbot_operator.audit import files
-from tradingbot_operator.audit.files import (
+from tradingbot_audit import files
+from tradingbot_audit.files import (
     Block,
     complete_size,
     iter_blocks,
@@ -17,7 +17,7 @@ from tradingbot_operator.audit.files import (
     iter_lines_reverse,
     read_line_at,
 )
-from tradingbot_operator.audit.reader import candidate_lines
+from tradingbot_audit.reader import candidate_lines
 
 
 @pytest.fixture(autouse=True)

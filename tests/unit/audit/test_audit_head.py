@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit import AuditWriter, verify_log
-from tradingbot_operator.audit.chain import GENESIS, ChainState
-from tradingbot_operator.audit.cli import main
-from tradingbot_operator.audit.files import list_log_files, read_anchor
-from tradingbot_operator.audit.head import (
+from tradingbot_audit import AuditWriter, verify_log
+from tradingbot_audit.chain import GENESIS, ChainState
+from tradingbot_audit.cli import main
+from tradingbot_audit.files import list_log_files, read_anchor
+from tradingbot_audit.head import (
     WHERE,
     ChainHead,
     ConfigMapHeadStore,

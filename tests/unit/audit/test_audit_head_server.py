@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tradingbot_operator.audit import AuditFilter, AuditWriter, open_writer, query
-from tradingbot_operator.audit.head import ChainHead, HeadStoreError
-from tradingbot_operator.audit.server import (
+from tradingbot_audit import AuditFilter, AuditWriter, open_writer, query
+from tradingbot_audit.head import ChainHead, HeadStoreError
+from tradingbot_audit.server import (
     AuditServer,
     HeadSettings,
     HttpError,
@@ -22,7 +22,7 @@ from tradingbot_operator.audit.server import (
     parse_verify_params,
     start_server,
 )
-from tradingbot_operator.audit.writer import AppendResult
+from tradingbot_audit.writer import AppendResult
 
 from .conftest import build_event
 from .test_audit_server import FakeAuthorizer
@@ -326,7 +326,7 @@ async def test_the_api_answers_400_to_a_bad_head(start: Start) -> None:
 
 
 async def test_serve_flags_reach_the_options() -> None:
-    from tradingbot_operator.audit.cli import build_parser
+    from tradingbot_audit.cli import build_parser
 
     args = build_parser().parse_args(
         [

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit import (
+from tradingbot_audit import (
     AuditFilter,
     AuditWriter,
     export_json,
@@ -19,9 +19,9 @@ from tradingbot_operator.audit import (
     summarize,
     summary,
 )
-from tradingbot_operator.audit import reader as reader_module
-from tradingbot_operator.audit.files import iter_blocks_reverse, list_log_files
-from tradingbot_operator.audit.reader import parse_time_arg
+from tradingbot_audit import reader as reader_module
+from tradingbot_audit.files import iter_blocks_reverse, list_log_files
+from tradingbot_audit.reader import parse_time_arg
 
 Filler = Callable[..., None]
 WriterFactory = Callable[..., AuditWriter]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit.schema import (
+from tradingbot_audit.schema import (
     INPUT_FIELDS,
     REDACTED,
     AuditSchemaError,

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import test_utils
 
-from tradingbot_operator.audit import (
+from tradingbot_audit import (
     AppendResult,
     AuditFilter,
     AuditHooks,
@@ -24,12 +24,12 @@ from tradingbot_operator.audit import (
     query,
     verify_log,
 )
-from tradingbot_operator.audit import client as audit_client
-from tradingbot_operator.audit import server as audit_server
-from tradingbot_operator.audit.cli import build_parser
-from tradingbot_operator.audit.client import AuditClient, AuditDeliveryError
-from tradingbot_operator.audit.files import list_log_files
-from tradingbot_operator.audit.server import (
+from tradingbot_audit import client as audit_client
+from tradingbot_audit import server as audit_server
+from tradingbot_audit.cli import build_parser
+from tradingbot_audit.client import AuditClient, AuditDeliveryError
+from tradingbot_audit.files import list_log_files
+from tradingbot_audit.server import (
     AUDIT_READ,
     AccessCheck,
     AuditServer,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tradingbot_operator.audit import AuditWriter, verify_lines, verify_log
-from tradingbot_operator.audit.chain import GENESIS, ChainState, encode_line
-from tradingbot_operator.audit.files import ANCHOR_NAME, list_log_files
+from tradingbot_audit import AuditWriter, verify_lines, verify_log
+from tradingbot_audit.chain import GENESIS, ChainState, encode_line
+from tradingbot_audit.files import ANCHOR_NAME, list_log_files
 
 Filler = Callable[..., None]
 WriterFactory = Callable[..., AuditWriter]

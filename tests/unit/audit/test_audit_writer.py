@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tradingbot_operator.audit import (
+from tradingbot_audit import (
     AuditLogCorruptError,
     AuditLogError,
     AuditSchemaError,
@@ -27,9 +27,9 @@ from tradingbot_operator.audit import (
     query,
     verify_log,
 )
-from tradingbot_operator.audit import writer as writer_module
-from tradingbot_operator.audit.chain import GENESIS_HASH
-from tradingbot_operator.audit.files import ANCHOR_NAME, list_log_files, read_anchor
+from tradingbot_audit import writer as writer_module
+from tradingbot_audit.chain import GENESIS_HASH
+from tradingbot_audit.files import ANCHOR_NAME, list_log_files, read_anchor
 
 Filler = Callable[..., None]
 WriterFactory = Callable[..., AuditWriter]

@@ -28,7 +28,7 @@ def capture() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(SecretRedactingFilter(redactor))
-    handler.setFormatter(JsonFormatter(redactor, {"bot": "alpha"}))
+    handler.setFormatter(JsonFormatter({"bot": "alpha"}, redactor.redact))
     logger = logging.getLogger("test.redaction")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi, FakeKubeApi
-from tradingbot_operator.audit import open_writer
-from tradingbot_operator.plugin import (
+from tradingbot_audit import open_writer
+from tradingbot_plugin.plugin import (
     AUDIT_FORBIDDEN_MESSAGE,
     EXIT_FAILED,
     EXIT_FORBIDDEN,
@@ -30,7 +30,7 @@ from tradingbot_operator.plugin import (
     HttpAuditSource,
     user_agent,
 )
-from tradingbot_operator.plugin import main as plugin_main
+from tradingbot_plugin.plugin import main as plugin_main
 
 NOW = datetime(2025, 1, 1, 12, 30, tzinfo=UTC)
 

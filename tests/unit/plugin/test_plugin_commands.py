@@ -19,7 +19,7 @@ import pytest
 
 from tests.unit.plugin.fakes import TOKEN, FakeKubeApi
 from tradingbot_api.constants import HaltMode
-from tradingbot_operator.plugin import (
+from tradingbot_plugin.plugin import (
     EXIT_FAILED,
     EXIT_FORBIDDEN,
     EXIT_NOT_FOUND,

@@ -79,8 +79,8 @@ from tradingbot_api.constants import (
     effective_halt,
     state_configmap_name,
 )
-from tradingbot_operator.audit.head import ChainHead, head_from_data, parse_configmap_ref
-from tradingbot_operator.audit.schema import MAX_TEXT_LENGTH
+from tradingbot_audit.head import ChainHead, head_from_data, parse_configmap_ref
+from tradingbot_audit.schema import MAX_TEXT_LENGTH
 
 # -- names and exit codes ----------------------------------------------------------------------
 
@@ -799,7 +799,7 @@ class LocalAuditSource:
         self.log_dir = log_dir
 
     def _filter(self, query: AuditQuery) -> Any:
-        from tradingbot_operator.audit import AuditFilter
+        from tradingbot_audit import AuditFilter
 
         try:
             return AuditFilter.build(
@@ -816,24 +816,24 @@ class LocalAuditSource:
             raise PluginError(str(exc), EXIT_USAGE) from None
 
     def events(self, query: AuditQuery, limit: int) -> list[dict[str, Any]]:
-        from tradingbot_operator.audit import query as run_query
+        from tradingbot_audit import query as run_query
 
         return run_query(self.log_dir, self._filter(query), limit=limit or None)
 
     def summary(self, query: AuditQuery) -> dict[str, Any]:
-        from tradingbot_operator.audit import summary
+        from tradingbot_audit import summary
 
         return summary_from_local(summary(self.log_dir, self._filter(query)).to_json())
 
     def verify(self, head: ChainHead | None = None) -> dict[str, Any]:
-        from tradingbot_operator.audit import verify_log
+        from tradingbot_audit import verify_log
 
         result = verify_log(self.log_dir, head=head)
         error = dataclasses.asdict(result.error) if result.error is not None else None
         return {"ok": result.ok, "summary": result.summary(), "error": error}
 
     def export(self, query: AuditQuery, out: IO[str]) -> int:
-        from tradingbot_operator.audit import export_json
+        from tradingbot_audit import export_json
 
         return export_json(self.log_dir, out, self._filter(query))
 
@@ -1761,7 +1761,7 @@ def _audit_source(ctx: Context) -> AuditSource:
 
 def _audit_query(ctx: Context) -> AuditQuery:
     """Filters from the arguments; relative times (30m, 24h, 7d) become absolute UTC."""
-    from tradingbot_operator.audit.reader import parse_time_arg
+    from tradingbot_audit.reader import parse_time_arg
 
     args = ctx.args
     now = ctx.clock()

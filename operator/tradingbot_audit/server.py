@@ -1,6 +1,6 @@
 """The audit sidecar: the single writer of the audit log and its HTTP API (SPEC §6).
 
-`python -m tradingbot_operator.audit --log-dir DIR serve` runs as a second container in the
+`python -m tradingbot_audit --log-dir DIR serve` runs as a second container in the
 operator pod, with the log directory on a PersistentVolume. It is the only process that
 writes the log (the writer's flock enforces that), so every event reaches the chain through
 here. Two listeners:

@@ -1,4 +1,4 @@
-"""`python -m tradingbot_operator.audit --log-dir DIR {serve,query,summary,export,verify,append}`.
+"""`python -m tradingbot_audit --log-dir DIR {serve,query,summary,export,verify,append}`.
 
 Exit codes: 0 success; 1 verification failed or the operation failed (message on stderr);
 2 bad arguments. `serve` runs the audit sidecar (see server.py) until SIGTERM.
@@ -79,7 +79,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tradingbot_operator.audit",
+        prog="python -m tradingbot_audit",
         description="Query, summarise, export and verify the hash-chained audit log.",
     )
     parser.add_argument(
@@ -205,7 +205,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: the read-only commands should not pay for aiohttp and the kube client.
     import asyncio
 
-    from tradingbot_operator.logging_setup import configure_logging
+    from tradingbot_api.logs import configure_logging
 
     from .server import ServeOptions, run
 
