@@ -31,6 +31,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         "Kill switch with the operator dead, and node-loss takeover",
         (),
     ),
+    "transport": (
+        "benchmarks.transport_bench",
+        "Kubernetes clients for the async access layer",
+        (),
+    ),
     "scale": ("benchmarks.scale_bench", "Scale: 1,000 TradingBots on one operator", ()),
     "audit": (
         "benchmarks.audit_bench",
