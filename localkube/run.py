@@ -167,7 +167,8 @@ class LocalRun:
     def watch(self) -> None:
         """The plugin's live status view (`kubectl tradingbot status --watch`): redrawn in
         place on a terminal with the latest Events, one table per change otherwise."""
-        from tradingbot_plugin.plugin import Kube, watch_status
+        from tradingbot_plugin.kube import Kube
+        from tradingbot_plugin.watch import watch_status
 
         kube = Kube(self.api)
         deadline = time.monotonic() + self.duration if self.duration else None

@@ -19,7 +19,7 @@ from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess
 from tradingbot_api.constants import ANNOTATION_APPLIED_SPEC
 from tradingbot_audit import AuditFilter, query
 from tradingbot_operator.hashing import canonical_json
-from tradingbot_plugin.plugin import (
+from tradingbot_plugin.patches import (
     halt_patch,
     restart_patch,
     suspend_patch,

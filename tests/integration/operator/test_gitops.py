@@ -17,7 +17,7 @@ from kubernetes.dynamic import DynamicClient
 from localkube import binaries
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess
 from tradingbot_api.constants import ANNOTATION_HALT, ANNOTATION_SUSPEND
-from tradingbot_plugin.plugin import halt_patch, suspend_patch, unhalt_patch
+from tradingbot_plugin.patches import halt_patch, suspend_patch, unhalt_patch
 
 ARGOCD_MANAGER = "argocd-controller"
 SAMPLE = binaries.REPO_ROOT / "config" / "samples" / "bot-medio.yaml"

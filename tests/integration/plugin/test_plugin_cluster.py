@@ -23,18 +23,16 @@ from kubernetes import client
 
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
-from tradingbot_plugin.plugin import (
-    EXIT_FORBIDDEN,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
+from tradingbot_plugin.cli import main
+from tradingbot_plugin.core import EXIT_FORBIDDEN, EXIT_NOT_FOUND, EXIT_OK
+from tradingbot_plugin.kube import (
     FIELD_MANAGER,
     Kube,
     KubeConfigChoice,
     load_configuration,
-    main,
     new_api_client,
-    watch_status,
 )
+from tradingbot_plugin.watch import watch_status
 
 GROUP, VERSION, PLURAL = "trading.r7.dev", "v1alpha1", "tradingbots"
 RESTARTED_AT = "trading.r7.dev/restartedAt"

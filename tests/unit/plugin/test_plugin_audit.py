@@ -19,18 +19,16 @@ import pytest
 
 from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi, FakeKubeApi
 from tradingbot_audit import open_writer
-from tradingbot_plugin.plugin import (
-    AUDIT_FORBIDDEN_MESSAGE,
+from tradingbot_plugin.audit import AUDIT_FORBIDDEN_MESSAGE, AuditQuery, HttpAuditSource
+from tradingbot_plugin.cli import main as plugin_main
+from tradingbot_plugin.core import (
     EXIT_FAILED,
     EXIT_FORBIDDEN,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
-    AuditQuery,
-    HttpAuditSource,
     user_agent,
 )
-from tradingbot_plugin.plugin import main as plugin_main
 
 NOW = datetime(2025, 1, 1, 12, 30, tzinfo=UTC)
 

@@ -19,23 +19,24 @@ import pytest
 
 from tests.unit.plugin.fakes import TOKEN, FakeKubeApi
 from tradingbot_api.constants import HaltMode
-from tradingbot_plugin.plugin import (
+from tradingbot_plugin.cli import build_parser, main
+from tradingbot_plugin.core import (
     EXIT_FAILED,
     EXIT_FORBIDDEN,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
-    FIELD_MANAGER,
     PluginError,
-    build_parser,
+    user_agent,
+)
+from tradingbot_plugin.kube import FIELD_MANAGER
+from tradingbot_plugin.patches import (
     fleet_switch_patch,
     halt_patch,
-    main,
     restart_patch,
     restart_stamp,
     suspend_patch,
     unhalt_patch,
-    user_agent,
     validate_reason,
 )
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tradingbot_plugin.plugin import (
+from tradingbot_plugin.format import (
     as_list,
     audit_table,
     balance_rows,

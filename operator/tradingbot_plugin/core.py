@@ -1,0 +1,89 @@
+"""What every part of `kubectl tradingbot` shares: its name, the exit codes, the one error
+type commands report, the User-Agent of its requests, the clock, RFC 3339 time, and tolerant
+readers of API JSON (a status not written yet reads as empty, not as an error).
+
+Exit codes: 0 success; 1 failure (API error, verification failed, nothing matched);
+2 usage error; 3 not allowed (authentication or RBAC); 4 TradingBot not found;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any, Final
+
+# -- names and exit codes ----------------------------------------------------------------------
+
+PROG: Final = "kubectl tradingbot"
+USER_AGENT_PRODUCT: Final = "kubectl-tradingbot"
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_FORBIDDEN: Final = 3
+EXIT_NOT_FOUND: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+
+def plugin_version() -> str:
+    try:
+        return metadata.version("tradingbot-operator")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def user_agent() -> str:
+    """The HTTP User-Agent of every request; the webhook keys the `plugin` source on its prefix."""
+    return f"{USER_AGENT_PRODUCT}/{plugin_version()} (python)"
+
+
+class PluginError(Exception):
+    """A failure to report as one line on stderr with a given exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- time and API JSON ------------------------------------------------------------------------
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 timestamp from the API (or None for anything unreadable)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def rfc3339(moment: datetime, *, fraction: bool = False) -> str:
+    moment = moment.astimezone(UTC)
+    if fraction:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool):
+        return 0.0
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return 0.0
