@@ -1,4 +1,5 @@
-"""The few API calls the operator makes, as plain JSON over the official client's transport.
+"""The few API calls the operator makes, as plain JSON over the shared async client
+(`tradingbot_api.kubeclient`: one aiohttp session, no thread per call).
 
 Raw JSON (no generated models) keeps memory and CPU low at a thousand bots and lets every
 call say exactly what it means: uid preconditions on delete, resourceVersion on status
@@ -7,15 +8,13 @@ patches, server-side apply for the objects the operator owns.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client, config
-
 from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
+from tradingbot_api.kubeclient import KubeClient, KubeError
 
 FIELD_MANAGER = "tradingbot-operator"
 REQUEST_TIMEOUT = 30
@@ -32,28 +31,12 @@ _PLURALS = {
 }
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str, body: str) -> None:
-        super().__init__(f"{status} {reason}: {body[:500]}")
-        self.status = status
-        self.reason = reason
-        self.body = body
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
+ApiError = KubeError  # one error type for every program
 
 
-def api_message(err: ApiError) -> str:
+def api_message(err: KubeError) -> str:
     """The `message` of the Status the API server answered with, else the raw body."""
-    try:
-        return str(json.loads(err.body).get("message") or err.body)
-    except (ValueError, AttributeError):
-        return err.body
+    return err.message
 
 
 def _path(
@@ -76,17 +59,13 @@ def _path(
 
 
 class KubeApi:
-    def __init__(self, api_client: client.ApiClient) -> None:
-        self.api_client = api_client
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
 
     @classmethod
     def from_environment(cls) -> KubeApi:
         """In-cluster credentials when running in a pod, else the current kubeconfig."""
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        return cls(client.ApiClient())
+        return cls(KubeClient.from_environment(user_agent=FIELD_MANAGER))
 
     async def request(
         self,
@@ -97,31 +76,17 @@ class KubeApi:
         query: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        return await asyncio.to_thread(self._request, method, path, body, query, content_type)
-
-    def _request(
-        self, method: str, path: str, body: Any, query: Mapping[str, Any] | None, content_type: str
-    ) -> Any:
-        params = [(k, v) for k, v in (query or {}).items() if v is not None]
-        method, url, headers, payload, _ = self.api_client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=params,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+        return await self.client.request(
+            method,
+            path,
             body=body,
-            auth_settings=["BearerToken"],
+            query=query,
+            content_type=content_type,
+            timeout=REQUEST_TIMEOUT,
         )
-        response = self.api_client.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=REQUEST_TIMEOUT
-        )
-        data = response.read()
-        if not 200 <= response.status < 300:
-            raise ApiError(
-                int(response.status),
-                str(response.reason),
-                data.decode(errors="replace") if data else "",
-            )
-        return json.loads(data) if data else None
+
+    async def close(self) -> None:
+        await self.client.close()
 
     # -- TradingBots --------------------------------------------------------------------
 
