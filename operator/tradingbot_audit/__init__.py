@@ -4,7 +4,7 @@ Write with `open_writer(log_dir)` (one writer process per directory); read with 
 `summary`, `export_json`; check integrity with `verify_log`. The same operations are on the
 command line: `python -m tradingbot_audit --log-dir DIR {query,summary,export,verify}`.
 
-In a cluster the log has one writer, the sidecar (`... serve`, module `server`); the operator
+In a cluster the log has one writer, the sidecar (`... serve`, module `serve`); the operator
 sends it events with `client.AuditClient`. Neither is imported here, so the library and the
 read-only commands do not load aiohttp or the Kubernetes client.
 """
@@ -12,6 +12,8 @@ read-only commands do not load aiohttp or the Kubernetes client.
 from __future__ import annotations
 
 from .chain import GENESIS_HASH, ChainState, canonical_json, compute_hash
+from .dedup import DEFAULT_DEDUP_WINDOW
+from .errors import AuditLogCorruptError, AuditLogError, AuditWriteError, WriterLockedError
 from .metrics import AuditHooks, PrometheusHooks, WriterCounters
 from .reader import AuditFilter, Summary, export_json, iter_records, query, summarize, summary
 from .schema import (
@@ -23,17 +25,7 @@ from .schema import (
     redact_secrets,
 )
 from .verify import VerifyError, VerifyResult, verify_lines, verify_log
-from .writer import (
-    DEFAULT_DEDUP_WINDOW,
-    DEFAULT_MAX_FILE_BYTES,
-    AppendResult,
-    AuditLogCorruptError,
-    AuditLogError,
-    AuditWriteError,
-    AuditWriter,
-    WriterLockedError,
-    open_writer,
-)
+from .writer import DEFAULT_MAX_FILE_BYTES, AppendResult, AuditWriter, open_writer
 
 __all__ = [
     "DEFAULT_DEDUP_WINDOW",

@@ -1,7 +1,7 @@
 """`python -m tradingbot_audit --log-dir DIR {serve,query,summary,export,verify,append}`.
 
 Exit codes: 0 success; 1 verification failed or the operation failed (message on stderr);
-2 bad arguments. `serve` runs the audit sidecar (see server.py) until SIGTERM.
+2 bad arguments. `serve` runs the audit sidecar (see serve.py) until SIGTERM.
 
 `verify --head SEQ:HASH` or `verify --head-configmap NAMESPACE/NAME` also checks the log
 against the chain head recorded outside the log volume (head.py), which is what notices lines
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from .errors import AuditLogError
 from .head import (
     ChainHead,
     ConfigMapHeadStore,
@@ -29,7 +30,7 @@ from .head import (
 from .reader import AuditFilter, export_json, parse_time_arg, query, summary
 from .schema import SEVERITIES
 from .verify import verify_log
-from .writer import DEFAULT_MAX_FILE_BYTES, AuditLogError, open_writer
+from .writer import DEFAULT_MAX_FILE_BYTES, open_writer
 
 LOG_DIR_ENV: Final = "TRADINGBOT_AUDIT_LOG_DIR"
 
@@ -207,7 +208,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from tradingbot_api.logs import configure_logging
 
-    from .server import ServeOptions, run
+    from .serve import ServeOptions, run
 
     configure_logging(args.log_level)
     options = ServeOptions(
@@ -318,7 +319,7 @@ def _verify_head(args: argparse.Namespace) -> ChainHead | None:
         return None
     namespace, name = parse_configmap_ref(args.head_configmap)
     # Imported here: only this option needs the Kubernetes client (and the sidecar's transport).
-    from .server import KubeTransport
+    from .kube import KubeTransport
 
     transport = KubeTransport.from_kubeconfig(args.kubeconfig)
     try:

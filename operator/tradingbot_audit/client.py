@@ -16,7 +16,7 @@ import aiohttp
 
 DEFAULT_URL: Final = "http://127.0.0.1:8900"
 DEFAULT_TIMEOUT: Final = 5.0
-# The sidecar's limits (server.MAX_EVENTS_PER_REQUEST, MAX_BODY_BYTES), repeated here so that
+# The sidecar's limits (handlers.MAX_EVENTS_PER_REQUEST, MAX_BODY_BYTES), repeated here so that
 # importing the client does not import the server; a unit test keeps them in step.
 MAX_EVENTS_PER_REQUEST: Final = 1000
 MAX_BODY_BYTES: Final = 1024 * 1024

@@ -13,6 +13,9 @@ Guarantees, in the order an operator relies on them:
   rebuilt from the tail of the log on open).
 * Rotation by size and by UTC day; retention by age removes whole files oldest first and
   records where the chain resumes in `chain-anchor.json`, so `verify` still passes.
+
+This module appends and rotates; reading the log back on open is in recovery.py, the dedup
+window in dedup.py, retention in retention.py.
 """
 
 from __future__ import annotations
@@ -22,34 +25,32 @@ import fcntl
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from .chain import GENESIS, ChainState, encode_line, line_hash_ok, parse_line
+from .chain import GENESIS, ChainState, encode_line
+from .dedup import DEFAULT_DEDUP_WINDOW, DedupEntry, DedupWindow, load_record
+from .errors import AuditLogError, AuditWriteError, WriterLockedError
 from .files import (
     LOCK_NAME,
-    Anchor,
     LogFile,
     complete_size,
     file_name,
     fsync_dir,
-    iter_lines,
-    iter_lines_reverse,
     list_log_files,
     read_anchor,
-    read_line_at,
     remove_quietly,
     write_all,
-    write_anchor,
     write_json_atomic,
 )
 from .index import FileStats
 from .metrics import AuditHooks, WriterCounters
+from .recovery import ensure_index, scan_stats, tail_state, truncate_torn_tail
+from .retention import apply_retention, remove_log_file
 from .schema import AuditSchemaError, Record, normalize_event
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
-# Dedup window, in records. Redeliveries come from an operator that crashed and retried, i.e.
-# seconds to minutes after the original; 100,000 records is hours of audit traffic at
-# realistic rates (minutes only at a sustained few hundred events/s). Rebuilding it on open
-# reads the last 100,000 lines (~40 MB, well under a second) and holds only the keyed ones
-# in memory. A line count, not a time span, keeps that cost bounded whatever the clock says.
-DEFAULT_DEDUP_WINDOW: Final = 100_000
 # One event may carry an old and a new config; anything past this is a bug upstream, and a
 # huge line would defeat size rotation.
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -70,22 +65,6 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class AuditLogError(Exception):
-    """Base class of writer errors that are not input validation errors."""
-
-
-class WriterLockedError(AuditLogError):
-    """Another writer holds the log directory."""
-
-
-class AuditLogCorruptError(AuditLogError):
-    """The log's tail cannot be continued safely; run `verify` to see why."""
-
-
-class AuditWriteError(AuditLogError):
-    """A write or fsync failed; the events of the failed chunk were not acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -102,53 +81,6 @@ class AppendResult:
     @property
     def hash(self) -> str:
         return str(self.record["hash"])
-
-
-@dataclass(frozen=True)
-class _DedupEntry:
-    seq: int
-    hash: str
-    path: Path
-    offset: int
-
-
-class DedupWindow:
-    """dedup_key → where the keyed record sits, for the last `size` records of the log."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._by_key: dict[str, _DedupEntry] = {}
-        self._order: deque[tuple[int, str]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._by_key)
-
-    def get(self, key: str) -> _DedupEntry | None:
-        return self._by_key.get(key)
-
-    def add(self, key: str, entry: _DedupEntry) -> None:
-        if self.size <= 0:
-            return
-        self._by_key[key] = entry
-        self._order.append((entry.seq, key))
-
-    def evict(self, last_seq: int) -> None:
-        """Forget keys of records older than the last `size` records."""
-        floor = last_seq - self.size
-        order = self._order
-        while order and order[0][0] <= floor:
-            seq, key = order.popleft()
-            entry = self._by_key.get(key)
-            if entry is not None and entry.seq == seq:
-                del self._by_key[key]
-
-
-def _has_dedup_key(line: bytes) -> bool:
-    # Canonical lines start `{"action":…,"dedup_key":`; `action` is a plain string, so the
-    # first `,"dedup_key":` is the top-level one. Skipping json.loads for unkeyed lines makes
-    # the rebuild on open cheap.
-    marker = line.find(b',"dedup_key":')
-    return marker >= 0 and line[marker + 13 : marker + 17] != b"null"
 
 
 class AuditWriter:
@@ -314,9 +246,9 @@ class AuditWriter:
         files = list_log_files(self.log_dir)
         if files:
             self._newest_day = max(f.day for f in files)
-            self._truncate_torn_tail(files[-1])
+            truncate_torn_tail(files[-1])
 
-        state = self._tail_state(files, anchor)
+        state = tail_state(files, anchor)
         self._state = state
 
         if files:
@@ -328,116 +260,14 @@ class AuditWriter:
                 remove_quietly(newest.path)
             else:
                 self._open_active(newest)
-                self._stats = self._scan_stats(newest.path)
+                self._stats = scan_stats(newest.path)
                 self._size = newest.path.stat().st_size
             for closed in files[:-1]:
-                self._ensure_index(closed)
+                ensure_index(closed, durable=self._fsync)
 
-        self._rebuild_dedup(list_log_files(self.log_dir))
+        self._dedup.rebuild(list_log_files(self.log_dir), self._state.seq)
         if self.retention_days is not None:
             self._apply_retention(self._clock().astimezone(UTC).date())
-
-    def _truncate_torn_tail(self, newest: LogFile) -> None:
-        size = newest.path.stat().st_size
-        complete = complete_size(newest.path, size)
-        if complete == size:
-            return
-        log.warning(
-            "audit log %s ends with %d bytes of an unfinished line (a write cut short by a "
-            "crash, never acknowledged); truncating to %d bytes",
-            newest.path,
-            size - complete,
-            complete,
-        )
-        fd = os.open(newest.path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, complete)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _tail_state(self, files: list[LogFile], anchor: Anchor | None) -> ChainState:
-        for log_file in reversed(files):
-            for _offset, line in iter_lines_reverse(log_file.path):
-                return self._state_from_line(log_file, line)
-        if anchor is not None:
-            return ChainState(seq=anchor.seq, hash=anchor.hash)
-        return GENESIS
-
-    @staticmethod
-    def _state_from_line(log_file: LogFile, line: bytes) -> ChainState:
-        try:
-            record = parse_line(line)
-            seq, digest = int(record["seq"]), str(record["hash"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuditLogCorruptError(
-                f"the last line of {log_file.path} is not an audit record ({exc}); refusing to "
-                "continue the chain from it (run verify)"
-            ) from exc
-        if not line_hash_ok(line):
-            raise AuditLogCorruptError(
-                f"the last line of {log_file.path} (seq {seq}) fails its hash check; refusing "
-                "to continue the chain from it (run verify)"
-            )
-        return ChainState(seq=seq, hash=digest)
-
-    @staticmethod
-    def _scan_stats(path: Path) -> FileStats:
-        stats = FileStats()
-        for offset, line in iter_lines(path):
-            try:
-                stats.add(parse_line(line), len(line))
-            except (ValueError, KeyError, TypeError):
-                # A damaged line must not stop the audit from being written (that would let
-                # whoever damaged it silence the log); verify reports it. The stats then
-                # disagree with the file size, so readers ignore the resulting index.
-                log.warning("audit file %s has an unreadable line at byte %d", path, offset)
-        return stats
-
-    def _ensure_index(self, log_file: LogFile) -> None:
-        """Write the sidecar index of a closed file if a crash kept it from being written.
-
-        Only a missing index is written. One that disagrees with its file is evidence (of a
-        truncated or edited file) that verify must see, so it is left alone.
-        """
-        if log_file.index_path.exists():
-            return
-        try:
-            stats = self._scan_stats(log_file.path)
-            write_json_atomic(
-                log_file.index_path, stats.to_json(log_file.name), durable=self._fsync
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            # The index only speeds up reads; verify reports a broken file properly.
-            log.warning("could not index audit file %s: %s", log_file.path, exc)
-
-    def _rebuild_dedup(self, files: list[LogFile]) -> None:
-        window = self._dedup.size
-        if window <= 0:
-            return
-        found: list[tuple[str, _DedupEntry]] = []
-        remaining = window
-        for log_file in reversed(files):
-            for offset, line in iter_lines_reverse(log_file.path):
-                if remaining == 0:
-                    break
-                remaining -= 1
-                if not _has_dedup_key(line):
-                    continue
-                try:
-                    record = parse_line(line)
-                except ValueError:
-                    continue
-                key = record.get("dedup_key")
-                if isinstance(key, str):
-                    found.append(
-                        (key, _DedupEntry(record["seq"], record["hash"], log_file.path, offset))
-                    )
-            if remaining == 0:
-                break
-        for key, entry in reversed(found):
-            self._dedup.add(key, entry)
-        self._dedup.evict(self._state.seq)
 
     # -- appending ---------------------------------------------------------------------
 
@@ -453,7 +283,7 @@ class AuditWriter:
             if key is not None:
                 entry = self._dedup.get(key)
                 if entry is not None:
-                    existing = self._load_existing(key, entry)
+                    existing = load_record(key, entry)
                     results[index] = AppendResult(existing, duplicate=True)
                     self._note_duplicate(existing)
                     continue
@@ -540,7 +370,7 @@ class AuditWriter:
             self._stats.add(record, len(line))
             key = record["dedup_key"]
             if key is not None:
-                self._dedup.add(key, _DedupEntry(record["seq"], record["hash"], path, offset))
+                self._dedup.add(key, DedupEntry(record["seq"], record["hash"], path, offset))
             offset += len(line)
             committed.append((index, record))
         self._size = offset
@@ -600,18 +430,6 @@ class AuditWriter:
         self._fd = os.open(log_file.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._active = log_file
 
-    def _load_existing(self, key: str, entry: _DedupEntry) -> Record:
-        line = read_line_at(entry.path, entry.offset)
-        if line is not None:
-            try:
-                record: Record = parse_line(line)
-                if record.get("seq") == entry.seq:
-                    return record
-            except ValueError:
-                pass
-        # The file went away (retention) or moved; the seq and hash still identify it.
-        return {"seq": entry.seq, "hash": entry.hash, "dedup_key": key}
-
     def _note_duplicate(self, record: Record) -> None:
         self.counters.duplicate_skipped(record)
         self._call_hook("duplicate_skipped", record)
@@ -630,54 +448,18 @@ class AuditWriter:
     def _apply_retention(self, today: date) -> list[Path]:
         if self.retention_days is None:
             return []
-        cutoff = today - timedelta(days=self.retention_days)
-        files = list_log_files(self.log_dir)
-        expired: list[LogFile] = []
-        for log_file in files[:-1]:
-            if log_file.day >= cutoff or (self._active and log_file.path == self._active.path):
-                break
-            expired.append(log_file)
-        if not expired:
-            return []
-        try:
-            anchor = self._anchor_after(expired)
-        except (ValueError, KeyError, TypeError) as exc:
-            # Without a trustworthy anchor, verify could no longer pass after the deletion;
-            # keeping the data is the safe side.
-            log.warning(
-                "audit retention skipped: the last line of the expired files is "
-                "unreadable (%s); run verify",
-                exc,
-            )
-            return []
-        if anchor is not None:
-            # Anchor first: a crash between the two steps leaves files the anchor already
-            # covers, which the next open removes (_finish_pending_retention).
-            write_anchor(self.log_dir, anchor, durable=self._fsync)
-        for log_file in expired:
-            self._remove_file(log_file)
-        if self._fsync:
-            fsync_dir(self.log_dir)
-        log.info(
-            "audit retention removed %d file(s) older than %s from %s",
-            len(expired),
-            cutoff,
+        return apply_retention(
             self.log_dir,
+            self.retention_days,
+            today,
+            active=self.current_file,
+            durable=self._fsync,
+            remove=self._remove_file,
         )
-        return [log_file.path for log_file in expired]
 
-    @staticmethod
-    def _anchor_after(expired: list[LogFile]) -> Anchor | None:
-        for log_file in reversed(expired):
-            for _offset, line in iter_lines_reverse(log_file.path):
-                record = parse_line(line)
-                return Anchor(seq=int(record["seq"]), hash=str(record["hash"]), file=log_file.name)
-        return None
-
-    @staticmethod
-    def _remove_file(log_file: LogFile) -> None:
-        remove_quietly(log_file.index_path)
-        remove_quietly(log_file.path)
+    # Looked up on the class at each pass, so that a crash between writing the anchor and
+    # removing the files can be reproduced.
+    _remove_file = staticmethod(remove_log_file)
 
 
 def open_writer(

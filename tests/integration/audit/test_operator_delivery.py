@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -45,10 +46,16 @@ def test_every_action_reaches_the_log_exactly_once_through_random_kills(
     stop = threading.Event()
     rng = random.Random(7)
     kills = Counter[str]()
+    # The victims come in a fixed order (the sidecar early) and only the pauses are random:
+    # on a slow machine few steps fit in the workload, and each must count.
+    victims = itertools.cycle(["operator", "sidecar", "operator", "operator", "sidecar"])
+
+    def enough_chaos() -> bool:
+        return kills["operator"] >= 3 and kills["sidecar"] >= 1
 
     def chaos() -> None:
         while not stop.wait(rng.uniform(0.4, 1.5)):
-            victim = rng.choice(["operator", "sidecar"])
+            victim = next(victims)
             if victim == "operator":
                 state["operator"].kill()
                 state["operator"] = start_operator()
@@ -66,7 +73,10 @@ def test_every_action_reaches_the_log_exactly_once_through_random_kills(
         bots.wait_running_with("bot-a", timeout=60)
         monkey = threading.Thread(target=chaos, daemon=True)
         monkey.start()
-        for i in range(8):
+        # At least eight changes, and more until the chaos did its minimum (bounded).
+        for i in range(40):
+            if i >= 8 and enough_chaos():
+                break
             bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 3 + i}}})
             time.sleep(1.2)
         bots.annotate("bot-a", **{"trading.r7.dev/halt": "true"})
@@ -93,7 +103,7 @@ def test_every_action_reaches_the_log_exactly_once_through_random_kills(
         kubelet.stop()
         state["sidecar"].stop()
 
-    assert kills["operator"] >= 3 and kills["sidecar"] >= 1, kills
+    assert enough_chaos(), kills
     records = list(query(log_dir, AuditFilter.build(), limit=None))
     keys = [r["dedup_key"] for r in records]
     assert len(keys) == len(set(keys)), "an event was written twice"

@@ -13,15 +13,11 @@ import aiohttp
 import pytest
 
 from tradingbot_audit import AuditFilter, AuditWriter, open_writer, query
+from tradingbot_audit.handlers import HttpError, parse_verify_params
 from tradingbot_audit.head import ChainHead, HeadStoreError
-from tradingbot_audit.server import (
-    AuditServer,
-    HeadSettings,
-    HttpError,
-    head_after,
-    parse_verify_params,
-    start_server,
-)
+from tradingbot_audit.ingest import head_after
+from tradingbot_audit.serve import start_server
+from tradingbot_audit.server import AuditServer, HeadSettings
 from tradingbot_audit.writer import AppendResult
 
 from .conftest import build_event

@@ -25,27 +25,25 @@ from tradingbot_audit import (
     verify_log,
 )
 from tradingbot_audit import client as audit_client
-from tradingbot_audit import server as audit_server
-from tradingbot_audit.cli import build_parser
-from tradingbot_audit.client import AuditClient, AuditDeliveryError
-from tradingbot_audit.files import list_log_files
-from tradingbot_audit.server import (
+from tradingbot_audit import handlers as audit_server
+from tradingbot_audit.auth import (
     AUDIT_READ,
     AccessCheck,
-    AuditServer,
     AuthUnavailableError,
     CachingAuthorizer,
     Identity,
     KubeAuthorizer,
-    SerialWriter,
     access_review_body,
     bot_of,
     identity_from_token_review,
-    is_loopback,
-    parse_listen,
-    start_server,
     token_review_body,
 )
+from tradingbot_audit.cli import build_parser
+from tradingbot_audit.client import AuditClient, AuditDeliveryError
+from tradingbot_audit.files import list_log_files
+from tradingbot_audit.ingest import SerialWriter
+from tradingbot_audit.serve import is_loopback, parse_listen, start_server
+from tradingbot_audit.server import AuditServer
 
 from .conftest import build_event
 

@@ -36,8 +36,8 @@ from tradingbot.ledger import Execution, apply_fill
 from tradingbot.logsetup import SENSITIVE_FIELD_NAMES, SecretRedactor
 from tradingbot.metrics import BotMetrics
 from tradingbot.state import Fill, StateCheckpoint, decode_state, encode_state
+from tradingbot_audit.handlers import prepare_bot_event
 from tradingbot_audit.schema import is_secret_key, normalize_event
-from tradingbot_audit.server import prepare_bot_event
 
 BOT, NS = "alpha", "bots"
 T0 = "2026-03-01T12:00:00.000Z"

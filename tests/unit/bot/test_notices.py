@@ -15,8 +15,8 @@ from aiohttp import web
 from tests.unit.bot.test_audit_reporting import FakeSidecar
 from tradingbot.metrics import BotMetrics
 from tradingbot.notices import MAX_TEXT, NoticeSender, enqueue, error_event, halt_event
+from tradingbot_audit.handlers import prepare_bot_event
 from tradingbot_audit.schema import normalize_event
-from tradingbot_audit.server import prepare_bot_event
 
 BOT, NS = "alpha", "bots"
 T0 = "2026-03-01T12:00:00.000Z"
