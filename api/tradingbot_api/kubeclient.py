@@ -6,7 +6,8 @@ thirds of the time, and it needs no thread per call. Credentials come from a kub
 (`certificate-authority[-data]`, `client-certificate[-data]`/`client-key[-data]`, `token` or
 `tokenFile`, `exec` credential plugins, `insecure-skip-tls-verify`) or from the in-cluster
 ServiceAccount (its token file is read again for every request: the kubelet rotates it).
-Every failure is a `KubeError` with the HTTP status (0 when no answer came).
+Every failure is a `KubeError` with the HTTP status (0 when no answer came). aiohttp is
+imported on first use: command-line tools that only need `KubeError` start faster.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import aiohttp
 import yaml
+
+if TYPE_CHECKING:
+    import aiohttp
 
 IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -230,6 +233,8 @@ class KubeClient:
 
     async def _prepare(self) -> tuple[aiohttp.ClientSession, dict[str, str], dict[str, Any]]:
         """The session, the headers of one request and its TLS options."""
+        import aiohttp
+
         if self._ssl is None:
             self._ssl = await asyncio.to_thread(self.credentials.ssl_context)
         if self._session is None or self._session.closed:
@@ -264,6 +269,8 @@ class KubeClient:
         timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
     ) -> Any:
         """One request; the decoded JSON answer (None when empty)."""
+        import aiohttp
+
         session, headers, tls = await self._prepare()
         data: str | bytes | None = None
         if body is not None:
@@ -291,22 +298,32 @@ class KubeClient:
         self, path: str, *, query: Mapping[str, Any] | None = None, read_timeout: float = 60.0
     ) -> AsyncIterator[dict[str, Any]]:
         """The JSON lines of a streaming response (a watch) until the server ends it;
-        TimeoutError when nothing arrived for `read_timeout` seconds."""
+        TimeoutError when nothing arrived for `read_timeout` seconds, KubeError when refused
+        or the connection broke."""
+        import aiohttp
+
         session, headers, tls = await self._prepare()
         timeout = aiohttp.ClientTimeout(
             total=None, connect=CONNECT_TIMEOUT_SECONDS, sock_read=read_timeout
         )
-        async with session.get(
-            self._url(path, query), headers=headers, timeout=timeout, **tls
-        ) as response:
-            if response.status >= 400:
-                raw = await response.read()
-                raise KubeError(response.status, str(response.reason), raw.decode(errors="replace"))
-            buffer = b""
-            async for chunk in response.content.iter_any():
-                lines, buffer = split_lines(buffer + chunk)
-                for line in lines:
-                    yield json.loads(line)
+        try:
+            async with session.get(
+                self._url(path, query), headers=headers, timeout=timeout, **tls
+            ) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    raise KubeError(
+                        response.status, str(response.reason), raw.decode(errors="replace")
+                    )
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    lines, buffer = split_lines(buffer + chunk)
+                    for line in lines:
+                        yield json.loads(line)
+        except TimeoutError:
+            raise  # nothing arrived for read_timeout (aiohttp's timeouts are TimeoutErrors)
+        except (aiohttp.ClientError, OSError) as err:
+            raise KubeError(0, type(err).__name__, str(err)) from err
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -9,20 +9,21 @@ tokenreviews and subjectaccessreviews).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from tradingbot_api.constants import API_GROUP, PLURAL
+from cachetools import TTLCache
 
-from .kube import AUTH_REQUEST_TIMEOUT, KubeTransport, kube_api_client
+from tradingbot_api.constants import API_GROUP, PLURAL
+from tradingbot_api.kubeclient import KubeClient, KubeError
+
+from .head import KubeRequester
 
 AUTH_CACHE_SECONDS: Final = 10.0
+AUTH_REQUEST_TIMEOUT: Final = 5.0
 AUTH_CACHE_ENTRIES: Final = 4096
 
 SERVICE_ACCOUNT_PREFIX: Final = "system:serviceaccount:"
@@ -128,98 +129,67 @@ def access_review_body(identity: Identity, check: AccessCheck) -> dict[str, Any]
 
 
 class KubeAuthorizer:
-    """TokenReview and SubjectAccessReview against the API server, as raw JSON.
-
-    The official client's transport is blocking, so each review runs on a worker thread.
-    """
+    """TokenReview and SubjectAccessReview against the API server, as raw JSON."""
 
     TOKEN_REVIEWS: Final = "/apis/authentication.k8s.io/v1/tokenreviews"
     ACCESS_REVIEWS: Final = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
     def __init__(
         self,
-        api_client: Any,
+        api: KubeRequester,
         *,
         timeout: float = AUTH_REQUEST_TIMEOUT,
         audiences: Sequence[str] = (),
     ) -> None:
-        self.transport = KubeTransport(api_client, timeout=timeout)
+        self.api = api
+        self.timeout = timeout
         self.audiences = tuple(audiences)
-
-    @property
-    def api_client(self) -> Any:
-        return self.transport.api_client
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeAuthorizer:
         """The given kubeconfig; else in-cluster credentials; else the default kubeconfig."""
-        return cls(kube_api_client(kubeconfig))
+        try:
+            client = KubeClient.from_environment(kubeconfig, user_agent="tradingbot-audit")
+        except (KubeError, OSError, ValueError) as exc:
+            raise ValueError(f"no usable Kubernetes credentials: {exc}") from exc
+        return cls(client)
 
-    def close(self) -> None:
-        self.transport.close()
+    async def close(self) -> None:
+        close = getattr(self.api, "close", None)
+        if close is not None:
+            await close()
 
     async def authenticate(self, token: str) -> Identity | None:
-        review = await asyncio.to_thread(
-            self._post, self.TOKEN_REVIEWS, token_review_body(token, self.audiences)
-        )
+        review = await self._post(self.TOKEN_REVIEWS, token_review_body(token, self.audiences))
         return identity_from_token_review(review)
 
     async def allowed(self, identity: Identity, check: AccessCheck) -> bool:
-        review = await asyncio.to_thread(
-            self._post, self.ACCESS_REVIEWS, access_review_body(identity, check)
-        )
+        review = await self._post(self.ACCESS_REVIEWS, access_review_body(identity, check))
         return bool((review.get("status") or {}).get("allowed"))
 
-    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         # Errors are reported without the request body: it carries the caller's token.
         try:
-            status, data = self.transport.request("POST", path, body)
-        except Exception as exc:
-            raise AuthUnavailableError(f"POST {path} failed: {type(exc).__name__}: {exc}") from None
-        if status in (401, 403):
-            raise AuthUnavailableError(
-                f"the API server refused POST {path} (HTTP {status}); the audit sidecar's "
-                "ServiceAccount needs the system:auth-delegator ClusterRole"
-            )
-        if not 200 <= status < 300:
-            raise AuthUnavailableError(f"POST {path} answered HTTP {status}")
-        try:
-            parsed = json.loads(data)
+            parsed = await self.api.request("POST", path, body=dict(body), timeout=self.timeout)
+        except KubeError as exc:
+            if exc.status in (401, 403):
+                raise AuthUnavailableError(
+                    f"the API server refused POST {path} (HTTP {exc.status}); the audit "
+                    "sidecar's ServiceAccount needs the system:auth-delegator ClusterRole"
+                ) from None
+            if exc.status:
+                raise AuthUnavailableError(f"POST {path} answered HTTP {exc.status}") from None
+            raise AuthUnavailableError(f"POST {path} failed: {exc.reason}: {exc.body}") from None
         except ValueError:
             raise AuthUnavailableError(f"POST {path} answered with something not JSON") from None
+        except Exception as exc:
+            raise AuthUnavailableError(f"POST {path} failed: {type(exc).__name__}: {exc}") from None
         if not isinstance(parsed, dict):
             raise AuthUnavailableError(f"POST {path} answered with a non-object")
         return parsed
 
 
-class _TtlCache:
-    """A small LRU map whose entries expire; the clock is monotonic seconds."""
-
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: Any) -> tuple[bool, Any]:
-        entry = self._entries.get(key)
-        if entry is None:
-            return False, None
-        expires, value = entry
-        if self._clock() >= expires:
-            del self._entries[key]
-            return False, None
-        self._entries.move_to_end(key)
-        return True, value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._entries[key] = (self._clock() + self.ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+_MISSING: Final = object()
 
 
 class CachingAuthorizer:
@@ -241,26 +211,28 @@ class CachingAuthorizer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
-        self._identities = _TtlCache(ttl, max_entries, clock)
-        self._decisions = _TtlCache(ttl, max_entries, clock)
+        self._identities: TTLCache[bytes, Identity | None] = TTLCache(max_entries, ttl, timer=clock)
+        self._decisions: TTLCache[tuple[Identity, AccessCheck], bool] = TTLCache(
+            max_entries, ttl, timer=clock
+        )
 
     async def authenticate(self, token: str) -> Identity | None:
         key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        hit, cached = self._identities.get(key)
-        if hit:
-            return cached if isinstance(cached, Identity) else None
+        cached = self._identities.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
         identity = await self.inner.authenticate(token)
-        self._identities.put(key, identity)
+        self._identities[key] = identity
         return identity
 
     async def allowed(self, identity: Identity, check: AccessCheck) -> bool:
         key = (identity, check)
-        hit, decision = self._decisions.get(key)
-        if hit:
-            return bool(decision)
-        decision = await self.inner.allowed(identity, check)
-        self._decisions.put(key, decision)
-        return bool(decision)
+        known = self._decisions.get(key)
+        if known is not None:
+            return known
+        decision = bool(await self.inner.allowed(identity, check))
+        self._decisions[key] = decision
+        return decision
 
 
 def bot_of(username: str) -> tuple[str, str] | None:

@@ -11,6 +11,7 @@ deleted from the end of the log.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
+
+from tradingbot_api.kubeclient import KubeClient, KubeError
 
 from .errors import AuditLogError
 from .head import (
@@ -318,17 +321,23 @@ def _verify_head(args: argparse.Namespace) -> ChainHead | None:
             raise ValueError("--kubeconfig goes with --head-configmap")
         return None
     namespace, name = parse_configmap_ref(args.head_configmap)
-    # Imported here: only this option needs the Kubernetes client (and the sidecar's transport).
-    from .kube import KubeTransport
-
-    transport = KubeTransport.from_kubeconfig(args.kubeconfig)
-    try:
-        head = ConfigMapHeadStore(transport, namespace, name).read()
-    finally:
-        transport.close()
+    head = asyncio.run(_read_configmap_head(args.kubeconfig, namespace, name))
     if head is None:
         raise ValueError(f"configmap {namespace}/{name} does not exist or holds no chain head")
     return head
+
+
+async def _read_configmap_head(
+    kubeconfig: str | None, namespace: str, name: str
+) -> ChainHead | None:
+    try:
+        client = KubeClient.from_environment(kubeconfig, user_agent="tradingbot-audit")
+    except (KubeError, OSError) as exc:
+        raise ValueError(f"no usable Kubernetes credentials: {exc}") from exc
+    try:
+        return await ConfigMapHeadStore(client, namespace, name).read()
+    finally:
+        await client.close()
 
 
 def _cmd_verify(args: argparse.Namespace, out: TextIO) -> int:

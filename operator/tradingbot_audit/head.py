@@ -33,7 +33,6 @@ RBAC on it: whoever may update or delete it can reset the check.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -43,6 +42,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from tradingbot_api.kubeclient import KubeError
 
 from .chain import GENESIS, HASH_HEX_LENGTH, ChainState, parse_line
 from .files import iter_lines_reverse, list_log_files, read_anchor
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MIN_INTERVAL: Final = 0.2
 BACKOFF_INITIAL: Final = 0.5
 BACKOFF_MAX: Final = 30.0
+HEAD_REQUEST_TIMEOUT: Final = 5.0
 
 DATA_SEQ: Final = "seq"
 DATA_HASH: Final = "hash"
@@ -292,30 +294,32 @@ class HeadStoreError(Exception):
 
 
 class KubeRequester(Protocol):
-    """One raw JSON request to the API server: (HTTP status, body). Raises when unreachable."""
+    """One JSON request to the API server (`tradingbot_api.kubeclient.KubeClient` is one):
+    the decoded answer; KubeError when refused (status >= 400) or unreachable (status 0)."""
 
-    def request(
+    async def request(
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
         *,
+        body: Any = None,
         content_type: str = "application/json",
-    ) -> tuple[int, bytes]: ...
+        timeout: float = ...,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> Any: ...
 
 
 class HeadStore(Protocol):
-    """Where the head is kept. Blocking calls: run them on a thread from asyncio code."""
+    """Where the head is kept."""
 
     @property
     def ref(self) -> str: ...
 
-    def read(self) -> ChainHead | None:
+    async def read(self) -> ChainHead | None:
         """The recorded head, None when there is none; HeadStoreError, or ValueError when
         what is recorded is not a head."""
         ...
 
-    def write(self, head: ChainHead) -> None:
+    async def write(self, head: ChainHead) -> None:
         """Record `head`; HeadStoreError when the API server refuses or cannot be reached."""
         ...
 
@@ -338,10 +342,12 @@ class ConfigMapHeadStore:
         name: str,
         *,
         clock: Callable[[], datetime] = _utc_now,
+        timeout: float = HEAD_REQUEST_TIMEOUT,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name
+        self.timeout = timeout
         self._clock = clock
         self._collection = f"/api/v1/namespaces/{namespace}/configmaps"
         self._path = f"{self._collection}/{name}"
@@ -350,40 +356,36 @@ class ConfigMapHeadStore:
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def read(self) -> ChainHead | None:
-        status, body = self._call("get", "GET", self._path)
-        if status == 404:
-            return None
-        self._raise_for("get", status, body)
+    async def read(self) -> ChainHead | None:
         try:
-            obj = json.loads(body)
-        except ValueError:
-            raise HeadStoreError(
-                f"get configmap {self.ref} answered with something not JSON"
-            ) from None
+            obj = await self._call("get", "GET", self._path)
+        except _Missing:
+            return None
         data = obj.get("data") if isinstance(obj, dict) else None
         try:
             return head_from_data(data if isinstance(data, dict) else None)
         except ValueError as exc:
             raise ValueError(f"configmap {self.ref} holds no valid chain head: {exc}") from None
 
-    def write(self, head: ChainHead) -> None:
+    async def write(self, head: ChainHead) -> None:
         data = head_data(head, self._clock())
-        status, body = self._patch(data)
-        if status != 404:
-            self._raise_for("patch", status, body)
+        try:
+            await self._patch(data)
             return
-        status, body = self._call(
-            "create", "POST", self._collection, configmap_body(self.namespace, self.name, data)
-        )
-        if status == 409:  # created in between, by an earlier write that timed out
-            status, body = self._patch(data)
-            self._raise_for("patch", status, body)
-            return
-        self._raise_for("create", status, body)
+        except _Missing:
+            pass
+        try:
+            await self._call(
+                "create", "POST", self._collection, configmap_body(self.namespace, self.name, data)
+            )
+        except HeadStoreError as exc:
+            if exc.status != 409:
+                raise
+            # Created in between, by an earlier write that timed out.
+            await self._patch(data)
 
-    def _patch(self, data: Mapping[str, str]) -> tuple[int, bytes]:
-        return self._call(
+    async def _patch(self, data: Mapping[str, str]) -> Any:
+        return await self._call(
             "patch",
             "PATCH",
             self._path,
@@ -391,7 +393,7 @@ class ConfigMapHeadStore:
             content_type="application/merge-patch+json",
         )
 
-    def _call(
+    async def _call(
         self,
         verb: str,
         method: str,
@@ -399,36 +401,42 @@ class ConfigMapHeadStore:
         body: Mapping[str, Any] | None = None,
         *,
         content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
+    ) -> Any:
         try:
-            return self.api.request(method, path, body, content_type=content_type)
+            return await self.api.request(
+                method, path, body=body, content_type=content_type, timeout=self.timeout
+            )
+        except KubeError as exc:
+            raise self._error(verb, exc) from None
+        except ValueError:
+            raise HeadStoreError(
+                f"{verb} configmap {self.ref} answered with something not JSON"
+            ) from None
         except Exception as exc:
             raise HeadStoreError(
                 f"{verb} configmap {self.ref} failed: {type(exc).__name__}: {exc}"
             ) from None
 
-    def _raise_for(self, verb: str, status: int, body: bytes) -> None:
-        if 200 <= status < 300:
-            return
-        message = _status_message(body)
-        if status in (401, 403):
-            raise HeadStoreError(
-                f"the API server refused to {verb} configmap {self.ref} (HTTP {status}: "
+    def _error(self, verb: str, exc: KubeError) -> HeadStoreError:
+        if exc.status == 0:
+            return HeadStoreError(f"{verb} configmap {self.ref} failed: {exc.reason}: {exc.body}")
+        if exc.status == 404 and verb in ("get", "patch"):
+            return _Missing(verb, exc.status)
+        message = exc.message[:300] or "no message"
+        if exc.status in (401, 403):
+            return HeadStoreError(
+                f"the API server refused to {verb} configmap {self.ref} (HTTP {exc.status}: "
                 f"{message}); the audit sidecar's ServiceAccount needs get, update and patch on "
                 "it and create on configmaps (the chart's <fullname>-audit-head Role)",
-                status,
+                exc.status,
             )
-        raise HeadStoreError(f"{verb} configmap {self.ref}: HTTP {status}: {message}", status)
+        return HeadStoreError(
+            f"{verb} configmap {self.ref}: HTTP {exc.status}: {message}", exc.status
+        )
 
 
-def _status_message(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(parsed, dict) and parsed.get("message"):
-        return str(parsed["message"])[:300]
-    return "no message"
+class _Missing(HeadStoreError):
+    """The ConfigMap does not exist (answered to get and patch, which then create)."""
 
 
 # -- publishing -------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
     head = None
     if head_ref is not None:
         head = HeadSettings(
-            ConfigMapHeadStore(kube.transport, *head_ref),
+            ConfigMapHeadStore(kube.api, *head_ref),
             min_interval=options.head_interval,
             accept_mismatch=options.accept_head_mismatch,
         )
@@ -205,7 +205,7 @@ async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
             retention_interval=RETENTION_INTERVAL_SECONDS if options.retention_days else None,
         )
     except BaseException:
-        kube.close()
+        await kube.close()
         raise
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -231,5 +231,5 @@ async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await running.stop()
-        kube.close()
+        await kube.close()
     log.info("audit sidecar stopped")

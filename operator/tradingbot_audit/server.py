@@ -126,7 +126,7 @@ class AuditServer(AuditApi):
         if head is not None:
             store = head.store
             self.publisher = HeadPublisher(
-                lambda new_head: asyncio.to_thread(store.write, new_head),
+                store.write,
                 min_interval=head.min_interval,
                 on_error=self.head_metrics.write_failed,
                 on_written=lambda new_head: self.head_metrics.written(new_head.seq),
@@ -252,7 +252,7 @@ class AuditServer(AuditApi):
         delay = 0.5
         while True:
             try:
-                return await asyncio.to_thread(head.store.read)
+                return await head.store.read()
             except HeadStoreError as exc:
                 if not exc.retryable or time.monotonic() + delay > deadline:
                     raise

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tradingbot_api.kubeclient import KubeError
 from tradingbot_audit import AuditWriter, verify_log
 from tradingbot_audit.chain import GENESIS, ChainState
 from tradingbot_audit.cli import main
@@ -327,26 +328,30 @@ def test_cli_verify_head_arguments(log_dir: Path, ten: ChainHead) -> None:
 
 
 class FakeApi:
-    """Answers the store's requests from a script; records what was asked."""
+    """Answers the store's requests from a script, as the shared client would (a status of
+    400 or more is a KubeError); records what was asked."""
 
     def __init__(self, *answers: tuple[int, Any] | BaseException) -> None:
         self.answers = list(answers)
         self.sent: list[tuple[str, str, Any, str]] = []
 
-    def request(
+    async def request(
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
         *,
+        body: Any = None,
         content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
+        timeout: float = 5.0,  # noqa: ASYNC109 - the client's signature
+    ) -> Any:
         self.sent.append((method, path, body, content_type))
         answer = self.answers.pop(0)
         if isinstance(answer, BaseException):
             raise answer
         status, payload = answer
-        return status, json.dumps(payload).encode()
+        if status >= 400:
+            raise KubeError(status, "refused", json.dumps(payload))
+        return payload
 
 
 PATH = "/api/v1/namespaces/trading-system/configmaps/tb-audit-head"
@@ -356,25 +361,25 @@ def store(api: FakeApi) -> ConfigMapHeadStore:
     return ConfigMapHeadStore(api, "trading-system", "tb-audit-head", clock=lambda: NOW)
 
 
-def test_store_reads_the_head_or_none() -> None:
+async def test_store_reads_the_head_or_none() -> None:
     api = FakeApi((404, {"kind": "Status"}), (200, {"data": {"seq": "3", "hash": H1}}))
-    assert store(api).read() is None
-    assert store(api).read() == ChainHead(3, H1)
+    assert await store(api).read() is None
+    assert await store(api).read() == ChainHead(3, H1)
     assert [(m, p) for m, p, _b, _c in api.sent] == [("GET", PATH), ("GET", PATH)]
 
 
-def test_store_patches_and_creates_when_absent() -> None:
+async def test_store_patches_and_creates_when_absent() -> None:
     head = ChainHead(3, H1, "f.jsonl")
     api = FakeApi((200, {}), (404, {}), (201, {}), (404, {}), (409, {}), (200, {}))
-    store(api).write(head)
+    await store(api).write(head)
     method, path, body, content_type = api.sent[0]
     assert (method, path, content_type) == ("PATCH", PATH, "application/merge-patch+json")
     assert body == {"data": head_data(head, NOW)}
-    store(api).write(head)
+    await store(api).write(head)
     method, path, body, _ = api.sent[2]
     assert (method, path) == ("POST", "/api/v1/namespaces/trading-system/configmaps")
     assert body["metadata"]["name"] == "tb-audit-head" and body["data"]["seq"] == "3"
-    store(api).write(head)  # created by someone else in between: patched after all
+    await store(api).write(head)  # created by someone else in between: patched after all
     assert [m for m, _p, _b, _c in api.sent[3:]] == ["PATCH", "POST", "PATCH"]
 
 
@@ -384,20 +389,21 @@ def test_store_patches_and_creates_when_absent() -> None:
         ((403, {"message": "forbidden: no"}), False, "needs get, update and patch"),
         ((500, {"message": "etcd down"}), True, "HTTP 500: etcd down"),
         ((429, {}), True, "HTTP 429"),
+        (KubeError(0, "ClientConnectorError", "refused"), True, "ClientConnectorError"),
         (ConnectionRefusedError("refused"), True, "ConnectionRefusedError"),
     ],
 )
-def test_store_errors_say_whether_to_retry(
+async def test_store_errors_say_whether_to_retry(
     answer: tuple[int, Any] | BaseException, retryable: bool, words: str
 ) -> None:
     with pytest.raises(HeadStoreError, match=words) as raised:
-        store(FakeApi(answer)).write(ChainHead(1, H1))
+        await store(FakeApi(answer)).write(ChainHead(1, H1))
     assert raised.value.retryable is retryable
 
 
-def test_store_names_a_malformed_head() -> None:
+async def test_store_names_a_malformed_head() -> None:
     with pytest.raises(ValueError, match="holds no valid chain head"):
-        store(FakeApi((200, {"data": {"seq": "x", "hash": H1}}))).read()
+        await store(FakeApi((200, {"data": {"seq": "x", "hash": H1}}))).read()
 
 
 # -- publishing -------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +34,19 @@ class FakeStore:
     writes: list[ChainHead] = field(default_factory=list)
     fail_writes: int = 0
     read_error: BaseException | None = None
-    gate: threading.Event = field(default_factory=threading.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
     ref: str = "trading-system/tb-audit-head"
 
     def __post_init__(self) -> None:
         self.gate.set()
 
-    def read(self) -> ChainHead | None:
+    async def read(self) -> ChainHead | None:
         if self.read_error is not None:
             raise self.read_error
         return self.head
 
-    def write(self, head: ChainHead) -> None:
-        self.gate.wait(10)
+    async def write(self, head: ChainHead) -> None:
+        await asyncio.wait_for(self.gate.wait(), 10)
         if self.fail_writes:
             self.fail_writes -= 1
             raise HeadStoreError("the API server is down", 503)

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import test_utils
 
+from tradingbot_api.kubeclient import KubeError
 from tradingbot_audit import (
     AppendResult,
     AuditFilter,
@@ -642,7 +643,7 @@ async def test_the_cache_is_bounded_and_holds_no_token() -> None:
         inner.add(f"secret-token-{i}", f"u{i}")
         await cached.authenticate(f"secret-token-{i}")
     assert len(cached._identities) == 3
-    assert "secret-token" not in repr(cached._identities._entries)
+    assert "secret-token" not in repr(cached._identities)
     await cached.authenticate("secret-token-0")  # evicted, so asked again
     assert inner.reviews == 11
 
@@ -692,49 +693,55 @@ def test_review_bodies_and_answers() -> None:
     assert "namespace" not in cluster_wide["resourceAttributes"]
 
 
-class FakeResponse:
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status = status
-        self._body = body
+class FakeKube:
+    """One scripted answer for every request, as the shared client gives it."""
 
-    def read(self) -> bytes:
-        return self._body
-
-
-class FakeApiClient:
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        self.answer = FakeResponse(status, json.dumps(body).encode())
+        self.status = status
+        self.body = body
         self.sent: list[tuple[str, Any]] = []
 
-    def param_serialize(self, **kwargs: Any) -> tuple[str, str, dict[str, str], Any, None]:
-        return (
-            kwargs["method"],
-            kwargs["resource_path"],
-            kwargs["header_params"],
-            kwargs["body"],
-            None,
-        )
-
-    def call_api(self, method: str, url: str, **kwargs: Any) -> FakeResponse:
-        self.sent.append((url, kwargs["body"]))
-        return self.answer
+    async def request(self, method: str, path: str, *, body: Any = None, **_: Any) -> Any:
+        self.sent.append((path, body))
+        if self.status >= 400:
+            raise KubeError(self.status, "refused", json.dumps(self.body))
+        return self.body
 
 
 async def test_kube_authorizer_posts_reviews() -> None:
-    api = FakeApiClient(201, {"status": {"authenticated": True, "user": {"username": "alice"}}})
+    api = FakeKube(201, {"status": {"authenticated": True, "user": {"username": "alice"}}})
     kube = KubeAuthorizer(api)
     assert await kube.authenticate("tok") == Identity("alice")
     assert api.sent[0] == (KubeAuthorizer.TOKEN_REVIEWS, token_review_body("tok"))
-    api.answer = FakeResponse(201, b'{"status": {"allowed": true}}')
+    api.body = {"status": {"allowed": True}}
     assert await kube.allowed(Identity("alice"), AUDIT_READ)
     assert api.sent[1][0] == KubeAuthorizer.ACCESS_REVIEWS
 
 
 async def test_kube_authorizer_missing_rbac_is_unavailable_and_never_echoes_the_token() -> None:
-    kube = KubeAuthorizer(FakeApiClient(403, {"message": "forbidden"}))
+    kube = KubeAuthorizer(FakeKube(403, {"message": "forbidden"}))
     with pytest.raises(AuthUnavailableError, match="system:auth-delegator") as raised:
         await kube.authenticate("very-secret-token")
     assert "very-secret-token" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (KubeError(0, "ClientConnectorError", "connection refused"), "ClientConnectorError"),
+        (KubeError(500, "Internal Server Error", "{}"), "HTTP 500"),
+        (ValueError("Expecting value"), "not JSON"),
+    ],
+)
+async def test_kube_authorizer_unreachable_or_odd_answers_are_unavailable(
+    error: Exception, words: str
+) -> None:
+    class Failing:
+        async def request(self, *args: Any, **kwargs: Any) -> Any:
+            raise error
+
+    with pytest.raises(AuthUnavailableError, match=words):
+        await KubeAuthorizer(Failing()).allowed(Identity("alice"), AUDIT_READ)
 
 
 def test_bot_service_accounts() -> None:
