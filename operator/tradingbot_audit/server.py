@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import tenacity
 from prometheus_client import CollectorRegistry
 
 from .auth import Authorizer
@@ -248,14 +248,22 @@ class AuditServer(AuditApi):
         await self.writer.append([acceptance_event(problem, ref, last.seq, recorded)])
 
     async def _read_head(self, head: HeadSettings) -> ChainHead | None:
-        deadline = time.monotonic() + head.read_timeout
-        delay = 0.5
-        while True:
-            try:
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, HeadStoreError) and exc.retryable
+            ),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=5.0),
+            stop=tenacity.stop_before_delay(head.read_timeout),
+            before_sleep=_log_head_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
                 return await head.store.read()
-            except HeadStoreError as exc:
-                if not exc.retryable or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("cannot read the chain head yet: %s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")  # tenacity returns or re-raises
+
+
+def _log_head_retry(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("cannot read the chain head yet: %s; retrying in %.1fs", error, delay)
