@@ -1,20 +1,25 @@
-"""Operator settings: one object, documented defaults, read from TRADINGBOT_OPERATOR_* env vars.
+"""Operator settings: one object, documented defaults, read from TRADINGBOT_OPERATOR_* env vars
+(pydantic-settings; list values are space-separated).
 
 Validated at start-up so a typo fails fast instead of surfacing as odd behaviour later.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TRADINGBOT_OPERATOR_"
 
+Words = Annotated[tuple[str, ...], NoDecode]
 
-class OperatorSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False
+    )
 
     namespace: str | None = Field(
         default=None, description="Watch only this namespace; all namespaces when unset."
@@ -24,7 +29,7 @@ class OperatorSettings(BaseModel):
         description="Image for bots whose spec.image is unset. Not part of the config hash, "
         "so changing it restarts no running bot.",
     )
-    bot_command: tuple[str, ...] = Field(
+    bot_command: Words = Field(
         default=("python", "-m", "tradingbot"), description="Bot container command."
     )
     metrics_port: int = Field(
@@ -43,7 +48,7 @@ class OperatorSettings(BaseModel):
     state_mount_path: str = Field(
         default="/var/lib/tradingbot", description="Where a PVC-backed bot's state volume mounts."
     )
-    bot_env: tuple[str, ...] = Field(
+    bot_env: Words = Field(
         default=(),
         description="Extra KEY=VALUE environment for every bot container (e.g. TICK_SECONDS); "
         "operator-supplied, so not part of the config hash.",
@@ -53,7 +58,7 @@ class OperatorSettings(BaseModel):
         description="Base URL of the audit sidecar's ingest endpoint (http://127.0.0.1:8900 in "
         "the operator pod). Unset: Kubernetes Events only.",
     )
-    allowed_images: tuple[str, ...] = Field(
+    allowed_images: Words = Field(
         default=(),
         description="Images a TradingBot's spec.image may name (space-separated); bot_image "
         "is always allowed. A bot asking for another image keeps its running pod and reports "
@@ -91,6 +96,11 @@ class OperatorSettings(BaseModel):
         """Every image a bot pod may run."""
         return (self.bot_image, *(i for i in self.allowed_images if i != self.bot_image))
 
+    @field_validator("bot_command", "bot_env", "allowed_images", mode="before")
+    @classmethod
+    def _space_separated(cls, value: Any) -> Any:
+        return tuple(value.split()) if isinstance(value, str) else value
+
     @field_validator("bot_env")
     @classmethod
     def _key_value_pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -101,18 +111,10 @@ class OperatorSettings(BaseModel):
         return value
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, **overrides: object
-    ) -> OperatorSettings:
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for name, info in cls.model_fields.items():
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            values[name] = tuple(raw.split()) if info.annotation == tuple[str, ...] else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+    def from_env(cls, **overrides: object) -> OperatorSettings:
+        """The environment's settings, `overrides` (command-line flags; None: not given)
+        winning; SystemExit naming every bad value."""
         try:
-            return cls.model_validate(values)
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as err:
             raise SystemExit(f"invalid operator settings ({ENV_PREFIX}*): {err}") from err
