@@ -111,10 +111,11 @@ class OperatorSettings(BaseSettings):
         return value
 
     @classmethod
-    def from_env(cls, **overrides: object) -> OperatorSettings:
+    def from_env(cls, **overrides: Any) -> OperatorSettings:
         """The environment's settings, `overrides` (command-line flags; None: not given)
         winning; SystemExit naming every bad value."""
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            return cls(**given)
         except ValidationError as err:
             raise SystemExit(f"invalid operator settings ({ENV_PREFIX}*): {err}") from err
