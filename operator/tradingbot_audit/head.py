@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tradingbot_api.kubeclient import KubeError
+from tradingbot_api.times import utc_now
 
 from .chain import GENESIS, HASH_HEX_LENGTH, ChainState, parse_line
 from .files import iter_lines_reverse, list_log_files, read_anchor
@@ -324,10 +325,6 @@ class HeadStore(Protocol):
         ...
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class ConfigMapHeadStore:
     """The head in ConfigMap `namespace/name`: get, merge patch, and create when absent.
 
@@ -341,7 +338,7 @@ class ConfigMapHeadStore:
         namespace: str,
         name: str,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         timeout: float = HEAD_REQUEST_TIMEOUT,
     ) -> None:
         self.api = api

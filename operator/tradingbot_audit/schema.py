@@ -10,8 +10,10 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
+
+from tradingbot_api.times import NoOffsetError, micro_time, parse_zoned
 
 # A stored record is a plain JSON object; this alias documents intent without forcing callers
 # to build a class for every event.
@@ -100,21 +102,19 @@ def format_timestamp(moment: datetime) -> str:
             f"timestamp {moment.isoformat()!r} has no UTC offset; audit times must be "
             "timezone-aware"
         )
-    # isoformat with a fixed timespec is the same text as TIMESTAMP_FORMAT, and faster.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return micro_time(moment)  # the same text as TIMESTAMP_FORMAT
 
 
 def parse_timestamp(value: str) -> datetime:
     """Parse an ISO 8601 timestamp with an offset (`Z` or `+hh:mm`) into an aware datetime."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise AuditSchemaError(f"timestamp {value!r} is not ISO 8601") from exc
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        return parse_zoned(value)
+    except NoOffsetError:
         raise AuditSchemaError(
             f"timestamp {value!r} has no UTC offset; write it as e.g. 2025-01-02T03:04:05Z"
-        )
-    return parsed.astimezone(UTC)
+        ) from None
+    except ValueError as exc:
+        raise AuditSchemaError(f"timestamp {value!r} is not ISO 8601") from exc
 
 
 def normalize_timestamp(value: object) -> str:

@@ -16,12 +16,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 import tenacity
 from prometheus_client import CollectorRegistry
+
+from tradingbot_api.times import utc_now
 
 from .auth import Authorizer
 from .handlers import AuditApi
@@ -65,10 +67,6 @@ class _WriterHooks:
 
     def write_failed(self, error: BaseException) -> None:
         return None
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ class AuditServer(AuditApi):
         authorizer: Authorizer,
         registry: CollectorRegistry,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         head: HeadSettings | None = None,
     ) -> None:
         super().__init__(log_dir, writer, authorizer, registry, clock=clock)
@@ -145,7 +143,7 @@ class AuditServer(AuditApi):
         fsync: bool = True,
         registry: CollectorRegistry | None = None,
         open_log: Callable[[AuditHooks], LogWriter] | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         head: HeadSettings | None = None,
     ) -> AuditServer:
         """A server writing `log_dir`, with its own metrics registry unless one is given.

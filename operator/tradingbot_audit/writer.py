@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from tradingbot_api.times import utc_now
+
 from .chain import GENESIS, ChainState, encode_line
 from .dedup import DEFAULT_DEDUP_WINDOW, DedupEntry, DedupWindow, load_record
 from .errors import AuditLogError, AuditWriteError, WriterLockedError
@@ -61,10 +63,6 @@ DEFAULT_MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 # One event may carry an old and a new config; anything past this is a bug upstream, and a
 # huge line would defeat size rotation.
 MAX_LINE_BYTES: Final = 1024 * 1024
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

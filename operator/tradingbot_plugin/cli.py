@@ -35,6 +35,7 @@ from tradingbot_api.constants import (
     ANNOTATION_SUSPEND,
     HaltMode,
 )
+from tradingbot_api.times import utc_now
 from tradingbot_plugin.audit import AUDIT_URL_ENV, DEFAULT_AUDIT_LIMIT, cmd_audit
 from tradingbot_plugin.commands import (
     Context,
@@ -53,7 +54,6 @@ from tradingbot_plugin.core import (
     PROG,
     Clock,
     PluginError,
-    utc_now,
 )
 
 # The chart's fleet switch for release `tb` in `tradingbot-system` (make deploy's defaults).

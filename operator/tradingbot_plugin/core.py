@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import metadata
 from typing import Any, Final
 
@@ -52,29 +52,7 @@ class PluginError(Exception):
 Clock = Callable[[], datetime]
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-# -- time and API JSON ------------------------------------------------------------------------
-
-
-def parse_time(value: object) -> datetime | None:
-    """An RFC 3339 timestamp from the API (or None for anything unreadable)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def rfc3339(moment: datetime, *, fraction: bool = False) -> str:
-    moment = moment.astimezone(UTC)
-    if fraction:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+# -- API JSON -------------------------------------------------------------------------------
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

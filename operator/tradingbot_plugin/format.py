@@ -16,7 +16,8 @@ from typing import Any, Final
 import yaml
 
 from tradingbot_api.constants import DEFAULT_COALESCE_SECONDS, ConditionType, Phase
-from tradingbot_plugin.core import _mapping, _number, parse_time, rfc3339
+from tradingbot_api.times import kube_time, parse_time_or_none
+from tradingbot_plugin.core import _mapping, _number
 from tradingbot_plugin.patches import is_halted, is_suspended
 
 STATUS_COLUMNS: Final = (
@@ -101,10 +102,12 @@ def pending_text(pending: Mapping[str, Any] | None, coalesce_seconds: float, now
     action = str(pending["action"])
     if pending.get("startedAt"):
         return f"{action} in progress"
-    not_before = parse_time(pending.get("notBefore"))
+    not_before = parse_time_or_none(pending.get("notBefore"))
     if not_before is not None and not_before > now:
-        return f"{action} deferred until {rfc3339(not_before)}"
-    last = parse_time(pending.get("lastRequestedAt")) or parse_time(pending.get("firstRequestedAt"))
+        return f"{action} deferred until {kube_time(not_before)}"
+    last = parse_time_or_none(pending.get("lastRequestedAt")) or parse_time_or_none(
+        pending.get("firstRequestedAt")
+    )
     if last is not None:
         remaining = (last + timedelta(seconds=coalesce_seconds) - now).total_seconds()
         if remaining > 0:
@@ -152,7 +155,7 @@ def status_row(bot: Mapping[str, Any], now: datetime) -> list[str]:
         str(int(_number(_mapping(status.get("restarts")).get("total")))),
         pending_text(_pending(bot), _coalesce_seconds(bot), now),
         checkpoint_text(_mapping(status.get("state")), now),
-        format_age(parse_time(meta.get("creationTimestamp")), now),
+        format_age(parse_time_or_none(meta.get("creationTimestamp")), now),
     ]
 
 
@@ -161,7 +164,7 @@ def checkpoint_text(state: Mapping[str, Any], now: datetime) -> str:
     seq = state.get("checkpointSeq")
     if seq is None:
         return "-"
-    saved = parse_time(state.get("savedAt"))
+    saved = parse_time_or_none(state.get("savedAt"))
     return f"#{seq} {format_age(saved, now)} ago" if saved else f"#{seq}"
 
 
@@ -172,7 +175,7 @@ def feed_lines(
 
     def when(event: Mapping[str, Any]) -> datetime:
         stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
-        return parse_time(stamp) or datetime.min.replace(tzinfo=UTC)
+        return parse_time_or_none(stamp) or datetime.min.replace(tzinfo=UTC)
 
     about_bots = [
         e for e in events if _mapping(e.get("involvedObject")).get("kind") == "TradingBot"

@@ -21,8 +21,9 @@ from tradingbot_api.constants import (
     HaltMode,
     effective_halt,
 )
+from tradingbot_api.times import kube_time, micro_time
 from tradingbot_audit.schema import MAX_TEXT_LENGTH
-from tradingbot_plugin.core import EXIT_USAGE, PluginError, rfc3339
+from tradingbot_plugin.core import EXIT_USAGE, PluginError
 
 # The restart reason ends up in the audit record, whose text fields are bounded; refusing a
 # longer reason here beats silently truncating the one thing that explains the restart.
@@ -52,8 +53,8 @@ def restart_stamp(now: datetime, previous: str | None) -> str:
     A second request within the same second would write the same value, change nothing and
     be lost; fractional seconds keep it distinct.
     """
-    stamp = rfc3339(now)
-    return rfc3339(now, fraction=True) if stamp == previous else stamp
+    stamp = kube_time(now)
+    return micro_time(now) if stamp == previous else stamp
 
 
 def restart_patch(stamp: str, reason: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 from tradingbot_api.constants import API_GROUP, PLURAL, VERSION
-from tradingbot_plugin.core import EXIT_OK, Clock, _mapping, rfc3339, utc_now
+from tradingbot_api.times import kube_time, utc_now
+from tradingbot_plugin.core import EXIT_OK, Clock, _mapping
 from tradingbot_plugin.format import (
     _no_bots_message,
     _render_status,
@@ -246,7 +247,7 @@ def watch_status(
                 continue
             if interactive:
                 # Home + clear screen, then the table: a redraw in place, like `watch`.
-                out.write("\x1b[H\x1b[2J" + f"{rfc3339(now)}\n" + text + "\n")
+                out.write("\x1b[H\x1b[2J" + f"{kube_time(now)}\n" + text + "\n")
             elif batch:
                 # Pipes and logs: a new table per change, not per countdown tick.
                 out.write(("\n" if last_drawn else "") + text + "\n")
