@@ -1,7 +1,8 @@
 """What the parts of the bot runtime share.
 
-`tradingbot.runtime.BotRuntime` is one object whose methods are grouped by job: obeying what
-controls the bot (tradingbot.obey), deciding and placing orders (tradingbot.orders),
+`tradingbot.runtime.BotRuntime` is one object whose methods are grouped by job: start-up
+and configuration (tradingbot.startup), obeying what controls the bot (tradingbot.obey),
+deciding and placing orders (tradingbot.orders), checkpoints (tradingbot.checkpoints),
 reporting (tradingbot.reporting) and the process lifecycle (tradingbot.runtime). This base
 declares the state they share and the steps one part asks of another, so that each part
 type-checks on its own; every step here is implemented by exactly one part.
@@ -66,6 +67,8 @@ class RuntimeParts:
     _feed_factory: Callable[[BotConfig, StateCheckpoint], Any] | None
     _audit_token: Callable[[], str | None] | None
     _durable_fill_seq: int
+    _save_task: asyncio.Future[StateCheckpoint] | None
+    _last_checkpoint: float
     _breach_day: str | None
     _wake: asyncio.Event
     _initial_object: dict[str, Any] | None
@@ -82,14 +85,18 @@ class RuntimeParts:
 
     # -- lifecycle (tradingbot.runtime)
 
-    def _api(self) -> KubeApi:
-        raise NotImplementedError
-
     async def _sleep(self, seconds: float) -> None:
         raise NotImplementedError
 
     def _shutdown_budget(self) -> float:
         raise NotImplementedError
+
+    # -- start-up (tradingbot.startup)
+
+    def _api(self) -> KubeApi:
+        raise NotImplementedError
+
+    # -- checkpoints (tradingbot.checkpoints)
 
     async def _checkpoint(self, reason: str) -> bool:
         raise NotImplementedError
@@ -117,6 +124,9 @@ class RuntimeParts:
         raise NotImplementedError
 
     # -- reporting (tradingbot.reporting)
+
+    def _configure_audit(self) -> None:
+        raise NotImplementedError
 
     def _schedule_status(self) -> None:
         raise NotImplementedError

@@ -28,8 +28,10 @@ Lifecycle of `python -m tradingbot`:
    from step 3.
 
 This module is the lifecycle; the runtime's other jobs are parts of the same object:
+tradingbot.startup (identity, config and credentials, what they configure),
 tradingbot.obey (kill switch, suspension, order gate), tradingbot.orders (decisions, orders,
-fills, exchange and feed) and tradingbot.reporting (status, metrics, Events, audit).
+fills, exchange and feed), tradingbot.checkpoints (state writes) and tradingbot.reporting
+(status, metrics, Events, audit).
 """
 
 from __future__ import annotations
@@ -43,48 +45,37 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from tradingbot.audit import AuditReporter
-from tradingbot.config import BotConfig, ConfigError, Settings, parse_tradingbot
+from tradingbot.checkpoints import CheckpointPart
+from tradingbot.config import BotConfig, ConfigError, Settings
 from tradingbot.constants import (
-    API_GROUP,
-    API_VERSION,
     REASON_PERIODIC,
     REASON_RESTORE,
     REASON_SHUTDOWN,
-    TRADINGBOT_PLURAL,
-    lease_name,
 )
 from tradingbot.control import ControlWatcher
-from tradingbot.credentials import Credentials, read_credentials
+from tradingbot.credentials import Credentials
 from tradingbot.exchange.base import FeedUnavailableError
 from tradingbot.fencing import LeaseFence, LeaseLostError
 from tradingbot.health import HealthServer, HealthState
 from tradingbot.kube import (
     EventRecorder,
     KubeApi,
-    KubeApiError,
-    KubeClient,
-    arequest,
-    namespaced_path,
 )
 from tradingbot.ledger import mark
-from tradingbot.logsetup import REDACTOR
 from tradingbot.metrics import BotMetrics
 from tradingbot.notices import NoticeSender
 from tradingbot.obey import ControlPart
 from tradingbot.orders import STARTUP_RETRY_SECONDS, OrderPart
 from tradingbot.reporting import ReportingPart
+from tradingbot.startup import StartupPart
 from tradingbot.state.model import StateCheckpoint, StateCorruptError
 from tradingbot.state.stores import (
     SOURCE_EMPTY,
-    ConfigMapStateStore,
-    FileStateStore,
     StateConflictError,
     StateStore,
-    StateWriteError,
 )
 from tradingbot.status import StatusReporter
 from tradingbot.strategy import Strategy
@@ -105,7 +96,7 @@ SHUTDOWN_MARGIN_SECONDS = 2.0
 MAX_CONSECUTIVE_TICK_FAILURES = 30
 
 
-class BotRuntime(ControlPart, OrderPart, ReportingPart):
+class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointPart):
     """One bot process; its methods are grouped by job in the parts it is made of."""
 
     def __init__(
@@ -292,113 +283,6 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart):
         # The container restarts as a new process that waits for the Lease and restores.
         log.error("fencing broken: exiting without writing state", extra={"code": EXIT_FENCED})
         return EXIT_FENCED
-
-    async def _configure(self) -> None:
-        s = self.settings
-        if self.api is None:
-            try:
-                self.api = await asyncio.to_thread(KubeClient.from_environment, s.kubeconfig)
-            except Exception as exc:
-                raise ConfigError(f"cannot load Kubernetes credentials: {exc}") from exc
-        obj = await self._retry_api(lambda: self._read_tradingbot())
-        if obj is None:
-            return
-        self._initial_object = obj
-        self.events = EventRecorder(
-            self.api,
-            s.namespace,
-            s.bot_name,
-            bot_uid=str((obj.get("metadata") or {}).get("uid", "")),
-            pod_name=s.pod_name,
-        )
-        config = parse_tradingbot(obj)
-        self.config = config
-        self.strategy = Strategy(config.profile, config.params)
-        credentials = None
-        if config.mode != "paper":
-            # Mounted before the container starts: a missing file is a broken pod template,
-            # not something to wait for.
-            credentials = await asyncio.to_thread(
-                read_credentials, Path(s.credentials_dir), config.mode
-            )
-            REDACTOR.add(credentials.api_key, credentials.secret)
-            self.credentials = credentials
-        self._configure_audit()
-        if self.store is None:
-            if config.state_backend == "pvc":
-                self.store = FileStateStore(Path(s.state_dir))
-            else:
-                self.store = ConfigMapStateStore(self._api(), s.namespace, s.bot_name)
-        duration = s.lease_duration_seconds
-        self.fence = LeaseFence(
-            self._api(),
-            s.namespace,
-            lease_name(s.bot_name),
-            s.identity,
-            bot=s.bot_name,
-            duration_seconds=duration,
-            renew_interval=duration / 3,
-            renew_deadline=duration * 2 / 3,
-            retry_interval=min(1.0, duration / 5),
-        )
-        if self._exchange_factory is not None:
-            self.exchange = self._exchange_factory(config)
-        elif config.mode != "paper":
-            from tradingbot.exchange.live import LiveExchange
-
-            assert credentials is not None
-            self.exchange = LiveExchange(
-                config.exchange_id,
-                config.mode,
-                api_key=credentials.api_key,
-                secret=credentials.secret,
-                sink=self.metrics,
-            )
-        if self.exchange is not None:
-            try:
-                await self._retry_api(self.exchange.open)
-            except ValueError as exc:  # e.g. an exchange id ccxt does not know
-                raise ConfigError(f"spec.exchange.id: {exc}") from exc
-        log.info(
-            "configured",
-            extra={
-                "bot": s.bot_name,
-                "profile": config.profile,
-                "exchange": config.exchange_id,
-                "mode": config.mode,
-                "symbols": list(config.symbols),
-                "state_backend": self.store.backend,
-                "identity": s.identity,
-            },
-        )
-
-    def _api(self) -> KubeApi:
-        assert self.api is not None
-        return self.api
-
-    async def _read_tradingbot(self) -> dict[str, Any]:
-        s = self.settings
-        path = namespaced_path(
-            f"{API_GROUP}/{API_VERSION}", s.namespace, TRADINGBOT_PLURAL, s.bot_name
-        )
-        try:
-            return await arequest(self._api(), "GET", path)
-        except KubeApiError as exc:
-            if exc.status == 404:
-                raise ConfigError(f"TradingBot {s.namespace}/{s.bot_name} not found") from exc
-            raise
-
-    async def _retry_api(self, call: Callable[[], Any]) -> Any:
-        """Retry start-up reads until they succeed or a stop is requested (None then)."""
-        while not self.stopping:
-            try:
-                return await call()
-            except (ConfigError, ValueError, StateCorruptError):
-                raise
-            except Exception as exc:
-                log.warning("start-up request failed; retrying", extra={"error": str(exc)})
-                await self._sleep(STARTUP_RETRY_SECONDS)
-        return None
 
     # ------------------------------------------------------------------ one fenced session
 
@@ -605,60 +489,3 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart):
         self._report_held_back_errors()
         self._schedule_status()
         self._report_flat()
-
-    # ------------------------------------------------------------------ state
-
-    async def _checkpoint(self, reason: str) -> bool:
-        """Store the current state as the next checkpoint. False if the write failed (new
-        entries pause until one succeeds); raises when fencing says another writer exists."""
-        assert self.store is not None and self.fence is not None
-        if self._save_task is not None and not self._save_task.done():
-            # A write abandoned by a cancelled caller is still running in its thread; let it
-            # finish so two writes never race.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._save_task)
-        if not self.fence.held:
-            raise LeaseLostError("not the lease holder: refusing to write state")
-        candidate = self.state.next(reason=reason, writer_pod=self.settings.pod_name)
-        started = time.monotonic()
-        self._save_task = asyncio.ensure_future(self.store.save(candidate))
-        try:
-            stored = await asyncio.shield(self._save_task)
-        except StateConflictError:
-            raise
-        except (StateWriteError, OSError) as exc:
-            if not self.write_failing:
-                log.error(
-                    "state write failed: no new entries until a write succeeds",
-                    extra={"reason": reason, "error": str(exc)},
-                )
-            self._report_error("state_write", type(exc).__name__, str(exc))
-            self.write_failing = True
-            self.metrics.set_flag(self.metrics.state_write_failing, True)
-            return False
-        seconds = time.monotonic() - started
-        # Keep in memory whatever changed while the write was in flight; drop only the
-        # journal entries the size guard trimmed from what was stored.
-        trimmed = len(candidate.journal) - len(stored.journal)
-        if trimmed:
-            self._audit_lost(self.state.journal[:trimmed], ())
-        self.state = replace(
-            self.state,
-            checkpoint_seq=stored.checkpoint_seq,
-            saved_at=stored.saved_at,
-            reason=stored.reason,
-            writer_pod=stored.writer_pod,
-            journal=self.state.journal[trimmed:],
-        )
-        if self.write_failing:
-            log.info("state writes succeed again: entries resume")
-        self.write_failing = False
-        self.metrics.set_flag(self.metrics.state_write_failing, False)
-        self.metrics.checkpoint(reason, seconds, stored.checkpoint_seq)
-        self._last_checkpoint = time.monotonic()
-        self.health.detail["checkpointSeq"] = stored.checkpoint_seq
-        if stored.journal:
-            self._durable_fill_seq = stored.journal[-1].seq
-        if self.audit is not None:
-            self.audit.notify()
-        return True
