@@ -10,48 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tradingbot_api.constants import (
-    ANNOTATION_APPLIED_RESTART,
-    ANNOTATION_APPLIED_SPEC,
-    ANNOTATION_CONFIG_HASH,
     ANNOTATION_CREDENTIALS_APPROVED,
-    ANNOTATION_HALT,
-    ANNOTATION_RESTART_REASON,
-    ANNOTATION_SUSPEND,
     API_VERSION,
-    DEFAULT_COALESCE_SECONDS,
-    DEFAULT_EXCHANGE_MODE,
-    DEFAULT_GRACE_PERIOD_SECONDS,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_RESTARTS_PER_HOUR,
-    DEFAULT_STATE_BACKEND,
     KIND,
-    SUSPEND_VALUE,
     BlockReason,
-    HaltMode,
     Phase,
-    effective_halt,
     lease_name,
 )
-from tradingbot_operator.decide import (
-    Blocker,
-    BotFacts,
-    CreatePod,
-    Decision,
-    DeletePod,
-    FieldChange,
-    OperatorLimits,
-    PodFacts,
-    RestartPolicy,
-    decide,
-)
+from tradingbot_operator.decide import Decision, decide
+from tradingbot_operator.decide_facts import Blocker, BotFacts, OperatorLimits, PodFacts
+from tradingbot_operator.decide_outcome import CreatePod, DeletePod
 from tradingbot_operator.failpoints import failpoint
 from tradingbot_operator.guards import (
     PolicyWatch,
@@ -60,23 +35,16 @@ from tradingbot_operator.guards import (
     image_blocker,
     spec_blocker,
 )
-from tradingbot_operator.hashing import (
-    bounded_text,
-    canonical_json,
-    changed_fields,
-    compact_spec,
-    config_hash,
-    restart_token,
-    value_at,
-)
-from tradingbot_operator.identity import (
-    PolicyState,
-    StampOrder,
-    change_stamp,
-    verified_identity,
-)
+from tradingbot_operator.hashing import bounded_text, canonical_json, config_hash, restart_token
+from tradingbot_operator.identity import PolicyState, change_stamp
 from tradingbot_operator.kubeapi import ApiError, KubeApi, api_message
 from tradingbot_operator.metrics import OperatorMetrics
+from tradingbot_operator.reconcile_gather import (
+    SPEC_DEFAULTS,
+    bot_facts,
+    needs_new_config,
+    pod_facts,
+)
 from tradingbot_operator.recorder import AuditEvent, AuditRecorder, InvolvedObject
 from tradingbot_operator.render import (
     BotRef,
@@ -86,163 +54,13 @@ from tradingbot_operator.render import (
     service_account_name,
 )
 from tradingbot_operator.settings import OperatorSettings
-from tradingbot_operator.timeutil import format_time, parse_time, utcnow
+from tradingbot_operator.timeutil import utcnow
 from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, lease_expired
 
 log = logging.getLogger(__name__)
 
-SPEC_DEFAULTS: dict[str, Any] = {
-    "exchange": {"mode": DEFAULT_EXCHANGE_MODE},
-    "state": {"backend": DEFAULT_STATE_BACKEND},
-    "suspend": False,
-    "restartPolicy": {
-        "coalesceSeconds": DEFAULT_COALESCE_SECONDS,
-        "maxAttempts": DEFAULT_MAX_ATTEMPTS,
-        "gracePeriodSeconds": DEFAULT_GRACE_PERIOD_SECONDS,
-        "maxRestartsPerHour": DEFAULT_MAX_RESTARTS_PER_HOUR,
-    },
-}
 MAX_OUTBOX = 200
 ERROR_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
-
-
-# -- facts ----------------------------------------------------------------------------------
-
-
-def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    containers = status.get("containerStatuses") or []
-    restarts = sum(int(c.get("restartCount") or 0) for c in containers)
-    last_exit: Mapping[str, Any] = next(
-        (
-            c["lastState"]["terminated"]
-            for c in containers
-            if (c.get("lastState") or {}).get("terminated")
-        ),
-        {},
-    )
-    return PodFacts(
-        name=str(meta.get("name")),
-        uid=str(meta.get("uid")),
-        config_hash=(meta.get("annotations") or {}).get(ANNOTATION_CONFIG_HASH),
-        created_at=parse_time(meta.get("creationTimestamp")),
-        deleting=bool(meta.get("deletionTimestamp")),
-        ready=ready,
-        terminated=status.get("phase") in ("Succeeded", "Failed"),
-        restart_count=restarts,
-        node_name=(pod.get("spec") or {}).get("nodeName"),
-        last_exit_reason=last_exit.get("reason"),
-        last_exit_code=last_exit.get("exitCode"),
-    )
-
-
-def restart_policy(spec: Mapping[str, Any]) -> RestartPolicy:
-    policy = spec.get("restartPolicy") or {}
-    return RestartPolicy(
-        coalesce_seconds=float(policy.get("coalesceSeconds", DEFAULT_COALESCE_SECONDS)),
-        max_attempts=int(policy.get("maxAttempts", DEFAULT_MAX_ATTEMPTS)),
-        grace_period_seconds=int(policy.get("gracePeriodSeconds", DEFAULT_GRACE_PERIOD_SECONDS)),
-        max_restarts_per_hour=int(policy.get("maxRestartsPerHour", DEFAULT_MAX_RESTARTS_PER_HOUR)),
-    )
-
-
-def spec_changes(
-    applied: Mapping[str, Any] | None, spec: Mapping[str, Any]
-) -> tuple[FieldChange, ...]:
-    """What changed between the spec the live pod was started with and the current one."""
-    if applied is None:
-        return ()
-    return tuple(
-        FieldChange(path, value_at(applied, path), value_at(spec, path))
-        for path in changed_fields(applied, spec)
-    )
-
-
-def applied_spec(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The spec a pod was started with, compacted the same way whichever operator version
-    wrote it (earlier ones stored the whole spec)."""
-    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_APPLIED_SPEC)
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return compact_spec(value) if isinstance(value, dict) else None
-
-
-def bot_facts(
-    body: Mapping[str, Any],
-    pods: Sequence[PodFacts],
-    raw_pods: Sequence[Mapping[str, Any]],
-    policies: PolicyState | None = None,
-    fleet_halt: HaltMode | None = None,
-) -> BotFacts:
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    annotations = meta.get("annotations") or {}
-    bot_halt = effective_halt(annotations.get(ANNOTATION_HALT))
-    halt_mode = effective_halt(bot_halt, fleet_halt)
-    desired = config_hash(spec, annotations, SPEC_DEFAULTS)
-    status = body.get("status") or {}
-    seen = status.get("lastChange") or {}
-    newest = StampOrder.of(parse_time(seen.get("stampTime")), seen.get("stampRevision"))
-    identity = verified_identity(body, policies or PolicyState(), newest)
-    last_change = (
-        {
-            "by": identity.user,
-            "source": identity.source,
-            "stampTime": format_time(identity.time),
-            "stampRevision": identity.revision,
-        }
-        if identity.verified and identity.time
-        else status.get("lastChange")
-    )
-    applied = None
-    applied_restart = ""
-    for raw in raw_pods:
-        raw_meta = raw.get("metadata") or {}
-        if not raw_meta.get("deletionTimestamp"):
-            applied_restart = (raw_meta.get("annotations") or {}).get(
-                ANNOTATION_APPLIED_RESTART, ""
-            )
-            applied = applied_spec(raw) or applied
-    reason = annotations.get(ANNOTATION_RESTART_REASON)
-    reason = bounded_text(reason) if reason else None
-    return BotFacts(
-        namespace=str(meta.get("namespace")),
-        name=str(meta.get("name")),
-        desired_hash=desired,
-        status=body.get("status") or {},
-        policy=restart_policy(spec),
-        generation=int(meta.get("generation") or 1),
-        suspend=bool(spec.get("suspend"))
-        or annotations.get(ANNOTATION_SUSPEND, "").lower() == SUSPEND_VALUE,
-        halt_mode=halt_mode,
-        halt_source="bot" if halt_mode == bot_halt else "fleet",
-        kill_switch=dict(status.get("killSwitch") or {}),
-        deleting=bool(meta.get("deletionTimestamp")),
-        restart_reason=reason if restart_token(annotations) not in ("", applied_restart) else None,
-        action_reason=reason if identity.reason_is_new else None,
-        changes=spec_changes(applied, compact_spec(spec)),
-        requested_by=identity.user,
-        request_source=identity.source,
-        last_change=last_change,
-    )
-
-
-def needs_new_config(facts: BotFacts, pods: Sequence[PodFacts]) -> bool:
-    """Whether the next step would start a pod with the desired config (so it must be
-    runnable): no live pod, or one with another config, and the bot is meant to run."""
-    if facts.deleting or facts.halt or facts.suspend:
-        return False
-    alive = [p for p in pods if not p.deleting]
-    return not alive or any(p.config_hash != facts.desired_hash for p in alive)
 
 
 # -- the loop -------------------------------------------------------------------------------

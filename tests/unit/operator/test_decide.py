@@ -8,15 +8,9 @@ import pytest
 
 from tests.unit.operator.world import T0, World, running_world
 from tradingbot_api.constants import BlockReason, HaltMode
-from tradingbot_operator.decide import (
-    Blocker,
-    CreatePod,
-    DeletePod,
-    FieldChange,
-    OperatorLimits,
-    PodFacts,
-    decide,
-)
+from tradingbot_operator.decide import decide
+from tradingbot_operator.decide_facts import Blocker, FieldChange, OperatorLimits, PodFacts
+from tradingbot_operator.decide_outcome import CreatePod, DeletePod
 
 
 def condition(world: World, kind: str) -> dict:

@@ -10,17 +10,15 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from tradingbot_operator.decide import (
+from tradingbot_operator.decide import Decision, decide
+from tradingbot_operator.decide_facts import (
     BotFacts,
-    CreatePod,
-    Decision,
-    DeletePod,
     FieldChange,
     OperatorLimits,
     PodFacts,
     RestartPolicy,
-    decide,
 )
+from tradingbot_operator.decide_outcome import CreatePod, DeletePod
 
 T0 = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
 

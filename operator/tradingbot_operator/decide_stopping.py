@@ -1,0 +1,178 @@
+"""The chain's first steps: pods that must go before anything else.
+
+A pod on a lost node, a deleted TradingBot, the kill switch, surplus pods, and a pod still
+terminating (never create one while an old one exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tradingbot_api.constants import ConditionStatus, ConditionType, HaltMode, Phase
+from tradingbot_operator.decide_context import POLL_SECONDS, Context, condition
+from tradingbot_operator.decide_outcome import DeletePod
+
+
+def bot_is_being_deleted(ctx: Context) -> bool:
+    """Deletion: stop gracefully, keep the state, then let the finalizer go."""
+    if not ctx.bot.deleting:
+        return False
+    for pod in ctx.alive:
+        ctx.delete(pod)
+    if ctx.pods:
+        if ctx.phase != Phase.STOPPING:
+            ctx.set_phase(Phase.STOPPING)
+            ctx.emit(
+                "stop",
+                "Stopping",
+                "TradingBot deleted: stopping the bot gracefully; its state is kept",
+                details={"trigger": "deletion"},
+            )
+        ctx.decision.requeue_after = POLL_SECONDS
+    else:
+        ctx.set_phase(Phase.STOPPED)
+        ctx.decision.finalize = True
+        ctx.emit(
+            "stop",
+            "Stopped",
+            "bot stopped for deletion; state kept",
+            details={"trigger": "deletion"},
+        )
+    return True
+
+
+def pods_on_lost_nodes(ctx: Context) -> bool:
+    """A pod whose node stopped heartbeating, and whose bot no longer holds its Lease, will
+    never be stopped by that node: remove it at once (no grace: nothing runs it any more)
+    so that a replacement can start. The Lease check is what makes this safe: a bot that
+    still renews its Lease is alive somewhere, and a new one would wait for it anyway."""
+    lost = [p for p in ctx.pods if p.node_lost]
+    if not lost:
+        return False
+    for pod in lost:
+        ctx.decision.actions.append(DeletePod(pod.name, pod.uid, 0))
+        ctx.emit(
+            "error",
+            "NodeLost",
+            f"{pod.name} is on node {pod.node_name}, which stopped heartbeating, and its bot "
+            "holds no Lease: removing the pod so that a replacement starts",
+            severity="critical",
+            details={"pod": pod.name, "node": pod.node_name},
+        )
+    ctx.decision.requeue_after = 0.5
+    return True
+
+
+_GENTLE_LABELS = {HaltMode.DRAIN: "Draining", HaltMode.FLATTEN: "Flattening"}
+
+
+def halt_requested(ctx: Context) -> bool:
+    """The kill switch: no coalescing window, no rate limit, no restart slot.
+
+    `true` stops the pod now. `drain` and `flatten` keep it until the bot reports that it
+    obeys that mode and holds no position (`status.killSwitch`), then stop it."""
+    mode = ctx.bot.halt_mode
+    if mode is None:
+        return False
+    positions = dict(ctx.status.get("positions") or {})
+    report = ctx.bot.kill_switch
+    label = _GENTLE_LABELS.get(mode)
+    done = report.get("mode") == mode and report.get("flat") is True
+    if label and ctx.alive and not done:
+        if condition(ctx.status, ConditionType.PROGRESSING).get("reason") != label:
+            ctx.set_phase(Phase.STOPPING)
+            ctx.set_pending(None)
+            ctx.set_condition(
+                ConditionType.READY, ConditionStatus.FALSE, "Halted", f"kill switch: {mode}"
+            )
+            ctx.set_condition(
+                ConditionType.PROGRESSING,
+                ConditionStatus.TRUE,
+                label,
+                "no new entries; exits managed until flat"
+                if mode == HaltMode.DRAIN
+                else "orders cancelled, positions being closed at market",
+            )
+            ctx.emit(
+                "halt",
+                label,
+                f"kill switch ({mode}, {ctx.bot.halt_source} switch): the bot stops once flat",
+                severity="warning",
+                source="user",
+                details={
+                    "mode": str(mode),
+                    "switch": ctx.bot.halt_source,
+                    "positionsBefore": positions,
+                },
+            )
+        ctx.decision.requeue_after = POLL_SECONDS
+        return True
+    first = ctx.phase != Phase.HALTED or bool(ctx.alive)
+    for pod in ctx.alive:
+        ctx.delete(pod)
+    if first:
+        ctx.set_phase(Phase.HALTED)
+        ctx.set_pending(None)
+        ctx.set_condition(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            "Halted",
+            f"halted by the kill switch ({mode}, {ctx.bot.halt_source} switch)",
+        )
+        ctx.set_condition(
+            ConditionType.PROGRESSING,
+            ConditionStatus.FALSE,
+            "Halted",
+            "halted; remove the kill switch to resume",
+        )
+        details: dict[str, Any] = {
+            "mode": str(mode),
+            "switch": ctx.bot.halt_source,
+            "podsStopped": [p.name for p in ctx.alive],
+        }
+        details["positionsAfter" if label else "positions"] = positions
+        ctx.emit(
+            "halt",
+            "Halted",
+            "kill switch: bot stopped without coalescing or rate limit"
+            + (f" after it reported flat ({mode})" if label else ""),
+            severity="warning",
+            source="user",
+            details=details,
+        )
+    if ctx.pods:
+        ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def surplus_pods(ctx: Context) -> bool:
+    """More than one live pod for a bot must never last: keep the best one, delete others."""
+    alive = ctx.alive
+    if len(alive) <= 1:
+        return False
+    keep = sorted(
+        alive,
+        key=lambda p: (p.config_hash != ctx.bot.desired_hash, not p.ready, p.created_at or ctx.now),
+    )[0]
+    for pod in alive:
+        if pod is not keep:
+            ctx.delete(pod)
+    ctx.emit(
+        "error",
+        "SurplusPodDeleted",
+        f"{len(alive)} pods found for one bot; kept {keep.name}, deleting the rest",
+        severity="critical",
+        details={"pods": [p.name for p in alive], "kept": keep.name},
+    )
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
+
+
+def pod_still_terminating(ctx: Context) -> bool:
+    """Never create a pod while an old one exists: wait for it to be gone."""
+    if not ctx.terminating:
+        return False
+    for pod in ctx.alive:  # a live pod beside a terminating one is surplus too
+        ctx.delete(pod)
+    ctx.decision.requeue_after = POLL_SECONDS
+    return True
