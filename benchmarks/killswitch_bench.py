@@ -29,7 +29,7 @@ from tests.e2e.harness import FAST_BOT, read_state
 from tests.e2e.node_agent import CENSUS_VAR, NodeAgent, ProcessCensus, new_marker
 from tests.integration.operator.harness import Bots, OperatorProcess
 from tradingbot_api.constants import ANNOTATION_HALT, LABEL_BOT
-from tradingbot_operator.timeutil import parse_time
+from tradingbot_api.times import parse_time
 
 NAMESPACE = "bench-kill"
 HALTS = 10

@@ -28,7 +28,7 @@ from localkube.cluster import LocalCluster
 from localkube.node import ProcessNode
 from tests.integration.operator.harness import Bots, OperatorProcess
 from tradingbot_api.constants import LABEL_BOT
-from tradingbot_operator.timeutil import parse_time
+from tradingbot_api.times import parse_time
 
 NAME = "restart"
 TITLE = "Restart latency (edit to new bot ready with state restored)"

@@ -229,6 +229,94 @@ class RestartResult(StrEnum):
     FAILED = "failed"
 
 
+class EventType(StrEnum):
+    """``event_type`` of an audit event (SPEC §6; the schema stays open to new ones)."""
+
+    CONFIG_CHANGE = "config_change"
+    START = "start"
+    RESTART = "restart"
+    STOP = "stop"
+    RESUME = "resume"
+    HALT = "halt"
+    TRADE = "trade"
+    POSITION_CHANGE = "position_change"
+    ERROR = "error"
+    RATE_LIMITED = "rate_limited"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class EventReason(StrEnum):
+    """Reasons of the operator's Kubernetes Events, also the ``action`` of its audit events
+    (alerts and the restart metrics select on them)."""
+
+    CONFIG_CHANGED = "ConfigChanged"
+    RESTART_REQUESTED = "RestartRequested"
+    STOP_REQUESTED = "StopRequested"
+    RESTART_COALESCED = "RestartCoalesced"
+    RATE_LIMITED = "RateLimited"
+    RESTART_STARTED = "RestartStarted"
+    RESTART_COMPLETED = "RestartCompleted"
+    RESTART_FAILED = "RestartFailed"
+    RESTART_CANCELLED = "RestartCancelled"
+    STARTED = "Started"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    RESUMED = "Resumed"
+    HALTED = "Halted"
+    DRAINING = "Draining"
+    FLATTENING = "Flattening"
+    NODE_LOST = "NodeLost"
+    SURPLUS_POD_DELETED = "SurplusPodDeleted"
+    CRASH_LOOP = "CrashLoop"
+    DELETION_REQUESTED = "DeletionRequested"
+
+
+class ConditionReason(StrEnum):
+    """Reasons of ``status.conditions`` (besides the BlockReasons)."""
+
+    BOT_READY = "BotReady"
+    UP_TO_DATE = "UpToDate"
+    HEALTHY = "Healthy"
+    CHANGE_PENDING = "ChangePending"
+    RESTARTING = "Restarting"
+    STOPPING = "Stopping"
+    POD_CREATED = "PodCreated"
+    POD_NOT_READY = "PodNotReady"
+    CRASH_LOOP = "CrashLoop"
+    ATTEMPT_FAILED = "AttemptFailed"
+    ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    HALTED = "Halted"
+    DRAINING = "Draining"
+    FLATTENING = "Flattening"
+
+
+class RestartTrigger(StrEnum):
+    """The ``reason`` label of ``tradingbot_restarts_total``: what asked for the restart."""
+
+    CONFIG_CHANGE = "config_change"
+    RESTART_REQUEST = "restart_request"
+
+
+class CheckpointReason(StrEnum):
+    """The bot state's ``reason``: why it was saved. ``order`` records a live order intent
+    before it is sent, so a crash between submit and fill can be reconciled on restore;
+    ``halt`` is written when the bot starts obeying a kill switch or a suspension."""
+
+    FILL = "fill"
+    PERIODIC = "periodic"
+    SHUTDOWN = "shutdown"
+    RESTORE = "restore"
+    ORDER = "order"
+    HALT = "halt"
+
+
 # Spec defaults as plain JSON values; the CRD and the models state the same (tested).
 DEFAULT_EXCHANGE_MODE: Final[str] = ExchangeMode.PAPER.value
 DEFAULT_STATE_BACKEND: Final[str] = StateBackend.CONFIGMAP.value

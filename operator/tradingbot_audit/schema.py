@@ -13,28 +13,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from tradingbot_api.constants import EventType, Severity
 from tradingbot_api.times import NoOffsetError, micro_time, parse_zoned
 
 # A stored record is a plain JSON object; this alias documents intent without forcing callers
 # to build a class for every event.
 Record = dict[str, Any]
 
-SEVERITIES: Final = ("info", "warning", "critical")
+SEVERITIES: Final = tuple(str(s) for s in Severity)
 
 # The event types and sources the operator and the bots emit today. The schema keeps both open
 # ("…" in SPEC §6): a new component may add its own without a schema change, as long as the
 # name has the same shape (see NAME_PATTERN).
-KNOWN_EVENT_TYPES: Final = (
-    "config_change",
-    "restart",
-    "stop",
-    "resume",
-    "halt",
-    "trade",
-    "position_change",
-    "error",
-    "rate_limited",
-)
+KNOWN_EVENT_TYPES: Final = tuple(str(t) for t in EventType)
 KNOWN_SOURCES: Final = ("kubectl", "gitops", "plugin", "operator", "bot", "webhook")
 
 # Fields a caller may supply. `seq`, `prev_hash` and `hash` belong to the writer alone.

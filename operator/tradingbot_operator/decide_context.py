@@ -13,11 +13,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tradingbot_api.constants import ConditionStatus, ConditionType, Phase
+from tradingbot_api.constants import (
+    BlockReason,
+    ConditionReason,
+    ConditionStatus,
+    ConditionType,
+    EventReason,
+    EventType,
+    Phase,
+    Severity,
+)
+from tradingbot_api.times import format_time
 from tradingbot_operator.decide_facts import Blocker, BotFacts, OperatorLimits, PodFacts
 from tradingbot_operator.decide_outcome import Decision, DeletePod
 from tradingbot_operator.recorder import AuditEvent
-from tradingbot_operator.timeutil import format_time
 
 # How often to look again while waiting on something that produces no watch event.
 POLL_SECONDS = 5.0
@@ -60,7 +69,11 @@ class Context:
         self.decision.status["pendingAction"] = dict(pending) if pending else None
 
     def set_condition(
-        self, kind: ConditionType, status: ConditionStatus, reason: str, message: str
+        self,
+        kind: ConditionType,
+        status: ConditionStatus,
+        reason: ConditionReason | BlockReason,
+        message: str,
     ) -> None:
         current = self.decision.status.get("conditions")
         if current is None:
@@ -74,7 +87,7 @@ class Context:
                 cond = {
                     **cond,
                     "status": str(status),
-                    "reason": reason,
+                    "reason": str(reason),
                     "message": message,
                     "observedGeneration": self.bot.generation,
                     "lastTransitionTime": format_time(self.now)
@@ -87,7 +100,7 @@ class Context:
                 {
                     "type": str(kind),
                     "status": str(status),
-                    "reason": reason,
+                    "reason": str(reason),
                     "message": message,
                     "observedGeneration": self.bot.generation,
                     "lastTransitionTime": format_time(self.now),
@@ -97,11 +110,11 @@ class Context:
 
     def emit(
         self,
-        event_type: str,
-        reason: str,
+        event_type: EventType,
+        reason: EventReason | BlockReason,
         message: str,
         *,
-        severity: str = "info",
+        severity: Severity = Severity.INFO,
         details: Mapping[str, Any] | None = None,
         source: str = "operator",
     ) -> None:
@@ -162,11 +175,11 @@ def record_blocked(ctx: Context, blocker: Blocker) -> None:
         )
         running = [p.name for p in ctx.alive]
         ctx.emit(
-            "error",
+            EventType.ERROR,
             blocker.reason,
             blocker.message
             + (f"; {running[0]} keeps running its current config" if running else ""),
-            severity="warning",
+            severity=Severity.WARNING,
             source="user",
             details={"desiredConfigHash": ctx.bot.desired_hash, "keptPod": running or None},
         )
@@ -177,15 +190,15 @@ def mark_healthy(ctx: Context) -> None:
     ctx.set_condition(
         ConditionType.READY,
         ConditionStatus.TRUE,
-        "BotReady",
+        ConditionReason.BOT_READY,
         "the bot is trading with its current config",
     )
     ctx.set_condition(
         ConditionType.PROGRESSING,
         ConditionStatus.FALSE,
-        "UpToDate",
+        ConditionReason.UP_TO_DATE,
         "the running pod has the desired config",
     )
     ctx.set_condition(
-        ConditionType.DEGRADED, ConditionStatus.FALSE, "Healthy", "no failed attempts"
+        ConditionType.DEGRADED, ConditionStatus.FALSE, ConditionReason.HEALTHY, "no failed attempts"
     )

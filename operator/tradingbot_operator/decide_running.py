@@ -9,12 +9,17 @@ from typing import Any
 
 from tradingbot_api.constants import (
     BlockReason,
+    ConditionReason,
     ConditionStatus,
     ConditionType,
+    EventReason,
+    EventType,
     PendingActionKind,
     Phase,
     RestartResult,
+    Severity,
 )
+from tradingbot_api.times import format_time, parse_time
 from tradingbot_operator.decide_context import (
     POLL_SECONDS,
     Context,
@@ -25,7 +30,6 @@ from tradingbot_operator.decide_context import (
 from tradingbot_operator.decide_facts import CRASH_LOOP_RESTARTS, PodFacts
 from tradingbot_operator.decide_messages import change_details, describe_request, shown
 from tradingbot_operator.ratelimit import CoalescingWindow, check_rate_limit, recent_restarts
-from tradingbot_operator.timeutil import format_time, parse_time
 
 # Restart history kept in status (for the hourly rate limit); bounded like the CRD says.
 MAX_HISTORY = 100
@@ -73,8 +77,8 @@ def change_requested(ctx: Context) -> bool:
         ctx.set_pending(pending)
         if bot.changes and kind == PendingActionKind.RESTART:
             ctx.emit(
-                "config_change",
-                "ConfigChanged",
+                EventType.CONFIG_CHANGE,
+                EventReason.CONFIG_CHANGED,
                 "changed "
                 + "; ".join(
                     f"{c.path}: {shown(c.path, c.old)} -> {shown(c.path, c.new)}"
@@ -85,16 +89,18 @@ def change_requested(ctx: Context) -> bool:
             )
         if first:
             ctx.emit(
-                "restart" if kind == PendingActionKind.RESTART else "stop",
-                "RestartRequested" if kind == PendingActionKind.RESTART else "StopRequested",
+                EventType.RESTART if kind == PendingActionKind.RESTART else EventType.STOP,
+                EventReason.RESTART_REQUESTED
+                if kind == PendingActionKind.RESTART
+                else EventReason.STOP_REQUESTED,
                 describe_request(kind, bot),
                 source="user",
                 details=change_details(bot),
             )
         else:
             ctx.emit(
-                "restart" if kind == PendingActionKind.RESTART else "stop",
-                "RestartCoalesced",
+                EventType.RESTART if kind == PendingActionKind.RESTART else EventType.STOP,
+                EventReason.RESTART_COALESCED,
                 f"change coalesced into the pending {kind} "
                 f"({pending['coalescedChanges']} changes so far)",
                 source="user",
@@ -103,7 +109,7 @@ def change_requested(ctx: Context) -> bool:
         ctx.set_condition(
             ConditionType.PROGRESSING,
             ConditionStatus.TRUE,
-            "ChangePending",
+            ConditionReason.CHANGE_PENDING,
             f"{kind} pending: waiting {bot.policy.coalesce_seconds:g}s for further changes",
         )
     window = CoalescingWindow(
@@ -126,12 +132,12 @@ def change_requested(ctx: Context) -> bool:
                 pending["notBefore"] = format_time(verdict.not_before)
                 ctx.set_pending(pending)
                 ctx.emit(
-                    "rate_limited",
-                    "RateLimited",
+                    EventType.RATE_LIMITED,
+                    EventReason.RATE_LIMITED,
                     f"{verdict.recent} restarts in the last hour reach the limit of "
                     f"{bot.policy.max_restarts_per_hour}; restart deferred until "
                     f"{pending['notBefore']}",
-                    severity="warning",
+                    severity=Severity.WARNING,
                     details={"notBefore": pending["notBefore"]},
                 )
             ctx.decision.wake_at(ctx.now, verdict.not_before)
@@ -150,7 +156,7 @@ def change_requested(ctx: Context) -> bool:
     ctx.set_pending(pending)
     if kind == PendingActionKind.STOP:
         ctx.set_phase(Phase.STOPPING)
-        ctx.emit("stop", "Stopping", "stopping the bot gracefully", source="user")
+        ctx.emit(EventType.STOP, EventReason.STOPPING, "stopping the bot gracefully", source="user")
     elif not resumed:
         ctx.set_phase(Phase.RESTARTING)
         kept = [format_time(t) for t in recent_restarts(history, ctx.now)]
@@ -165,8 +171,8 @@ def change_requested(ctx: Context) -> bool:
         }
         ctx.decision.status["restarts"] = restarts
         ctx.emit(
-            "restart",
-            "RestartStarted",
+            EventType.RESTART,
+            EventReason.RESTART_STARTED,
             f"restarting: stopping {pod.name} gracefully, then starting config "
             f"{bot.desired_hash} ({pending.get('coalescedChanges', 1)} coalesced changes)",
             details={
@@ -178,7 +184,9 @@ def change_requested(ctx: Context) -> bool:
     ctx.set_condition(
         ConditionType.READY,
         ConditionStatus.FALSE,
-        "Restarting" if kind == PendingActionKind.RESTART else "Stopping",
+        ConditionReason.RESTARTING
+        if kind == PendingActionKind.RESTART
+        else ConditionReason.STOPPING,
         f"{pod.name} is stopping",
     )
     ctx.decision.requeue_after = POLL_SECONDS
@@ -192,8 +200,8 @@ def pod_current(ctx: Context) -> bool:
     if pending:
         ctx.set_pending(None)
         ctx.emit(
-            "config_change",
-            "RestartCancelled",
+            EventType.CONFIG_CHANGE,
+            EventReason.RESTART_CANCELLED,
             "the pending change was reverted to the running config; nothing to do",
             source="user",
             details={"coalescedChanges": pending.get("coalescedChanges")},
@@ -220,11 +228,14 @@ def pod_current(ctx: Context) -> bool:
         ctx.set_condition(
             ConditionType.READY,
             ConditionStatus.FALSE,
-            "PodNotReady",
+            ConditionReason.POD_NOT_READY,
             f"{pod.name} is not ready (container restarts: {pod.restart_count})",
         )
         ctx.set_condition(
-            ConditionType.DEGRADED, ConditionStatus.TRUE, "PodNotReady", f"{pod.name} is not ready"
+            ConditionType.DEGRADED,
+            ConditionStatus.TRUE,
+            ConditionReason.POD_NOT_READY,
+            f"{pod.name} is not ready",
         )
     ctx.decision.requeue_after = POLL_SECONDS
     return True
@@ -232,7 +243,7 @@ def pod_current(ctx: Context) -> bool:
 
 # A container that restarted this often within the window is crash-looping, even if it is
 # Ready between crashes (Ready flapping would otherwise hide it).
-CRASH_LOOP = "CrashLoop"
+CRASH_LOOP = ConditionReason.CRASH_LOOP
 
 
 CRASH_LOOP_WINDOW = dt.timedelta(minutes=10)
@@ -273,7 +284,13 @@ def _report_container(ctx: Context, pod: PodFacts) -> bool:
         )
         ctx.set_condition(ConditionType.DEGRADED, ConditionStatus.TRUE, CRASH_LOOP, message)
         ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, CRASH_LOOP, message)
-        ctx.emit("error", CRASH_LOOP, message, severity="warning", details=report)
+        ctx.emit(
+            EventType.ERROR,
+            EventReason.CRASH_LOOP,
+            message,
+            severity=Severity.WARNING,
+            details=report,
+        )
     return looping
 
 

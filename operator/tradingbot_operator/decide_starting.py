@@ -6,17 +6,21 @@ from __future__ import annotations
 import datetime as dt
 
 from tradingbot_api.constants import (
+    ConditionReason,
     ConditionStatus,
     ConditionType,
+    EventReason,
+    EventType,
     PendingActionKind,
     Phase,
     RestartResult,
+    Severity,
 )
+from tradingbot_api.times import format_time, parse_time
 from tradingbot_operator.decide_context import POLL_SECONDS, Context, mark_healthy, record_blocked
 from tradingbot_operator.decide_facts import PodFacts
 from tradingbot_operator.decide_outcome import CreatePod
 from tradingbot_operator.ratelimit import failure_backoff
-from tradingbot_operator.timeutil import format_time, parse_time
 
 
 def no_pod(ctx: Context) -> bool:
@@ -31,18 +35,18 @@ def no_pod(ctx: Context) -> bool:
             ctx.set_condition(
                 ConditionType.READY,
                 ConditionStatus.FALSE,
-                "Suspended",
+                ConditionReason.SUSPENDED,
                 "suspended (stop requested)",
             )
             ctx.set_condition(
                 ConditionType.PROGRESSING,
                 ConditionStatus.FALSE,
-                "Suspended",
+                ConditionReason.SUSPENDED,
                 "stopped; resume to start it again (spec.suspend false, no suspend annotation)",
             )
             ctx.emit(
-                "stop",
-                "Stopped",
+                EventType.STOP,
+                EventReason.STOPPED,
                 "bot stopped gracefully; positions kept",
                 source="user",
             )
@@ -85,11 +89,16 @@ def no_pod(ctx: Context) -> bool:
     if not restarting:
         ctx.set_phase(Phase.STARTING)
         if resuming:
-            ctx.emit("resume", "Resumed", f"bot resumed from {ctx.phase}", source="user")
+            ctx.emit(
+                EventType.RESUME,
+                EventReason.RESUMED,
+                f"bot resumed from {ctx.phase}",
+                source="user",
+            )
     ctx.set_condition(
         ConditionType.PROGRESSING,
         ConditionStatus.TRUE,
-        "PodCreated",
+        ConditionReason.POD_CREATED,
         f"pod created with config {bot.desired_hash}",
     )
     ctx.decision.wake_at(ctx.now, ctx.now + dt.timedelta(seconds=ctx.limits.ready_timeout_seconds))
@@ -131,23 +140,23 @@ def new_pod_not_ready(ctx: Context) -> bool:
         ctx.set_condition(
             ConditionType.DEGRADED,
             ConditionStatus.TRUE,
-            "AttemptsExhausted",
+            ConditionReason.ATTEMPTS_EXHAUSTED,
             f"gave up after {attempts} attempts: {why}",
         )
-        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, "Failed", why)
+        ctx.set_condition(ConditionType.READY, ConditionStatus.FALSE, ConditionReason.FAILED, why)
         ctx.set_condition(
             ConditionType.PROGRESSING,
             ConditionStatus.FALSE,
-            "AttemptsExhausted",
+            ConditionReason.ATTEMPTS_EXHAUSTED,
             "a new change to the bot tries again",
         )
         _finish_restart(ctx, RestartResult.FAILED)
         ctx.emit(
-            "error",
-            "RestartFailed",
+            EventType.ERROR,
+            EventReason.RESTART_FAILED,
             f"bot failed to start after {attempts} attempts ({why}); giving up until "
             "the TradingBot changes",
-            severity="critical",
+            severity=Severity.CRITICAL,
             details={"attempts": attempts, "reason": why},
         )
         return True
@@ -157,15 +166,15 @@ def new_pod_not_ready(ctx: Context) -> bool:
     ctx.set_condition(
         ConditionType.DEGRADED,
         ConditionStatus.TRUE,
-        "AttemptFailed",
+        ConditionReason.ATTEMPT_FAILED,
         f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed: {why}",
     )
     ctx.emit(
-        "error",
-        "RestartFailed",
+        EventType.ERROR,
+        EventReason.RESTART_FAILED,
         f"attempt {attempts} of {ctx.bot.policy.max_attempts} failed ({why}); retrying "
         f"after {pending['notBefore']}",
-        severity="warning",
+        severity=Severity.WARNING,
         details={"attempts": attempts, "reason": why},
     )
     ctx.decision.requeue_after = POLL_SECONDS
@@ -181,8 +190,8 @@ def new_pod_ready(ctx: Context) -> bool:
     if pending.get("action") == PendingActionKind.RESTART:
         _finish_restart(ctx, RestartResult.SUCCEEDED)
         ctx.emit(
-            "restart",
-            "RestartCompleted",
+            EventType.RESTART,
+            EventReason.RESTART_COMPLETED,
             f"restart completed; config {pod.config_hash} is running",
             details={
                 "durationSeconds": ctx.decision.status["restarts"]["last"].get("durationSeconds"),
@@ -190,7 +199,7 @@ def new_pod_ready(ctx: Context) -> bool:
             },
         )
     else:
-        ctx.emit("start", "Started", f"bot running with config {pod.config_hash}")
+        ctx.emit(EventType.START, EventReason.STARTED, f"bot running with config {pod.config_hash}")
     ctx.set_pending(None)
     ctx.set_phase(Phase.RUNNING)
     ctx.decision.status["configHash"] = pod.config_hash

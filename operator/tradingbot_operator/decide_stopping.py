@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tradingbot_api.constants import ConditionStatus, ConditionType, HaltMode, Phase
+from tradingbot_api.constants import (
+    ConditionReason,
+    ConditionStatus,
+    ConditionType,
+    EventReason,
+    EventType,
+    HaltMode,
+    Phase,
+    Severity,
+)
 from tradingbot_operator.decide_context import POLL_SECONDS, Context, condition
 from tradingbot_operator.decide_outcome import DeletePod
 
@@ -23,8 +32,8 @@ def bot_is_being_deleted(ctx: Context) -> bool:
         if ctx.phase != Phase.STOPPING:
             ctx.set_phase(Phase.STOPPING)
             ctx.emit(
-                "stop",
-                "Stopping",
+                EventType.STOP,
+                EventReason.STOPPING,
                 "TradingBot deleted: stopping the bot gracefully; its state is kept",
                 details={"trigger": "deletion"},
             )
@@ -33,8 +42,8 @@ def bot_is_being_deleted(ctx: Context) -> bool:
         ctx.set_phase(Phase.STOPPED)
         ctx.decision.finalize = True
         ctx.emit(
-            "stop",
-            "Stopped",
+            EventType.STOP,
+            EventReason.STOPPED,
             "bot stopped for deletion; state kept",
             details={"trigger": "deletion"},
         )
@@ -52,18 +61,18 @@ def pods_on_lost_nodes(ctx: Context) -> bool:
     for pod in lost:
         ctx.decision.actions.append(DeletePod(pod.name, pod.uid, 0))
         ctx.emit(
-            "error",
-            "NodeLost",
+            EventType.ERROR,
+            EventReason.NODE_LOST,
             f"{pod.name} is on node {pod.node_name}, which stopped heartbeating, and its bot "
             "holds no Lease: removing the pod so that a replacement starts",
-            severity="critical",
+            severity=Severity.CRITICAL,
             details={"pod": pod.name, "node": pod.node_name},
         )
     ctx.decision.requeue_after = 0.5
     return True
 
 
-_GENTLE_LABELS = {HaltMode.DRAIN: "Draining", HaltMode.FLATTEN: "Flattening"}
+_GENTLE_LABELS = {HaltMode.DRAIN: EventReason.DRAINING, HaltMode.FLATTEN: EventReason.FLATTENING}
 
 
 def halt_requested(ctx: Context) -> bool:
@@ -80,24 +89,28 @@ def halt_requested(ctx: Context) -> bool:
     done = report.get("mode") == mode and report.get("flat") is True
     if label and ctx.alive and not done:
         if condition(ctx.status, ConditionType.PROGRESSING).get("reason") != label:
+            progressing = ConditionReason(label)
             ctx.set_phase(Phase.STOPPING)
             ctx.set_pending(None)
             ctx.set_condition(
-                ConditionType.READY, ConditionStatus.FALSE, "Halted", f"kill switch: {mode}"
+                ConditionType.READY,
+                ConditionStatus.FALSE,
+                ConditionReason.HALTED,
+                f"kill switch: {mode}",
             )
             ctx.set_condition(
                 ConditionType.PROGRESSING,
                 ConditionStatus.TRUE,
-                label,
+                progressing,
                 "no new entries; exits managed until flat"
                 if mode == HaltMode.DRAIN
                 else "orders cancelled, positions being closed at market",
             )
             ctx.emit(
-                "halt",
+                EventType.HALT,
                 label,
                 f"kill switch ({mode}, {ctx.bot.halt_source} switch): the bot stops once flat",
-                severity="warning",
+                severity=Severity.WARNING,
                 source="user",
                 details={
                     "mode": str(mode),
@@ -116,13 +129,13 @@ def halt_requested(ctx: Context) -> bool:
         ctx.set_condition(
             ConditionType.READY,
             ConditionStatus.FALSE,
-            "Halted",
+            ConditionReason.HALTED,
             f"halted by the kill switch ({mode}, {ctx.bot.halt_source} switch)",
         )
         ctx.set_condition(
             ConditionType.PROGRESSING,
             ConditionStatus.FALSE,
-            "Halted",
+            ConditionReason.HALTED,
             "halted; remove the kill switch to resume",
         )
         details: dict[str, Any] = {
@@ -132,11 +145,11 @@ def halt_requested(ctx: Context) -> bool:
         }
         details["positionsAfter" if label else "positions"] = positions
         ctx.emit(
-            "halt",
-            "Halted",
+            EventType.HALT,
+            EventReason.HALTED,
             "kill switch: bot stopped without coalescing or rate limit"
             + (f" after it reported flat ({mode})" if label else ""),
-            severity="warning",
+            severity=Severity.WARNING,
             source="user",
             details=details,
         )
@@ -158,10 +171,10 @@ def surplus_pods(ctx: Context) -> bool:
         if pod is not keep:
             ctx.delete(pod)
     ctx.emit(
-        "error",
-        "SurplusPodDeleted",
+        EventType.ERROR,
+        EventReason.SURPLUS_POD_DELETED,
         f"{len(alive)} pods found for one bot; kept {keep.name}, deleting the rest",
-        severity="critical",
+        severity=Severity.CRITICAL,
         details={"pods": [p.name for p in alive], "kept": keep.name},
     )
     ctx.decision.requeue_after = POLL_SECONDS

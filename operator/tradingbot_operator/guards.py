@@ -30,10 +30,10 @@ from tradingbot_api.constants import (
     BlockReason,
 )
 from tradingbot_api.models import TradingBotSpec, validation_messages
+from tradingbot_api.times import parse_time
 from tradingbot_operator.decide_facts import Blocker
 from tradingbot_operator.hashing import bounded_text
 from tradingbot_operator.identity import PolicyState, credentials_referrer
-from tradingbot_operator.timeutil import parse_time
 
 log = logging.getLogger(__name__)
 

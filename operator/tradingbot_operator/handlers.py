@@ -122,6 +122,9 @@ def start_watches(fleet: Fleet, settings: OperatorSettings) -> list[asyncio.Task
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     await cancel(memo.get("tasks") or [])
+    fleet: Fleet | None = memo.get("fleet")
+    if fleet is not None:
+        await fleet.api.close()  # after the daemons: kopf stops them before cleanup
 
 
 @kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0)

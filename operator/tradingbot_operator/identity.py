@@ -36,7 +36,7 @@ from tradingbot_api.constants import (
     ANNOTATION_CREDENTIALS_REFERENCED_GROUPS,
     ANNOTATION_CREDENTIALS_REFERENCED_STAMP,
 )
-from tradingbot_operator.timeutil import parse_time
+from tradingbot_api.times import parse_time
 
 PLUGIN_MANAGER = "kubectl-tradingbot"
 UNVERIFIED = "unverified"

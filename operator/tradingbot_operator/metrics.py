@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tradingbot_api.constants import Phase
+from tradingbot_api.constants import EventReason, Phase, RestartResult, RestartTrigger, Severity
 from tradingbot_operator.recorder import AuditEvent
 
 PREFIX = "tradingbot_operator"
@@ -87,20 +87,25 @@ class OperatorMetrics:
         self.audit_events.labels(event_type=event.event_type, severity=event.severity).inc()
         labels = {"namespace": event.namespace, "bot": event.target}
         details: Mapping[str, object] = event.details
-        if event.reason == "RestartCompleted":
-            self.restarts.labels(**labels, reason=_reason(details), result="succeeded").inc()
-            duration = details.get("durationSeconds")
-            if isinstance(duration, int | float):
-                self.restart_duration.labels(**labels).observe(float(duration))
-        elif event.reason == "RestartFailed" and event.severity == "critical":
-            self.restarts.labels(**labels, reason=_reason(details), result="failed").inc()
-        elif event.reason == "RestartCoalesced":
-            self.coalesced.labels(**labels).inc()
-        elif event.reason == "RateLimited":
-            self.rate_limited.labels(**labels).inc()
-        elif event.reason in ("Stopped", "Halted"):
-            trigger = str(details.get("trigger") or event.event_type)
-            self.stops.labels(**labels, trigger=trigger).inc()
+        match event.reason:
+            case EventReason.RESTART_COMPLETED:
+                self.restarts.labels(
+                    **labels, reason=restart_trigger(details), result=RestartResult.SUCCEEDED
+                ).inc()
+                duration = details.get("durationSeconds")
+                if isinstance(duration, int | float):
+                    self.restart_duration.labels(**labels).observe(float(duration))
+            case EventReason.RESTART_FAILED if event.severity == Severity.CRITICAL:
+                self.restarts.labels(
+                    **labels, reason=restart_trigger(details), result=RestartResult.FAILED
+                ).inc()
+            case EventReason.RESTART_COALESCED:
+                self.coalesced.labels(**labels).inc()
+            case EventReason.RATE_LIMITED:
+                self.rate_limited.labels(**labels).inc()
+            case EventReason.STOPPED | EventReason.HALTED:
+                trigger = str(details.get("trigger") or event.event_type)
+                self.stops.labels(**labels, trigger=trigger).inc()
 
     def observe_audit_error(self, event: AuditEvent, error_type: str) -> None:
         self.audit_write_errors.inc()
@@ -120,8 +125,8 @@ class OperatorMetrics:
                 self.pending.inc()
 
 
-def _reason(details: Mapping[str, object]) -> str:
+def restart_trigger(details: Mapping[str, object]) -> RestartTrigger:
     fields = details.get("changedFields")
     if isinstance(fields, list) and fields:
-        return "config_change"
-    return "restart_request"
+        return RestartTrigger.CONFIG_CHANGE
+    return RestartTrigger.RESTART_REQUEST

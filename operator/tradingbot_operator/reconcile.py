@@ -24,6 +24,7 @@ from tradingbot_api.constants import (
     Phase,
     lease_name,
 )
+from tradingbot_api.times import utc_now
 from tradingbot_operator.decide import Decision, decide
 from tradingbot_operator.decide_facts import Blocker, BotFacts, OperatorLimits, PodFacts
 from tradingbot_operator.decide_outcome import CreatePod, DeletePod
@@ -54,7 +55,6 @@ from tradingbot_operator.render import (
     service_account_name,
 )
 from tradingbot_operator.settings import OperatorSettings
-from tradingbot_operator.timeutil import utcnow
 from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, lease_expired
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class BotReconciler:
             facts = dataclasses.replace(facts, deleting=True)
         if needs_new_config(facts, pods):
             facts = dataclasses.replace(facts, blocker=await self.blocker(body, policies))
-        decision = decide(facts, pods, utcnow(), self.fleet.limits_for(self.key))
+        decision = decide(facts, pods, utc_now(), self.fleet.limits_for(self.key))
         await self.apply(body, facts, decision)
         self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return decision
@@ -201,7 +201,7 @@ class BotReconciler:
             if not err.not_found:
                 raise
             lease = None
-        if not lease_expired(lease, utcnow()):
+        if not lease_expired(lease, utc_now()):
             return pods  # the bot still renews its Lease: it is alive somewhere
         return [
             dataclasses.replace(p, node_lost=True) if nodes.lost(p.node_name) else p for p in pods
@@ -306,7 +306,7 @@ class BotReconciler:
             self.fleet.restart_slots.discard(self.key)
         # The events of this decision are written with the status change they describe (an
         # outbox in status), so a crash cannot separate an action from its audit record.
-        now = utcnow()
+        now = utc_now()
         events = [
             event.stamped(now, f"{meta['uid']}/{meta.get('resourceVersion')}/{i}")
             for i, event in enumerate(decision.events)

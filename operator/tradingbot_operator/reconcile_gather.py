@@ -24,6 +24,7 @@ from tradingbot_api.constants import (
     HaltMode,
     effective_halt,
 )
+from tradingbot_api.times import format_time, parse_time
 from tradingbot_operator.decide_facts import BotFacts, FieldChange, PodFacts, RestartPolicy
 from tradingbot_operator.hashing import (
     bounded_text,
@@ -34,7 +35,6 @@ from tradingbot_operator.hashing import (
     value_at,
 )
 from tradingbot_operator.identity import PolicyState, StampOrder, verified_identity
-from tradingbot_operator.timeutil import format_time, parse_time
 
 SPEC_DEFAULTS: dict[str, Any] = {
     "exchange": {"mode": DEFAULT_EXCHANGE_MODE},

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tradingbot_api.times import format_time, kube_time, parse_time, utc_now
 from tradingbot_audit.schema import redact_secrets
-from tradingbot_operator.timeutil import format_time, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class AuditEvent:
         details.setdefault("message", self.message)
         details.setdefault("reason", self.reason)
         return {
-            "timestamp": self.timestamp or format_time(utcnow()),
+            "timestamp": self.timestamp or format_time(utc_now()),
             "event_type": self.event_type,
             "severity": self.severity,
             "source": self.source,
@@ -103,8 +103,8 @@ def kube_event_body(event: AuditEvent, involved: InvolvedObject, host: str) -> d
     message = event.message
     if event.user_id:
         message = f"{message} (by {event.user_id} via {event.source})"
-    moment = parse_time(event.timestamp) or utcnow()
-    stamp = moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = parse_time(event.timestamp) or utc_now()
+    stamp = kube_time(moment)
     return {
         "apiVersion": "v1",
         "kind": "Event",

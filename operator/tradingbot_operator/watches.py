@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from tradingbot_api.constants import FLEET_SWITCH_KEY, HaltMode, effective_halt
-from tradingbot_operator.timeutil import parse_time, utcnow
+from tradingbot_api.times import parse_time, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class NodeHeartbeats:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
         result = await self.api.request("GET", path)
         leases = list((result or {}).get("items") or [])
-        stale = stale_nodes(leases, utcnow())
+        stale = stale_nodes(leases, utc_now())
         newly = stale - self.stale
         self.stale = stale
         self.known = {str((lease.get("metadata") or {}).get("name")) for lease in leases}

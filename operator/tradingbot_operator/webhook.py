@@ -17,10 +17,17 @@ from typing import Any
 
 import kopf
 
-from tradingbot_api.constants import API_GROUP, PLURAL, VERSION
+from tradingbot_api.constants import (
+    API_GROUP,
+    PLURAL,
+    VERSION,
+    EventReason,
+    EventType,
+    Severity,
+)
+from tradingbot_api.times import utc_now
 from tradingbot_operator.identity import change_source, manager_of_change
 from tradingbot_operator.recorder import AuditEvent, InvolvedObject
-from tradingbot_operator.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +53,17 @@ def register(operator_user: str | None) -> None:
             username, manager_of_change(meta.get("managedFields"), ["metadata"]), operator_user
         )
         event = AuditEvent(
-            event_type="config_change",
-            severity="warning",
+            event_type=EventType.CONFIG_CHANGE,
+            severity=Severity.WARNING,
             source=source,
             namespace=str(meta.get("namespace")),
             target=str(meta.get("name")),
             action="Deleted",
-            reason="DeletionRequested",
+            reason=EventReason.DELETION_REQUESTED,
             message="TradingBot deletion requested: the bot stops gracefully, its state is kept",
             details={"old": {"spec": old.get("spec") or {}}},
             user_id=username,
-        ).stamped(utcnow(), f"{meta.get('uid')}/delete")
+        ).stamped(utc_now(), f"{meta.get('uid')}/delete")
         involved = InvolvedObject(
             f"{API_GROUP}/{VERSION}",
             "TradingBot",

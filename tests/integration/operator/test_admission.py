@@ -321,6 +321,24 @@ def test_a_copied_stamp_reads_as_unverified(
     assert admin_user not in halts[1].message, "a replayed stamp was believed"
 
 
+def pod_refused(api: client.ApiClient, namespace: str, node_selector: dict[str, str]) -> bool:
+    """Whether the API server refuses (dry run) a minimal pod with this node selector."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "probe-"},
+        "spec": {
+            "nodeSelector": node_selector,
+            "containers": [{"name": "c", "image": "probe"}],
+        },
+    }
+    try:
+        client.CoreV1Api(api).create_namespaced_pod(namespace, pod, dry_run="All")
+    except client.ApiException as err:
+        return err.status in (400, 403, 422)
+    return False
+
+
 def test_a_new_pod_the_cluster_refuses_never_replaces_the_running_one(
     operator: OperatorProcess, bots: Bots, kubelet: Kubelet, api_client: client.ApiClient
 ) -> None:
@@ -370,6 +388,13 @@ def test_a_new_pod_the_cluster_refuses_never_replaces_the_running_one(
     kube.apply(api_client, [policy, binding])
     reg = client.AdmissionregistrationV1Api(api_client)
     try:
+        # A new policy takes a moment to be enforced; a change made before then is one the
+        # cluster did not refuse yet.
+        kube.wait_for(
+            lambda: pod_refused(api_client, bots.namespace, {"pool": "forbidden"})
+            and not pod_refused(api_client, bots.namespace, {"pool": "open"}),
+            message="the pod policy enforced",
+        )
         bots.create("bot-a", spec_with({"restartPolicy.coalesceSeconds": 0}))
         bots.wait_running_with("bot-a")
         (before,) = bots.pods("bot-a")
