@@ -1,7 +1,7 @@
 """Loopback stand-ins for the two servers the plugin talks to, recording what it sends.
 
-`FakeKubeApi` answers the handful of TradingBot calls (get, list, merge patch) the way the
-API server does, so the wire format (path, fieldManager, User-Agent, Content-Type, body) is
+`FakeKubeApi` serves the shared fake API server (tests/fakeapi.py) over HTTP, so the wire
+format the plugin's client sends (path, fieldManager, User-Agent, Content-Type, body) is
 checked without a cluster; the real API server is exercised by tests/integration/plugin.
 `FakeAuditApi` serves the audit read API contract (/v1/events, /v1/summary, /v1/verify).
 """
@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.fakeapi import FakeApiServer, merge_patch, parse_path
+from tradingbot_api.kubeclient import KubeError
 
 TOKEN = "s3cr3t-token-value"
 BOT_PATH = "/apis/trading.r7.dev/v1alpha1/namespaces/{ns}/tradingbots"
@@ -38,21 +41,8 @@ def canonical_headers(request: BaseHTTPRequestHandler) -> dict[str, str]:
     return {name.title(): value for name, value in request.headers.items()}
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies application/merge-patch+json."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def status_body(code: int, reason: str, message: str, name: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
+def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
         "kind": "Status",
         "apiVersion": "v1",
         "status": "Failure",
@@ -60,20 +50,40 @@ def status_body(code: int, reason: str, message: str, name: str | None = None) -
         "reason": reason,
         "code": code,
     }
-    if name:
-        body["details"] = {"name": name, "group": "trading.r7.dev", "kind": "tradingbots"}
-    return body
+
+
+class _ConfigMaps:
+    """`fake.configmaps[(namespace, name)] = obj` stores a ConfigMap in the shared fake."""
+
+    def __init__(self, store: FakeApiServer) -> None:
+        self.store = store
+
+    def __setitem__(self, key: tuple[str, str], obj: dict[str, Any]) -> None:
+        namespace, name = key
+        meta = {**obj.get("metadata", {}), "namespace": namespace, "name": name}
+        self.store.put({"apiVersion": "v1", "kind": "ConfigMap", **obj, "metadata": meta})
 
 
 @dataclass
 class FakeKubeApi:
-    """In-memory TradingBots per namespace; `forbidden` verbs answer 403 like RBAC does."""
+    """The shared fake API server (tests/fakeapi.py) over HTTP; `forbidden` verbs answer 403
+    like RBAC does."""
 
-    bots: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    configmaps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    store: FakeApiServer = field(default_factory=FakeApiServer)
     forbidden: set[str] = field(default_factory=set)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
+
+    @property
+    def bots(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {
+            (b["metadata"]["namespace"], b["metadata"]["name"]): b
+            for b in self.store.all("TradingBot")
+        }
+
+    @property
+    def configmaps(self) -> _ConfigMaps:
+        return _ConfigMaps(self.store)
 
     def add_bot(self, namespace: str, name: str, **extra: Any) -> dict[str, Any]:
         bot: dict[str, Any] = {
@@ -85,7 +95,6 @@ class FakeKubeApi:
                 "creationTimestamp": "2025-01-01T00:00:00Z",
                 "labels": {},
                 "annotations": {},
-                "resourceVersion": "1",
             },
             "spec": {
                 "profile": "stable",
@@ -94,83 +103,62 @@ class FakeKubeApi:
                 "suspend": False,
             },
         }
-        bot = merge_patch(bot, extra)
-        self.bots[(namespace, name)] = bot
-        return bot
+        return self.store.put(merge_patch(bot, extra))
 
     def writes(self) -> list[Recorded]:
         return [r for r in self.requests if r.method != "GET"]
 
     def handle(
-        self, method: str, path: str, query: dict[str, list[str]], body: Any
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        body: Any,
+        content_type: str = "application/json",
     ) -> tuple[int, Any]:
+        refusal = self._forbidden(method, path)
+        if refusal is not None:
+            return 403, refusal
+        try:
+            answer = self.store.handle(
+                method,
+                path,
+                body=body,
+                query={k: v[0] for k, v in query.items()},
+                content_type=content_type,
+            )
+        except KubeError as err:
+            return err.status, json.loads(err.body)
+        return 200, answer
+
+    def _forbidden(self, method: str, path: str) -> dict[str, Any] | None:
         user = "system:serviceaccount:default:tester"
-        parts = path.strip("/").split("/")
-        if (
-            parts[:3] == ["api", "v1", "namespaces"]
-            and len(parts) == 6
-            and parts[4] == "configmaps"
-        ):
-            namespace, name = parts[3], parts[5]
-            if "get-configmap" in self.forbidden:
-                return 403, status_body(
-                    403,
-                    "Forbidden",
-                    f'configmaps "{name}" is forbidden: '
-                    f'User "{user}" cannot get resource "configmaps"',
-                )
-            configmap = self.configmaps.get((namespace, name))
-            if configmap is None:
-                return 404, status_body(404, "NotFound", f'configmaps "{name}" not found', name)
-            return 200, configmap
-        if parts[:3] != ["apis", "trading.r7.dev", "v1alpha1"]:
-            return 404, "404 page not found"
-        if parts[3] == "tradingbots":  # cluster-wide list
-            items = list(self.bots.values())
-            return 200, self._list(items, query)
-        namespace = parts[4]
-        verb = {"GET": "get", "PATCH": "patch"}.get(method, method.lower())
-        if len(parts) == 6:
-            verb = "list" if method == "GET" else verb
-            if verb in self.forbidden:
-                return 403, status_body(
-                    403,
-                    "Forbidden",
-                    f"tradingbots.trading.r7.dev is "
-                    f'forbidden: User "{user}" cannot {verb} resource',
-                )
-            items = [b for (ns, _n), b in self.bots.items() if ns == namespace]
-            return 200, self._list(items, query)
-        name = parts[6]
-        if verb in self.forbidden:
-            return 403, status_body(
+        target = parse_path(path)
+        if target.plural == "configmaps":
+            if "get-configmap" not in self.forbidden:
+                return None
+            return status_body(
                 403,
                 "Forbidden",
-                f'tradingbots.trading.r7.dev "{name}" is forbidden: User '
-                f'"{user}" cannot {verb} resource "tradingbots" in API group "trading.r7.dev" '
-                f'in the namespace "{namespace}"',
+                f'configmaps "{target.name}" is forbidden: '
+                f'User "{user}" cannot get resource "configmaps"',
             )
-        bot = self.bots.get((namespace, name))
-        if bot is None:
-            return 404, status_body(
-                404, "NotFound", f'tradingbots.trading.r7.dev "{name}" not found', name
+        verb = {"GET": "get" if target.name else "list"}.get(method, method.lower())
+        if verb not in self.forbidden:
+            return None
+        if not target.name:
+            return status_body(
+                403,
+                "Forbidden",
+                f'tradingbots.trading.r7.dev is forbidden: User "{user}" cannot {verb} resource',
             )
-        if method == "PATCH":
-            bot = merge_patch(bot, body)
-            self.bots[(namespace, name)] = bot
-        return 200, bot
-
-    def _list(self, items: list[dict[str, Any]], query: dict[str, list[str]]) -> dict[str, Any]:
-        selector = (query.get("labelSelector") or [""])[0]
-        if selector:
-            key, _, value = selector.partition("=")
-            items = [b for b in items if b["metadata"].get("labels", {}).get(key) == value]
-        return {
-            "apiVersion": "trading.r7.dev/v1alpha1",
-            "kind": "TradingBotList",
-            "metadata": {"resourceVersion": "10"},
-            "items": items,
-        }
+        return status_body(
+            403,
+            "Forbidden",
+            f'tradingbots.trading.r7.dev "{target.name}" is forbidden: User '
+            f'"{user}" cannot {verb} resource "tradingbots" in API group "trading.r7.dev" '
+            f'in the namespace "{target.namespace}"',
+        )
 
 
 def _serve(handler_for: Callable[[BaseHTTPRequestHandler, str], None]) -> ThreadingHTTPServer:
@@ -214,7 +202,10 @@ def running_fake_kube() -> Iterator[FakeKubeApi]:
                 method, url.path, urllib.parse.parse_qs(url.query), canonical_headers(request), body
             )
         )
-        code, payload = api.handle(method, url.path, urllib.parse.parse_qs(url.query), body)
+        content_type = request.headers.get("Content-Type") or "application/json"
+        code, payload = api.handle(
+            method, url.path, urllib.parse.parse_qs(url.query), body, content_type
+        )
         _reply(request, code, payload)
 
     server = _serve(handle)

@@ -401,10 +401,10 @@ def test_one_forbidden_bot_does_not_stop_the_others_but_sets_the_exit_code(
     fake_kube.add_bot("trading", "b")
     original = fake_kube.handle
 
-    def forbid_a(method: str, path: str, query: Any, body: Any) -> tuple[int, Any]:
+    def forbid_a(method: str, path: str, query: Any, body: Any, *rest: Any) -> tuple[int, Any]:
         if method == "PATCH" and path.endswith("/a"):
             return 403, {"kind": "Status", "message": "forbidden", "code": 403}
-        return original(method, path, query, body)
+        return original(method, path, query, body, *rest)
 
     fake_kube.handle = forbid_a  # type: ignore[method-assign]
     code, out, err = run("restart", "--all", "--reason", "r")
@@ -524,14 +524,15 @@ def test_positions_without_readable_state_still_shows_the_status(
     run: Run, fake_kube: FakeKubeApi, setup: str, note: str
 ) -> None:
     fake_kube.add_bot(
-        "trading", "stable", status={"positions": {"open": 1, "symbols": ["ETH/USDT"]}}
+        "trading",
+        "stable",
+        status={"positions": {"open": 1, "symbols": ["ETH/USDT"]}},
+        spec={"state": {"backend": "pvc"}} if setup == "pvc" else {},
     )
     if setup == "forbidden":
         fake_kube.forbidden.add("get-configmap")
     if setup == "garbage":
         fake_kube.configmaps[("trading", "stable-state")] = {"data": {"state.json": "{oops"}}
-    if setup == "pvc":
-        fake_kube.bots[("trading", "stable")]["spec"]["state"] = {"backend": "pvc"}
     code, out, _err = run("positions", "stable")
     assert code == EXIT_OK
     assert "ETH/USDT" in out
