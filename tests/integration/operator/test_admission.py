@@ -391,8 +391,10 @@ def test_a_new_pod_the_cluster_refuses_never_replaces_the_running_one(
         # A new policy takes a moment to be enforced; a change made before then is one the
         # cluster did not refuse yet.
         kube.wait_for(
-            lambda: pod_refused(api_client, bots.namespace, {"pool": "forbidden"})
-            and not pod_refused(api_client, bots.namespace, {"pool": "open"}),
+            lambda: (
+                pod_refused(api_client, bots.namespace, {"pool": "forbidden"})
+                and not pod_refused(api_client, bots.namespace, {"pool": "open"})
+            ),
             message="the pod policy enforced",
         )
         bots.create("bot-a", spec_with({"restartPolicy.coalesceSeconds": 0}))
