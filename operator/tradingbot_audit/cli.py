@@ -32,22 +32,11 @@ from .head import (
 )
 from .reader import AuditFilter, export_json, parse_time_arg, query, summary
 from .schema import SEVERITIES
+from .tables import audit_table, count_table
 from .verify import verify_log
 from .writer import DEFAULT_MAX_FILE_BYTES, open_writer
 
 LOG_DIR_ENV: Final = "TRADINGBOT_AUDIT_LOG_DIR"
-
-TABLE_COLUMNS: Final = (
-    ("SEQ", "seq"),
-    ("TIMESTAMP", "timestamp"),
-    ("SEVERITY", "severity"),
-    ("TYPE", "event_type"),
-    ("SOURCE", "source"),
-    ("TARGET", "target"),
-    ("USER", "user_id"),
-    ("ACTION", "action"),
-)
-MAX_CELL: Final = 60
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -246,19 +235,6 @@ def _filter_from(args: argparse.Namespace, now: datetime) -> AuditFilter:
     )
 
 
-def _cell(value: Any) -> str:
-    text = "-" if value is None else str(value)
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
-
-
-def format_table(rows: list[list[str]], headers: Sequence[str]) -> str:
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 def _cmd_query(args: argparse.Namespace, flt: AuditFilter, out: TextIO) -> int:
     if args.limit < 0:
         raise ValueError("--limit must be >= 0")
@@ -267,8 +243,7 @@ def _cmd_query(args: argparse.Namespace, flt: AuditFilter, out: TextIO) -> int:
         json.dump(records, out, ensure_ascii=False, indent=2)
         out.write("\n")
     elif records:
-        rows = [[_cell(record.get(key)) for _h, key in TABLE_COLUMNS] for record in records]
-        out.write(format_table(rows, [h for h, _k in TABLE_COLUMNS]) + "\n")
+        out.write(audit_table(records) + "\n")
     else:
         out.write("no matching events\n")
     return 0
@@ -290,9 +265,8 @@ def _cmd_summary(args: argparse.Namespace, flt: AuditFilter, out: TextIO) -> int
         ("SOURCE", "by_source"),
         ("TARGET", "by_target"),
     ):
-        rows = [[name, str(count)] for name, count in result[key].items()]
-        if rows:
-            out.write("\n" + format_table(rows, [title, "COUNT"]) + "\n")
+        if result[key]:
+            out.write("\n" + count_table(title, result[key]) + "\n")
     return 0
 
 

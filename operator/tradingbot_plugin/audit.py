@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
 from tradingbot_audit.head import ChainHead, head_from_data, parse_configmap_ref
+from tradingbot_audit.tables import audit_table
 from tradingbot_plugin.commands import Context
 from tradingbot_plugin.core import (
     EXIT_FAILED,
@@ -32,7 +33,7 @@ from tradingbot_plugin.core import (
     _number,
     user_agent,
 )
-from tradingbot_plugin.format import audit_table, dump, render_summary, summary_from_local
+from tradingbot_plugin.format import dump, render_summary, summary_from_local
 
 AUDIT_URL_ENV: Final = "TRADINGBOT_AUDIT_URL"
 AUDIT_FORBIDDEN_MESSAGE: Final = (

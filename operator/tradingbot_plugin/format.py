@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import yaml
 
 from tradingbot_api.constants import DEFAULT_COALESCE_SECONDS, ConditionType, Phase
+from tradingbot_api.tables import render_table
 from tradingbot_api.times import kube_time, parse_time_or_none
+from tradingbot_audit.tables import count_table
 from tradingbot_plugin.core import _mapping, _number
 from tradingbot_plugin.patches import is_halted, is_suspended
 
@@ -212,18 +214,6 @@ def status_table(
     return headers, rows
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns separated by three spaces, like kubectl; no trailing whitespace."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in [list(headers), *rows]:
-        lines.append("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 def strip_server_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The object without managedFields, as kubectl prints it by default."""
     result = dict(obj)
@@ -365,37 +355,12 @@ def render_positions(
 
 # -- audit formatting -------------------------------------------------------------------------
 
-# Audit table cells longer than this are cut with an ellipsis so rows stay one line.
-MAX_CELL: Final = 60
-AUDIT_COLUMNS: Final = (
-    ("SEQ", "seq"),
-    ("TIMESTAMP", "timestamp"),
-    ("SEVERITY", "severity"),
-    ("TYPE", "event_type"),
-    ("SOURCE", "source"),
-    ("TARGET", "target"),
-    ("USER", "user_id"),
-    ("ACTION", "action"),
-)
 SUMMARY_SECTIONS: Final = (
     ("TYPE", "by_type"),
     ("SEVERITY", "by_severity"),
     ("SOURCE", "by_source"),
     ("TARGET", "by_target"),
 )
-
-
-def _cell(value: object) -> str:
-    if value is None or value == "":
-        return "-"
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
-
-
-def audit_table(events: Sequence[Mapping[str, Any]]) -> str:
-    rows = [[_cell(event.get(key)) for _title, key in AUDIT_COLUMNS] for event in events]
-    return render_table([title for title, _key in AUDIT_COLUMNS], rows)
 
 
 def summary_from_local(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -414,6 +379,5 @@ def render_summary(result: Mapping[str, Any]) -> str:
     for title, key in SUMMARY_SECTIONS:
         counts = _mapping(result.get(key))
         if counts:
-            rows = [[str(name), str(count)] for name, count in counts.items()]
-            parts.append(render_table((title, "COUNT"), rows))
+            parts.append(count_table(title, counts))
     return "\n\n".join(parts) + "\n"

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tradingbot_api.tables import render_table
+from tradingbot_audit.tables import audit_table
 from tradingbot_plugin.format import (
     as_list,
-    audit_table,
     balance_rows,
     feed_lines,
     format_age,
@@ -21,7 +22,6 @@ from tradingbot_plugin.format import (
     position_rows,
     render_positions,
     render_summary,
-    render_table,
     status_row,
     status_table,
     summary_from_local,
