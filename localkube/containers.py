@@ -24,9 +24,10 @@ from localkube.processes import tail
 from localkube.procfs import ProcessIdentity
 from localkube.records import ContainerRecord, ExitRecord, ShimRequest, Slot
 
-# The shim writes the exit record right after reaping the container; a dead container with
-# no exit record yet is given this long before its status is declared unknown.
-EXIT_RECORD_WAIT_SECONDS = 0.5
+# The shim writes the exit record right after reaping the container; on a loaded machine that
+# can take a while. A dead container whose shim still lives but wrote no record is reported
+# running this long before its status is declared unknown; a dead shim decides at once.
+EXIT_RECORD_WAIT_SECONDS = 10.0
 SHIM_START_TIMEOUT_SECONDS = 15.0
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +55,7 @@ class ContainerProcess:
         self.exit: ExitRecord | None = None
         # True when the process is gone but nobody saw how it ended (its shim was killed).
         self.lost = False
+        self._gone_since: float | None = None
 
     @property
     def pid(self) -> int:
@@ -68,25 +70,27 @@ class ContainerProcess:
         return procfs.is_running(self.record.shim)
 
     def poll(self) -> int | None:
-        """None while the process runs, else its return code (negative: killed by signal)."""
+        """None while the process runs (or its shim has yet to record how it ended), else
+        its return code (negative: killed by signal). Never blocks."""
         if self.returncode is not None:
             return self.returncode
         if self.shim is not None:
             self.shim.poll()  # reap the shim once it is done; never blocks
         if self.running():
             return None
-        deadline = time.monotonic() + EXIT_RECORD_WAIT_SECONDS
-        while True:
-            shim_alive = self._shim_running()
-            record = self.slot.read_exit()
-            if record is not None and record.process == self.record.process:
-                self.exit, self.returncode = record, record.returncode
-                return self.returncode
-            if not shim_alive or time.monotonic() >= deadline:
-                # Its shim died first: the kernel killed the container (PR_SET_PDEATHSIG).
-                self.returncode, self.lost = -signal.SIGKILL, True
-                return self.returncode
-            time.sleep(0.01)
+        shim_alive = self._shim_running()  # read before the record: a shim writes, then exits
+        record = self.slot.read_exit()
+        if record is not None and record.process == self.record.process:
+            self.exit, self.returncode = record, record.returncode
+            return self.returncode
+        now = time.monotonic()
+        if self._gone_since is None:
+            self._gone_since = now
+        if shim_alive and now - self._gone_since < EXIT_RECORD_WAIT_SECONDS:
+            return None
+        # Its shim died first: the kernel killed the container (PR_SET_PDEATHSIG).
+        self.returncode, self.lost = -signal.SIGKILL, True
+        return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
