@@ -324,4 +324,7 @@ DEFAULT_COALESCE_SECONDS: Final = 2
 DEFAULT_MAX_ATTEMPTS: Final = 5
 DEFAULT_GRACE_PERIOD_SECONDS: Final = 30
 DEFAULT_MAX_RESTARTS_PER_HOUR: Final = 10
+# The state claim when spec.state.pvc is absent (the model requires it for backend pvc; kept
+# for objects written before it did).
+DEFAULT_STATE_PVC_SIZE: Final = "1Gi"
 MAX_SYMBOLS: Final = 20

@@ -34,10 +34,12 @@ class Decision:
     requeue_after: float | None = None
     finalize: bool = False  # deletion finished: the finalizer may go
 
-    @property
-    def holds_restart_slot(self) -> bool:
+    def phase_after(self, phase_before: str | None) -> str | None:
+        return self.status.get("phase", phase_before)
+
+    def holds_restart_slot(self, phase_before: str | None = None) -> bool:
         """True while the bot is down because of a restart (counts towards the limit)."""
-        return self.status.get("phase") == Phase.RESTARTING
+        return self.phase_after(phase_before) == Phase.RESTARTING
 
     def wake_at(self, now: dt.datetime, when: dt.datetime) -> None:
         seconds = max((when - now).total_seconds(), 0.05)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -42,20 +42,25 @@ MAX_PROBLEMS_SHOWN = 3
 POLICY_CACHE_SECONDS = 10.0
 
 
-def spec_blocker(spec: Mapping[str, Any]) -> Blocker | None:
+def spec_problems(spec: Mapping[str, Any]) -> tuple[TradingBotSpec | None, tuple[str, ...]]:
+    """The spec parsed by the shared model (the same one the bot parses it with), or the
+    problems that stop it from parsing."""
     try:
-        TradingBotSpec.from_dict(spec)
+        return TradingBotSpec.from_dict(spec), ()
     except ValidationError as exc:
-        problems = validation_messages(exc)
-        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = len(problems) - MAX_PROBLEMS_SHOWN
-        suffix = f" (and {more} more)" if more > 0 else ""
-        return Blocker(BlockReason.SPEC_INVALID, bounded_text(f"invalid spec: {shown}{suffix}"))
-    return None
+        return None, tuple(validation_messages(exc))
 
 
-def image_blocker(spec: Mapping[str, Any], allowed: tuple[str, ...]) -> Blocker | None:
-    image = spec.get("image")
+def spec_blocker(problems: Sequence[str]) -> Blocker | None:
+    if not problems:
+        return None
+    shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return Blocker(BlockReason.SPEC_INVALID, bounded_text(f"invalid spec: {shown}{suffix}"))
+
+
+def image_blocker(image: str | None, allowed: tuple[str, ...]) -> Blocker | None:
     if not image or image in allowed:
         return None
     return Blocker(

@@ -24,9 +24,10 @@ from tradingbot_api.constants import (
     Phase,
     lease_name,
 )
+from tradingbot_api.models import TradingBotSpec
 from tradingbot_api.times import utc_now
 from tradingbot_operator.decide import Decision, decide
-from tradingbot_operator.decide_facts import Blocker, BotFacts, OperatorLimits, PodFacts
+from tradingbot_operator.decide_facts import Blocker, OperatorLimits, PodFacts
 from tradingbot_operator.decide_outcome import CreatePod, DeletePod
 from tradingbot_operator.failpoints import failpoint
 from tradingbot_operator.guards import (
@@ -42,6 +43,7 @@ from tradingbot_operator.kubeapi import ApiError, KubeApi, api_message
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.reconcile_gather import (
     SPEC_DEFAULTS,
+    ObservedBot,
     bot_facts,
     needs_new_config,
     pod_facts,
@@ -174,17 +176,20 @@ class BotReconciler:
                 self.fleet.metrics.set_bot_state(self.namespace, self.name, None, False)
                 raise _Gone() from None
             raise
+        observed = ObservedBot.parse(body)
         raw_pods = await api.list_bot_pods(self.namespace, self.name)
         pods = await self._with_lost_nodes([pod_facts(p) for p in raw_pods])
         policies = await self._policies(body)
         fleet_halt = self.fleet.fleet_switch.mode if self.fleet.fleet_switch else None
-        facts = bot_facts(body, pods, raw_pods, policies, fleet_halt)
+        facts = bot_facts(observed, pods, raw_pods, policies, fleet_halt)
         if deleting and not facts.deleting:
             facts = dataclasses.replace(facts, deleting=True)
-        if needs_new_config(facts, pods):
-            facts = dataclasses.replace(facts, blocker=await self.blocker(body, policies))
+        # A spec that no longer parses (a stricter operator than the one that started the
+        # pod) must block too: no pod is ever made from it.
+        if needs_new_config(facts, pods) or observed.spec is None:
+            facts = dataclasses.replace(facts, blocker=await self.blocker(observed, policies))
         decision = decide(facts, pods, utc_now(), self.fleet.limits_for(self.key))
-        await self.apply(body, facts, decision)
+        await self.apply(observed, decision)
         self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return decision
 
@@ -219,40 +224,46 @@ class BotReconciler:
         self.fleet.stamps_seen[uid] = stamp
         return state
 
-    async def blocker(self, body: Mapping[str, Any], policies: PolicyState) -> Blocker | None:
+    async def blocker(self, observed: ObservedBot, policies: PolicyState) -> Blocker | None:
         """Why the desired config must not run, checked before anything is stopped."""
-        spec = body.get("spec") or {}
-        found = spec_blocker(spec) or image_blocker(spec, self.fleet.settings.images)
-        found = found or await self._pod_blocker(body)
+        spec = observed.spec
+        if spec is None:
+            return spec_blocker(observed.problems)
+        found = image_blocker(spec.image, self.fleet.settings.images)
+        found = found or await self._pod_blocker(observed, spec)
         secret = credentials_secret(spec)
         if found or not secret:
             return found
-        uid = str(body["metadata"]["uid"])
+        body = observed.body
+        uid = observed.uid
         approved = self.fleet.approvals.get(uid)
         if approved != secret:
             account = await self._service_account(service_account_name(self.name))
             approved = approved_secret(account)
         found = await credentials_blocker(self.fleet.api, body, secret, approved, policies)
         if found is None and approved != secret:
-            await self._approve(body, secret)
+            await self._approve(observed, spec, secret)
         if found is None:
             self.fleet.approvals[uid] = secret
         return found
 
-    async def _pod_blocker(self, body: Mapping[str, Any]) -> Blocker | None:
+    async def _pod_blocker(self, observed: ObservedBot, spec: TradingBotSpec) -> Blocker | None:
         """The pod this config needs, as a server-side dry run: what the CRD allows but the
         pod API or Pod Security refuses is found before the running pod is stopped (once
         per config)."""
-        meta = body["metadata"]
-        uid = str(meta["uid"])
-        desired = config_hash(body.get("spec") or {}, meta.get("annotations") or {}, SPEC_DEFAULTS)
+        uid = observed.uid
+        desired = config_hash(observed.stored_spec, observed.annotations, SPEC_DEFAULTS)
         checked = self.fleet.pod_checks.get(uid)
         if checked and checked[0] == desired:
             return checked[1]
         bot = BotRef(self.namespace, self.name, uid)
-        spec = body.get("spec") or {}
         pod = render_bot_pod(
-            bot, spec, desired, self.fleet.settings, restart_token(meta.get("annotations") or {})
+            bot,
+            spec,
+            observed.stored_spec,
+            desired,
+            self.fleet.settings,
+            restart_token(observed.annotations),
         )
         await self.ensure_bot_objects(bot, spec)  # admission checks the pod's ServiceAccount
         found: Blocker | None = None
@@ -276,7 +287,7 @@ class BotReconciler:
                 return None
             raise
 
-    async def _approve(self, body: Mapping[str, Any], secret: str) -> None:
+    async def _approve(self, observed: ObservedBot, spec: TradingBotSpec, secret: str) -> None:
         """Record the approval where the bot cannot write it: on its ServiceAccount."""
         api = self.fleet.api
         name = service_account_name(self.name)
@@ -287,20 +298,19 @@ class BotReconciler:
             if not err.not_found:
                 raise
             # First start: the ServiceAccount comes with the bot's other objects.
-            bot = BotRef(self.namespace, self.name, str(body["metadata"]["uid"]))
-            await self.ensure_bot_objects(bot, body.get("spec") or {})
+            bot = BotRef(self.namespace, self.name, observed.uid)
+            await self.ensure_bot_objects(bot, spec)
             await api.merge_patch("ServiceAccount", self.namespace, name, patch)
 
-    async def apply(self, body: Mapping[str, Any], facts: BotFacts, decision: Decision) -> None:
+    async def apply(self, observed: ObservedBot, decision: Decision) -> None:
         api, settings = self.fleet.api, self.fleet.settings
-        meta = body["metadata"]
-        bot = BotRef(self.namespace, self.name, str(meta["uid"]))
-        phase_before = (body.get("status") or {}).get("phase")
+        bot = BotRef(self.namespace, self.name, observed.uid)
+        phase_before = observed.status.get("phase")
         # Claim or release the restart slot before the first await, so two loops deciding
         # in the same tick cannot both take the last slot.
-        phase_after = decision.status.get("phase", phase_before)
+        phase_after = decision.phase_after(phase_before)
         held = self.key in self.fleet.restart_slots
-        if phase_after == Phase.RESTARTING:
+        if decision.holds_restart_slot(phase_before):
             self.fleet.restart_slots.add(self.key)
         else:
             self.fleet.restart_slots.discard(self.key)
@@ -308,16 +318,14 @@ class BotReconciler:
         # outbox in status), so a crash cannot separate an action from its audit record.
         now = utc_now()
         events = [
-            event.stamped(now, f"{meta['uid']}/{meta.get('resourceVersion')}/{i}")
+            event.stamped(now, f"{observed.uid}/{observed.resource_version}/{i}")
             for i, event in enumerate(decision.events)
         ]
-        outbox = [
-            AuditEvent.from_outbox(e) for e in (body.get("status") or {}).get("auditOutbox") or []
-        ]
+        outbox = [AuditEvent.from_outbox(e) for e in observed.status.get("auditOutbox") or []]
         if events:
             outbox = (outbox + events)[-MAX_OUTBOX:]
             decision.status["auditOutbox"] = [e.to_outbox() for e in outbox]
-        resource_version = meta.get("resourceVersion")
+        resource_version = observed.resource_version
         try:
             if decision.status:
                 patched = await api.patch_bot_status(
@@ -340,12 +348,11 @@ class BotReconciler:
         pending = (
             decision.status["pendingAction"] is not None
             if "pendingAction" in decision.status
-            else bool((body.get("status") or {}).get("pendingAction"))
+            else bool(observed.status.get("pendingAction"))
         )
         self.fleet.metrics.set_bot_state(
             self.namespace, self.name, str(phase_after or Phase.PENDING), pending
         )
-        spec = body.get("spec") or {}
         for action in decision.actions:
             if isinstance(action, DeletePod):
                 await api.delete_pod(
@@ -353,13 +360,17 @@ class BotReconciler:
                 )
                 failpoint("after-pod-deleted")
             elif isinstance(action, CreatePod):
+                spec = observed.spec
+                if spec is None:  # decide never asks for a pod while the spec is blocked
+                    raise AssertionError("a pod for a spec that does not parse")
                 await self.ensure_bot_objects(bot, spec)
                 pod = render_bot_pod(
                     bot,
                     spec,
+                    observed.stored_spec,
                     action.config_hash,
                     settings,
-                    restart_token(meta.get("annotations") or {}),
+                    restart_token(observed.annotations),
                 )
                 try:
                     await api.create(pod)
@@ -374,8 +385,8 @@ class BotReconciler:
             KIND,
             self.namespace,
             self.name,
-            str(meta["uid"]),
-            meta.get("resourceVersion"),
+            observed.uid,
+            observed.resource_version,
         )
         failpoint("before-audit-delivery")
         if outbox:
@@ -396,7 +407,7 @@ class BotReconciler:
                 return
             await self.cleanup(bot)
 
-    async def ensure_bot_objects(self, bot: BotRef, spec: Mapping[str, Any]) -> None:
+    async def ensure_bot_objects(self, bot: BotRef, spec: TradingBotSpec) -> None:
         """The bot's identity, Lease and state object, applied once per operator run and
         again only when what they depend on changes (saves API calls on every restart)."""
         objects = render_bot_objects(bot, spec)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from tradingbot_api.constants import (
     ANNOTATION_APPLIED_RESTART,
@@ -24,8 +27,10 @@ from tradingbot_api.constants import (
     HaltMode,
     effective_halt,
 )
+from tradingbot_api.models import RestartPolicySpec, TradingBotSpec
 from tradingbot_api.times import format_time, parse_time
 from tradingbot_operator.decide_facts import BotFacts, FieldChange, PodFacts, RestartPolicy
+from tradingbot_operator.guards import spec_problems
 from tradingbot_operator.hashing import (
     bounded_text,
     changed_fields,
@@ -35,6 +40,46 @@ from tradingbot_operator.hashing import (
     value_at,
 )
 from tradingbot_operator.identity import PolicyState, StampOrder, verified_identity
+
+
+@dataclass(frozen=True)
+class ObservedBot:
+    """One read of a TradingBot, its spec parsed once for the whole pass."""
+
+    body: Mapping[str, Any]
+    spec: TradingBotSpec | None  # None: the spec does not parse (see `problems`)
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> ObservedBot:
+        spec, problems = spec_problems(body.get("spec") or {})
+        return cls(body, spec, problems)
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.body.get("metadata") or {}
+
+    @property
+    def stored_spec(self) -> Mapping[str, Any]:
+        """The spec as the API server stored it: what the config hash is taken over."""
+        return self.body.get("spec") or {}
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.body.get("status") or {}
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return self.meta.get("annotations") or {}
+
+    @property
+    def uid(self) -> str:
+        return str(self.meta.get("uid"))
+
+    @property
+    def resource_version(self) -> str | None:
+        return self.meta.get("resourceVersion")
+
 
 SPEC_DEFAULTS: dict[str, Any] = {
     "exchange": {"mode": DEFAULT_EXCHANGE_MODE},
@@ -81,13 +126,23 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
     )
 
 
-def restart_policy(spec: Mapping[str, Any]) -> RestartPolicy:
-    policy = spec.get("restartPolicy") or {}
+def restart_policy(observed: ObservedBot) -> RestartPolicy:
+    """The bot's restart policy; for a spec that does not parse, its restartPolicy alone if
+    that parses (the running pod is stopped with the grace the user asked for), else the
+    defaults."""
+    policy = observed.spec.restart_policy if observed.spec else None
+    if policy is None:
+        try:
+            policy = RestartPolicySpec.model_validate(
+                observed.stored_spec.get("restartPolicy") or {}
+            )
+        except ValidationError:
+            policy = RestartPolicySpec()
     return RestartPolicy(
-        coalesce_seconds=float(policy.get("coalesceSeconds", DEFAULT_COALESCE_SECONDS)),
-        max_attempts=int(policy.get("maxAttempts", DEFAULT_MAX_ATTEMPTS)),
-        grace_period_seconds=int(policy.get("gracePeriodSeconds", DEFAULT_GRACE_PERIOD_SECONDS)),
-        max_restarts_per_hour=int(policy.get("maxRestartsPerHour", DEFAULT_MAX_RESTARTS_PER_HOUR)),
+        coalesce_seconds=float(policy.coalesce_seconds),
+        max_attempts=policy.max_attempts,
+        grace_period_seconds=policy.grace_period_seconds,
+        max_restarts_per_hour=policy.max_restarts_per_hour,
     )
 
 
@@ -117,15 +172,14 @@ def applied_spec(pod: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def bot_facts(
-    body: Mapping[str, Any],
+    observed: ObservedBot,
     pods: Sequence[PodFacts],
     raw_pods: Sequence[Mapping[str, Any]],
     policies: PolicyState | None = None,
     fleet_halt: HaltMode | None = None,
 ) -> BotFacts:
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    annotations = meta.get("annotations") or {}
+    body, meta, annotations = observed.body, observed.meta, observed.annotations
+    spec = observed.stored_spec
     bot_halt = effective_halt(annotations.get(ANNOTATION_HALT))
     halt_mode = effective_halt(bot_halt, fleet_halt)
     desired = config_hash(spec, annotations, SPEC_DEFAULTS)
@@ -159,9 +213,9 @@ def bot_facts(
         name=str(meta.get("name")),
         desired_hash=desired,
         status=body.get("status") or {},
-        policy=restart_policy(spec),
+        policy=restart_policy(observed),
         generation=int(meta.get("generation") or 1),
-        suspend=bool(spec.get("suspend"))
+        suspend=(observed.spec.suspend if observed.spec else bool(spec.get("suspend")))
         or annotations.get(ANNOTATION_SUSPEND, "").lower() == SUSPEND_VALUE,
         halt_mode=halt_mode,
         halt_source="bot" if halt_mode == bot_halt else "fleet",

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from tradingbot_api.constants import (
     ANNOTATION_APPLIED_RESTART,
     ANNOTATION_APPLIED_SPEC,
@@ -20,15 +22,17 @@ from tradingbot_api.constants import (
     CREDENTIALS_DIR,
     CREDENTIALS_KEYS,
     CREDENTIALS_VOLUME,
-    DEFAULT_GRACE_PERIOD_SECONDS,
+    DEFAULT_STATE_PVC_SIZE,
     FLEET_SWITCH_ENV,
     KIND,
     LABEL_BOT,
     PLURAL,
+    StateBackend,
     lease_name,
     state_configmap_name,
     state_pvc_name,
 )
+from tradingbot_api.models import PvcSpec, TradingBotSpec
 from tradingbot_operator.hashing import canonical_json, compact_spec
 from tradingbot_operator.settings import OperatorSettings
 
@@ -92,16 +96,18 @@ def _meta(bot: BotRef, name: str, *, owned: bool = True, component: str = "bot")
 
 def render_bot_pod(
     bot: BotRef,
-    spec: Mapping[str, Any],
+    spec: TradingBotSpec,
+    stored_spec: Mapping[str, Any],
     config_hash: str,
     settings: OperatorSettings,
     restart_request: str = "",
 ) -> dict[str, Any]:
-    """The one pod that runs a bot: least privilege, restricted security, probes."""
-    grace = int(
-        (spec.get("restartPolicy") or {}).get("gracePeriodSeconds") or DEFAULT_GRACE_PERIOD_SECONDS
-    )
-    state = spec.get("state") or {}
+    """The one pod that runs a bot: least privilege, restricted security, probes.
+
+    `spec` is the parsed spec (the only one a pod is made from); `stored_spec` is the same as
+    the API server stored it, recorded on the pod so the next change can be diffed against
+    exactly what was written."""
+    grace = spec.restart_policy.grace_period_seconds
     port = settings.bot_metrics_port
     env: list[dict[str, Any]] = [
         {"name": "BOT_NAME", "value": bot.name},
@@ -134,7 +140,7 @@ def render_bot_pod(
             }
         )
         mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True})
-    if state.get("backend") == "pvc":
+    if spec.state.backend == StateBackend.PVC:
         env.append({"name": "STATE_DIR", "value": settings.state_mount_path})
         volumes.append(
             {"name": STATE_VOLUME, "persistentVolumeClaim": {"claimName": state_pvc_name(bot.name)}}
@@ -143,7 +149,7 @@ def render_bot_pod(
     probe_common = {"httpGet": {"port": "metrics"}, "timeoutSeconds": 2}
     container = {
         "name": "bot",
-        "image": spec.get("image") or settings.bot_image,
+        "image": spec.image or settings.bot_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.bot_command),
         "env": env,
@@ -161,7 +167,7 @@ def render_bot_pod(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": dict(spec.get("resources") or DEFAULT_RESOURCES),
+        "resources": _dump(spec.resources) if spec.resources else dict(DEFAULT_RESOURCES),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -187,17 +193,17 @@ def render_bot_pod(
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
-    if spec.get("tolerations"):
-        pod_spec["tolerations"] = [dict(t) for t in spec["tolerations"]]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [_dump(t) for t in spec.tolerations]
     metadata = _meta(bot, pod_name(bot.name, config_hash))
-    metadata["labels"]["trading.r7.dev/profile"] = str(spec.get("profile", ""))
+    metadata["labels"]["trading.r7.dev/profile"] = str(spec.profile)
     metadata["annotations"] = {
         ANNOTATION_CONFIG_HASH: config_hash,
         # What this pod was started with: the next change is diffed against it, so Events and
         # the audit can say which fields changed, from what to what.
-        ANNOTATION_APPLIED_SPEC: canonical_json(compact_spec(spec)),
+        ANNOTATION_APPLIED_SPEC: canonical_json(compact_spec(stored_spec)),
         # The restart request this pod already answers, so a restart reason left on the bot
         # is not reused for a later, unrelated change.
         ANNOTATION_APPLIED_RESTART: restart_request,
@@ -214,10 +220,15 @@ def render_bot_service_account(bot: BotRef) -> dict[str, Any]:
     }
 
 
-def credentials_secret(spec: Mapping[str, Any]) -> str | None:
+def credentials_secret(spec: TradingBotSpec) -> str | None:
     """The Secret holding the bot's exchange keys, if its spec names one."""
-    name = ((spec.get("exchange") or {}).get("credentialsSecretRef") or {}).get("name")
-    return str(name) if name else None
+    ref = spec.exchange.credentials_secret_ref
+    return str(ref.name) if ref is not None else None
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    """A spec part as the API server stored it: CRD names, only the fields that were set."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def render_bot_role(bot: BotRef) -> dict[str, Any]:
@@ -281,14 +292,13 @@ def render_state_configmap(bot: BotRef) -> dict[str, Any]:
     }
 
 
-def render_state_pvc(bot: BotRef, spec: Mapping[str, Any]) -> dict[str, Any]:
-    pvc = (spec.get("state") or {}).get("pvc") or {}
+def render_state_pvc(bot: BotRef, pvc: PvcSpec | None) -> dict[str, Any]:
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": str(pvc.get("size") or "1Gi")}},
+        "resources": {"requests": {"storage": pvc.size if pvc else DEFAULT_STATE_PVC_SIZE}},
     }
-    if pvc.get("storageClassName"):
-        claim["storageClassName"] = pvc["storageClassName"]
+    if pvc is not None and pvc.storage_class_name:
+        claim["storageClassName"] = pvc.storage_class_name
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -307,7 +317,7 @@ def render_lease(bot: BotRef) -> dict[str, Any]:
     }
 
 
-def render_bot_objects(bot: BotRef, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def render_bot_objects(bot: BotRef, spec: TradingBotSpec) -> list[dict[str, Any]]:
     """Everything a bot needs before its pod can start, in creation order."""
     objects = [
         render_bot_service_account(bot),
@@ -315,8 +325,8 @@ def render_bot_objects(bot: BotRef, spec: Mapping[str, Any]) -> list[dict[str, A
         render_bot_role_binding(bot),
         render_lease(bot),
     ]
-    if (spec.get("state") or {}).get("backend") == "pvc":
-        objects.append(render_state_pvc(bot, spec))
+    if spec.state.backend == StateBackend.PVC:
+        objects.append(render_state_pvc(bot, spec.state.pvc))
     else:
         objects.append(render_state_configmap(bot))
     return objects

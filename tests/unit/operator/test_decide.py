@@ -241,9 +241,9 @@ def test_restart_waits_for_a_slot_when_max_concurrent_restarts_are_in_flight() -
     assert d.requeue_after == 1.0
     world.limits = OperatorLimits(restarts_in_flight=0, max_concurrent_restarts=1)
     d = world.step()
-    assert d.holds_restart_slot
+    assert d.holds_restart_slot()
     world.settle()
-    assert not world.decisions[-1].holds_restart_slot
+    assert not world.decisions[-1].holds_restart_slot()
 
 
 def test_the_new_pod_is_never_created_while_the_old_one_terminates() -> None:

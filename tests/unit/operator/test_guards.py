@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.invalid_specs import INVALID_SPECS, VALID_BASE_SPEC, VALID_SPECS
+from tests.integration.invalid_specs import INVALID_SPECS, VALID_SPECS
 from tradingbot_api.constants import BlockReason
 from tradingbot_operator.guards import (
     credentials_blocker,
     image_blocker,
     read_policy_state,
     spec_blocker,
+    spec_problems,
 )
 from tradingbot_operator.identity import PolicyState
 
@@ -23,14 +24,18 @@ POLICIES = PolicyState(datetime(2026, 11, 29, 9, 0, tzinfo=UTC))
 
 @pytest.mark.parametrize(("sentence", "spec"), VALID_SPECS, ids=[s for s, _ in VALID_SPECS])
 def test_valid_specs_are_not_blocked(sentence: str, spec: dict) -> None:
-    assert spec_blocker(spec) is None
+    parsed, problems = spec_problems(spec)
+    assert parsed is not None and problems == ()
+    assert spec_blocker(problems) is None
 
 
 @pytest.mark.parametrize(
     ("sentence", "spec", "field"), INVALID_SPECS, ids=[s for s, _, _ in INVALID_SPECS]
 )
 def test_invalid_specs_are_blocked_naming_the_field(sentence: str, spec: dict, field: str) -> None:
-    blocker = spec_blocker(spec)
+    parsed, problems = spec_problems(spec)
+    assert parsed is None
+    blocker = spec_blocker(problems)
     assert blocker is not None and blocker.reason == BlockReason.SPEC_INVALID
     assert field in blocker.message
     assert len(blocker.message) <= 512  # a megabyte of input is not copied into status
@@ -38,9 +43,9 @@ def test_invalid_specs_are_blocked_naming_the_field(sentence: str, spec: dict, f
 
 def test_only_allowed_images_run() -> None:
     allowed = ("ghcr.io/r7/tradingbot:0.1.0",)
-    assert image_blocker(VALID_BASE_SPEC, allowed) is None
-    assert image_blocker({**VALID_BASE_SPEC, "image": allowed[0]}, allowed) is None
-    blocker = image_blocker({**VALID_BASE_SPEC, "image": "evil/miner:1"}, allowed)
+    assert image_blocker(None, allowed) is None
+    assert image_blocker(allowed[0], allowed) is None
+    blocker = image_blocker("evil/miner:1", allowed)
     assert blocker is not None and blocker.reason == BlockReason.IMAGE_NOT_ALLOWED
 
 

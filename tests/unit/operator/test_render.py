@@ -13,16 +13,23 @@ import pytest
 import yaml
 
 from tests.integration.invalid_specs import VALID_BASE_SPEC
-from tradingbot_operator.render import (
-    BotRef,
-    render_bot_objects,
-    render_bot_pod,
-)
+from tradingbot_api.models import TradingBotSpec
+from tradingbot_operator import render
+from tradingbot_operator.render import BotRef
 from tradingbot_operator.settings import OperatorSettings
 
 GOLDEN = Path(__file__).parent / "golden"
 BOT = BotRef(namespace="trading", name="bot-medio", uid="0a1b2c3d-0000-4000-8000-000000000001")
 SETTINGS = OperatorSettings(bot_image="ghcr.io/r7/tradingbot:test")
+
+
+def render_bot_pod(bot: BotRef, spec: dict, config_hash: str, settings: OperatorSettings) -> dict:
+    """The pod for a spec as stored (parsed here as the reconciler parses it)."""
+    return render.render_bot_pod(bot, TradingBotSpec.from_dict(spec), spec, config_hash, settings)
+
+
+def render_bot_objects(bot: BotRef, spec: dict) -> list[dict]:
+    return render.render_bot_objects(bot, TradingBotSpec.from_dict(spec))
 
 
 def pvc_spec() -> dict:
@@ -118,7 +125,8 @@ def test_a_paper_bot_mounts_no_credentials() -> None:
 
 def test_the_applied_spec_on_a_pod_stays_small_whatever_the_pod_overrides_hold() -> None:
     spec = copy.deepcopy(VALID_BASE_SPEC)
-    spec["tolerations"] = [{"key": "k" * 300, "operator": "Exists"}] * 32
+    longest_key = ".".join(c * 63 for c in "abc") + "/" + "k" * 63
+    spec["tolerations"] = [{"key": longest_key, "operator": "Exists"}] * 32
     spec["nodeSelector"] = {f"label-{i}": "v" * 63 for i in range(32)}
     pod = render_bot_pod(BOT, spec, "0123456789abcdef", SETTINGS)
     applied = pod["metadata"]["annotations"]["trading.r7.dev/applied-spec"]
