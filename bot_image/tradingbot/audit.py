@@ -30,18 +30,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import random
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 import aiohttp
 
 from tradingbot.metrics import BotMetrics
 from tradingbot.state.model import Fill, StateCheckpoint
+from tradingbot_api.constants import EventType, Severity
+from tradingbot_api.times import micro_time, parse_zoned
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ OUTCOME_ACKED: Final = "acked"
 OUTCOME_RETRY: Final = "retry"
 OUTCOME_SPLIT: Final = "split"
 OUTCOME_REJECTED: Final = "rejected"
+
+# The bot's bearer token, asked for before every request (the projected token rotates): the
+# Kubernetes client's coroutine, or a plain function.
+TokenSource = Callable[[], str | Awaitable[str | None] | None]
 
 
 # -- pure parts -------------------------------------------------------------------------------
@@ -111,12 +117,9 @@ def event_timestamp(text: str) -> str | None:
     """The fill's time as ISO 8601 UTC, or None when it is not a zoned ISO timestamp (the
     sidecar then stamps the time of arrival; the raw value stays in details)."""
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+        return micro_time(parse_zoned(text))
+    except ValueError:  # also NoOffsetError
         return None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def build_events(
@@ -138,7 +141,7 @@ def build_events(
     if clean(key) != key:  # never a credential in the key either, and still deterministic
         key = "sha256-" + hashlib.sha256(key.encode()).hexdigest()
     timestamp = event_timestamp(fill.time)
-    common: dict[str, Any] = {"severity": "info", "target": bot, "namespace": namespace}
+    common: dict[str, Any] = {"severity": Severity.INFO, "target": bot, "namespace": namespace}
     if timestamp is not None:
         common["timestamp"] = timestamp
     ids = {
@@ -149,7 +152,7 @@ def build_events(
     }
     trade = {
         **common,
-        "event_type": "trade",
+        "event_type": EventType.TRADE,
         "action": fill.side,
         "details": {
             "symbol": fill.symbol,
@@ -171,7 +174,7 @@ def build_events(
         return [trade]
     position = {
         **common,
-        "event_type": "position_change",
+        "event_type": EventType.POSITION_CHANGE,
         "action": action,
         "details": {
             "symbol": fill.symbol,
@@ -284,7 +287,7 @@ class AuditReporter:
 
     `view` reads the runtime's journal; `on_acked(seqs)` marks fills audited in the runtime's
     state (the next checkpoint stores the flags); `token` returns the bot's ServiceAccount
-    token (blocking; called on a worker thread before every request, as it rotates).
+    token (called before every request, as it rotates).
     """
 
     def __init__(
@@ -296,7 +299,7 @@ class AuditReporter:
         metrics: BotMetrics,
         view: Callable[[], JournalView],
         on_acked: Callable[[set[int]], None],
-        token: Callable[[], str | None],
+        token: TokenSource,
         redact: Callable[[str], str] | None = None,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
         resend_interval: float = RESEND_INTERVAL_SECONDS,
@@ -478,10 +481,15 @@ class AuditReporter:
         )
 
 
+async def read_token(token: TokenSource) -> str | None:
+    value = token()
+    return await value if inspect.isawaitable(value) else value
+
+
 async def post_events(
     session: aiohttp.ClientSession,
     url: str,
-    token: Callable[[], str | None],
+    token: TokenSource,
     events: list[dict[str, Any]],
     *,
     request_timeout: float,
@@ -489,7 +497,7 @@ async def post_events(
     """One POST of `events` to the sidecar, authenticated as the bot; never raises for what
     the network or the sidecar does (the answer says)."""
     try:
-        bearer = await asyncio.to_thread(token)
+        bearer = await read_token(token)
     except Exception as exc:
         return Answer(None, None, f"cannot read the bearer token: {type(exc).__name__}")
     if not bearer:

@@ -13,18 +13,19 @@ from dataclasses import replace
 from tradingbot.fencing import LeaseLostError
 from tradingbot.parts import RuntimeParts
 from tradingbot.state.stores import StateConflictError, StateWriteError
+from tradingbot_api.constants import CheckpointReason
 
 log = logging.getLogger("tradingbot")
 
 
 class CheckpointPart(RuntimeParts):
-    async def _checkpoint(self, reason: str) -> bool:
+    async def _checkpoint(self, reason: CheckpointReason) -> bool:
         """Store the current state as the next checkpoint. False if the write failed (new
         entries pause until one succeeds); raises when fencing says another writer exists."""
         assert self.store is not None and self.fence is not None
         if self._save_task is not None and not self._save_task.done():
-            # A write abandoned by a cancelled caller is still running in its thread; let it
-            # finish so two writes never race.
+            # A write abandoned by a cancelled caller is still running; let it finish so two
+            # writes never race.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._save_task)
         if not self.fence.held:

@@ -41,27 +41,39 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from pydantic import ValidationError
+from annotated_types import Ge, Le
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tradingbot.constants import EXCHANGE_MODES, PROFILES
 from tradingbot.risk import RiskLimits, validate_risk
 from tradingbot.strategy import resolve_params, validate_params
 from tradingbot_api.constants import (
     CONTROL_WATCH_TIMEOUT_ENV,
     CREDENTIALS_DIR,
     FLEET_SWITCH_ENV,
+    ExchangeMode,
+    Profile,
+    StateBackend,
 )
 from tradingbot_api.models import TradingBotSpec, validation_messages
 
 # Where the operator's pod template mounts the credentials Secret.
 DEFAULT_CREDENTIALS_DIR = CREDENTIALS_DIR
-
+NAMESPACE_ENV: Final = "POD_NAMESPACE"
+PRICE_FEEDS: Final = ("seeded", "live", "auto")
 
 # Names as the API accepts them: a ConfigMap's (DNS subdomain), a namespace's (DNS label).
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+# Why a required variable matters, for the message when it is missing.
+_REQUIRED: Final = {
+    "BOT_NAME": "required (the TradingBot to run)",
+    NAMESPACE_ENV: "required outside a pod",
+}
 
 
 class ConfigError(Exception):
@@ -86,28 +98,52 @@ def parse_fleet_switch(raw: str | None) -> tuple[str, str] | None:
     return namespace, name
 
 
-@dataclass(frozen=True)
-class Settings:
-    bot_name: str
-    namespace: str
-    pod_name: str
-    pod_uid: str = ""
-    pod_ip: str = "127.0.0.1"
-    metrics_port: int = 8080
-    kubeconfig: str | None = None
-    grace_period_seconds: float = 30.0
-    state_dir: str = "/var/lib/tradingbot"
-    credentials_dir: str = DEFAULT_CREDENTIALS_DIR
-    tick_seconds: float = 1.0
-    checkpoint_interval_seconds: float = 30.0
-    lease_duration_seconds: int = 15
-    price_feed: str | None = None
-    log_level: str = "INFO"
-    config_hash: str = ""
-    audit_url: str | None = None
-    fleet_switch: tuple[str, str] | None = None
-    control_watch_timeout_seconds: int = 10
-    nonce: str = field(default_factory=new_nonce)
+class Settings(BaseSettings):
+    """The process settings; each field reads the environment variable of the table above
+    (exact names, no prefix: the operator's pod template sets them). An empty or blank value
+    counts as unset."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        extra="ignore",
+        validate_by_name=True,
+        validate_default=False,  # the defaults are right as written; blank ones stay blank
+    )
+
+    bot_name: str = Field(validation_alias="BOT_NAME", min_length=1)
+    namespace: str = Field(validation_alias=NAMESPACE_ENV, min_length=1)
+    pod_name: str = Field(default_factory=socket.gethostname, validation_alias="POD_NAME")
+    pod_uid: str = Field("", validation_alias="POD_UID")
+    pod_ip: str = Field("127.0.0.1", validation_alias="POD_IP")
+    metrics_port: int = Field(8080, ge=0, le=65535, validation_alias="METRICS_PORT")
+    kubeconfig: str | None = Field(None, validation_alias="KUBECONFIG")
+    grace_period_seconds: float = Field(
+        30.0, ge=1, le=3600, validation_alias="GRACE_PERIOD_SECONDS"
+    )
+    state_dir: str = Field("/var/lib/tradingbot", validation_alias="STATE_DIR")
+    credentials_dir: str = Field(DEFAULT_CREDENTIALS_DIR, validation_alias="CREDENTIALS_DIR")
+    tick_seconds: float = Field(1.0, ge=0.01, le=3600, validation_alias="TICK_SECONDS")
+    checkpoint_interval_seconds: float = Field(
+        30.0, ge=0.1, le=86400, validation_alias="CHECKPOINT_INTERVAL_SECONDS"
+    )
+    lease_duration_seconds: int = Field(
+        15, ge=3, le=3600, validation_alias="LEASE_DURATION_SECONDS"
+    )
+    price_feed: str | None = Field(None, validation_alias="PRICE_FEED")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    config_hash: str = Field("", validation_alias="CONFIG_HASH")
+    audit_url: str | None = Field(None, validation_alias="AUDIT_URL")
+    fleet_switch: tuple[str, str] | None = Field(None, validation_alias=FLEET_SWITCH_ENV)
+    control_watch_timeout_seconds: int = Field(
+        10, ge=1, le=300, validation_alias=CONTROL_WATCH_TIMEOUT_ENV
+    )
+    # Not configuration: never read from the environment, so no two processes share it.
+    _nonce: str = PrivateAttr(default_factory=new_nonce)
+
+    @property
+    def nonce(self) -> str:
+        return self._nonce
 
     @property
     def identity(self) -> str:
@@ -116,68 +152,113 @@ class Settings:
         return "_".join(p for p in parts if p)
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)  # no .env or secret files: the pod sets the env
+
+    @field_validator("bot_name", "namespace", "credentials_dir", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("price_feed")
+    @classmethod
+    def _known_feed(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRICE_FEEDS:
+            raise ValueError(f"must be seeded, live or auto, got {value!r}")
+        return value
+
+    @field_validator("audit_url", mode="before")
+    @classmethod
+    def _http_url(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        url = value.strip().rstrip("/")
+        if not url:
+            raise PydanticUseDefault
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest:
+            raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+        return url
+
+    @field_validator("fleet_switch", mode="before")
+    @classmethod
+    def _namespace_and_name(cls, value: Any) -> Any:
+        return parse_fleet_switch(value) if isinstance(value, str) else value
+
+    # Defined last because pydantic runs "before" validators last-defined first: every other
+    # one sees only values that are set.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        blank = isinstance(value, str) and not value.strip()
+        if blank and info.field_name and not cls.model_fields[info.field_name].is_required():
+            raise PydanticUseDefault
+        return value  # a blank required one fails as too short: "required"
+
+    @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, default_namespace: str | None = None
     ) -> Settings:
-        env = os.environ if env is None else env
-        errors: list[str] = []
+        """Settings from `env` (the process environment when None), POD_NAMESPACE falling
+        back to `default_namespace`; ConfigError naming every bad variable.
 
-        def number(name: str, default: float, low: float, high: float) -> float:
-            raw = env.get(name)
-            if raw in (None, ""):
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                errors.append(f"{name}: must be a number, got {raw!r}")
-                return default
-            if not low <= value <= high:
-                errors.append(f"{name}: must be between {low:g} and {high:g}, got {raw}")
-            return value
-
-        bot = env.get("BOT_NAME", "").strip()
-        if not bot:
-            errors.append("BOT_NAME: required (the TradingBot to run)")
-        namespace = env.get("POD_NAMESPACE", "").strip() or default_namespace or ""
-        if not namespace:
-            errors.append("POD_NAMESPACE: required outside a pod")
-        audit_url = (env.get("AUDIT_URL") or "").strip().rstrip("/") or None
-        if audit_url is not None:
-            scheme, _, rest = audit_url.partition("://")
-            if scheme not in ("http", "https") or not rest:
-                errors.append(f"AUDIT_URL: must be an http:// or https:// URL, got {audit_url!r}")
-        fleet_switch = None
+        """
+        environ = os.environ if env is None else env
+        # Every variable is passed, an absent one as "" (unset), so that nothing is filled in
+        # from os.environ when a mapping stands in for it.
+        values: dict[str, Any] = {name: environ.get(name, "") for name in cls.variables()}
+        if default_namespace and not values[NAMESPACE_ENV].strip():
+            values[NAMESPACE_ENV] = default_namespace
         try:
-            fleet_switch = parse_fleet_switch(env.get(FLEET_SWITCH_ENV))
-        except ValueError as exc:
-            errors.append(f"{FLEET_SWITCH_ENV}: {exc}")
-        feed = env.get("PRICE_FEED") or None
-        if feed is not None and feed not in ("seeded", "live", "auto"):
-            errors.append(f"PRICE_FEED: must be seeded, live or auto, got {feed!r}")
-        settings = cls(
-            bot_name=bot,
-            namespace=namespace,
-            pod_name=env.get("POD_NAME") or socket.gethostname(),
-            pod_uid=env.get("POD_UID", ""),
-            pod_ip=env.get("POD_IP") or "127.0.0.1",
-            metrics_port=int(number("METRICS_PORT", 8080, 0, 65535)),
-            kubeconfig=env.get("KUBECONFIG") or None,
-            grace_period_seconds=number("GRACE_PERIOD_SECONDS", 30, 1, 3600),
-            state_dir=env.get("STATE_DIR") or "/var/lib/tradingbot",
-            credentials_dir=(env.get("CREDENTIALS_DIR") or "").strip() or DEFAULT_CREDENTIALS_DIR,
-            tick_seconds=number("TICK_SECONDS", 1.0, 0.01, 3600),
-            checkpoint_interval_seconds=number("CHECKPOINT_INTERVAL_SECONDS", 30, 0.1, 86400),
-            lease_duration_seconds=int(number("LEASE_DURATION_SECONDS", 15, 3, 3600)),
-            price_feed=feed,
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
-            config_hash=env.get("CONFIG_HASH", ""),
-            audit_url=audit_url,
-            fleet_switch=fleet_switch,
-            control_watch_timeout_seconds=int(number(CONTROL_WATCH_TIMEOUT_ENV, 10, 1, 300)),
-        )
-        if errors:
-            raise ConfigError("invalid environment: " + "; ".join(errors))
-        return settings
+            return cls(**values)
+        except ValidationError as err:
+            raise ConfigError("invalid environment: " + "; ".join(cls._problems(err))) from err
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """The environment variables the settings read."""
+        return [str(info.validation_alias) for info in cls.model_fields.values()]
+
+    @classmethod
+    def _problems(cls, err: ValidationError) -> list[str]:
+        """One `VARIABLE: what is wrong` per error, in the words the table above uses."""
+        by_name = {
+            key: (str(info.validation_alias), info)
+            for name, info in cls.model_fields.items()
+            for key in (name, info.validation_alias)
+        }
+        problems = []
+        for error in err.errors():
+            variable, info = by_name[str(error["loc"][0])]
+            kind, given = error["type"], error.get("input")
+            if kind in ("missing", "string_too_short"):
+                text = _REQUIRED.get(variable, "required")
+            elif kind in ("greater_than_equal", "less_than_equal", "finite_number"):
+                low = next(m.ge for m in info.metadata if isinstance(m, Ge))
+                high = next(m.le for m in info.metadata if isinstance(m, Le))
+                text = f"must be between {low:g} and {high:g}, got {given}"
+            elif kind in ("int_parsing", "int_from_float"):
+                text = f"must be a whole number, got {given!r}"
+            elif kind == "float_parsing":
+                text = f"must be a number, got {given!r}"
+            elif kind == "value_error":
+                text = str((error.get("ctx") or {}).get("error", error["msg"]))
+            else:
+                text = error["msg"]
+            problems.append(f"{variable}: {text}")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -214,19 +295,17 @@ def parse_tradingbot(obj: Mapping[str, Any]) -> BotConfig:
     spec = _validated_spec(obj.get("spec") or {})
     errors: list[str] = []
     profile = spec.get("profile")
-    if profile not in PROFILES:
-        errors.append(f"spec.profile: must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if profile not in set(Profile):
+        errors.append(f"spec.profile: must be one of {', '.join(Profile)}, got {profile!r}")
     exchange = spec.get("exchange") or {}
     exchange_id = exchange.get("id")
     if not isinstance(exchange_id, str) or not exchange_id:
         errors.append("spec.exchange.id: required")
-    mode = exchange.get("mode") or "paper"
-    if mode not in EXCHANGE_MODES:
-        errors.append(
-            f"spec.exchange.mode: must be one of {', '.join(EXCHANGE_MODES)}, got {mode!r}"
-        )
+    mode = exchange.get("mode") or ExchangeMode.PAPER
+    if mode not in set(ExchangeMode):
+        errors.append(f"spec.exchange.mode: must be one of {', '.join(ExchangeMode)}, got {mode!r}")
     secret = (exchange.get("credentialsSecretRef") or {}).get("name")
-    if mode != "paper" and not secret:
+    if mode != ExchangeMode.PAPER and not secret:
         errors.append(f"spec.exchange.credentialsSecretRef.name: required in {mode} mode")
     symbols = spec.get("symbols") or []
     if (
@@ -244,7 +323,7 @@ def parse_tradingbot(obj: Mapping[str, Any]) -> BotConfig:
         )
     params = (spec.get("strategy") or {}).get("params") or {}
     risk = spec.get("risk") or {}
-    if profile in PROFILES:
+    if profile in set(Profile):
         errors.extend(validate_params(str(profile), params))
         errors.extend(validate_risk(risk))
     if errors:
@@ -261,7 +340,7 @@ def parse_tradingbot(obj: Mapping[str, Any]) -> BotConfig:
         symbols=tuple(symbols),
         params=resolve_params(profile, params),
         limits=RiskLimits.for_profile(profile, risk),
-        state_backend=(spec.get("state") or {}).get("backend") or "configmap",
+        state_backend=(spec.get("state") or {}).get("backend") or StateBackend.CONFIGMAP,
         quote=quotes.pop(),
         spec=spec,
     )

@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
-from tradingbot.constants import API_GROUP, API_VERSION, TRADINGBOT_PLURAL
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
 from tradingbot.killswitch import BotControl, ControlState, bot_control, fleet_halt
-from tradingbot.kube import KubeApiError, arequest, namespaced_path, watch_query
+from tradingbot.kube import KubeApi, KubeError, namespaced_path, tradingbot_path, watch_query
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ObjectWatch:
 
     def __init__(
         self,
-        api: Any,  # KubeApi (lists) and KubeWatchApi (streams)
+        api: KubeApi,
         collection: str,
         name: str,
         *,
@@ -87,23 +88,31 @@ class ObjectWatch:
         return watch_silent(self.last_heard, now, self.timeout_seconds)
 
     async def run(self) -> None:
+        """Until cancelled. A failed attempt (timeouts, resets, bad JSON, refusals: the watch
+        must not die) is retried after `retry_delay`; a clean end starts the next at once."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=lambda attempt: retry_delay(attempt.attempt_number, self.timeout_seconds),
+            before_sleep=self._failed,
+        )
         while True:
-            try:
-                if not self.resource_version:
-                    await self._list()
-                await self._watch_once()
-                self._recovered()
-            except KubeApiError as exc:
-                if exc.status == 410:  # the resourceVersion is too old: start over
-                    self.resource_version = ""
-                    continue
-                await self._failed(exc)
-            except Exception as exc:  # timeouts, resets, bad JSON: the watch must not die
-                await self._failed(exc)
+            await retrying(self._list_and_watch)
+            self._recovered()
+
+    async def _list_and_watch(self) -> None:
+        if not self.resource_version:
+            await self._list()
+        try:
+            await self._watch_once()
+        except KubeError as exc:
+            if not exc.gone:
+                raise
+            self.resource_version = ""  # too old to resume from: list again at once
 
     async def _list(self) -> None:
-        path = self.collection + watch_query(self.name)
-        result = await arequest(self.api, "GET", path, timeout=self.timeout_seconds)
+        result = await self.api.get(
+            self.collection, query=watch_query(self.name), timeout=self.timeout_seconds
+        )
         items = [
             item
             for item in result.get("items") or []
@@ -115,18 +124,19 @@ class ObjectWatch:
         self.known.set()
 
     async def _watch_once(self) -> None:
-        path = self.collection + watch_query(
+        stream = self.api.watch(
+            self.collection,
             self.name,
             resource_version=self.resource_version,
             timeout_seconds=self.timeout_seconds,
+            read_timeout=self.timeout_seconds + READ_MARGIN_SECONDS,
         )
-        stream = self.api.watch(path, read_timeout=self.timeout_seconds + READ_MARGIN_SECONDS)
         async for event in stream:
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
                 code = int(obj.get("code") or 500)
-                raise KubeApiError(code, str(obj.get("reason") or "watch error"), str(obj)[:300])
+                raise KubeError(code, str(obj.get("reason") or "watch error"), str(obj)[:300])
             version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
             named = (obj.get("metadata") or {}).get("name") == self.name
             if kind in ("ADDED", "MODIFIED", "DELETED") and named:
@@ -144,14 +154,14 @@ class ObjectWatch:
             )
         self.failures = 0
 
-    async def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
+    def _failed(self, attempt: RetryCallState) -> None:
+        self.failures = attempt.attempt_number
+        exc = attempt.outcome.exception() if attempt.outcome else None
         extra = {"watch": self.label, "error": str(exc)[:300], "failed_attempts": self.failures}
         if self.failures == 1:
             log.warning("control watch failed; retrying", extra=extra)
         else:
             log.debug("control watch still failing", extra=extra)
-        await asyncio.sleep(retry_delay(self.failures, self.timeout_seconds))
 
 
 class ControlWatcher:
@@ -159,7 +169,7 @@ class ControlWatcher:
 
     def __init__(
         self,
-        api: Any,
+        api: KubeApi,
         namespace: str,
         bot: str,
         *,
@@ -175,7 +185,7 @@ class ControlWatcher:
         self.watches = [
             ObjectWatch(
                 api,
-                namespaced_path(f"{API_GROUP}/{API_VERSION}", namespace, TRADINGBOT_PLURAL),
+                tradingbot_path(namespace),
                 bot,
                 label="tradingbot",
                 timeout_seconds=timeout_seconds,

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tradingbot.clock import micro_time
-from tradingbot.constants import LABEL_BOT
-from tradingbot.kube import KubeApi, KubeApiError, arequest, namespaced_path
+from tradingbot.kube import KubeApi, KubeError, namespaced_path
+from tradingbot_api.constants import LABEL_BOT
+from tradingbot_api.times import micro_time
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,7 @@ class LeaseFence:
         }
 
     async def _read(self) -> dict[str, Any] | None:
-        try:
-            return await arequest(self.api, "GET", self.path, timeout=self.request_timeout)
-        except KubeApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self.api.get_or_none(self.path, timeout=self.request_timeout)
 
     async def try_acquire(self) -> bool:
         """One attempt; True when this process now holds the Lease."""
@@ -206,20 +201,16 @@ class LeaseFence:
                     },
                     "spec": self._spec(transitions=transitions),
                 }
-                result = await arequest(
-                    self.api,
-                    "POST",
+                result = await self.api.create(
                     namespaced_path(LEASE_GROUP_VERSION, self.namespace, "leases"),
                     body,
                     timeout=self.request_timeout,
                 )
             else:
                 body = {**obj, "spec": self._spec(transitions=transitions)}
-                result = await arequest(
-                    self.api, "PUT", self.path, body, timeout=self.request_timeout
-                )
-        except KubeApiError as exc:
-            if exc.status == 409:
+                result = await self.api.replace(self.path, body, timeout=self.request_timeout)
+        except KubeError as exc:
+            if exc.conflict:
                 log.info("lost the race for the trader lease", extra={"lease": self.name})
                 return False
             raise
@@ -263,11 +254,9 @@ class LeaseFence:
             "spec": {**self._spec(transitions=int(spec.get("leaseTransitions") or 0))},
         }
         try:
-            self._object = await arequest(
-                self.api, "PUT", self.path, body, timeout=self.request_timeout
-            )
-        except KubeApiError as exc:
-            if exc.status not in (404, 409):
+            self._object = await self.api.replace(self.path, body, timeout=self.request_timeout)
+        except KubeError as exc:
+            if not (exc.not_found or exc.conflict):
                 raise
             fresh = await self._read()
             holder = ((fresh or {}).get("spec") or {}).get("holderIdentity") or ""
@@ -319,9 +308,7 @@ class LeaseFence:
             # client-go releases with a 1 s duration so that readers agree it is over.
             spec["leaseDurationSeconds"] = 1
             spec.pop("acquireTime", None)
-            await arequest(
-                self.api, "PUT", self.path, {**obj, "spec": spec}, timeout=self.request_timeout
-            )
+            await self.api.replace(self.path, {**obj, "spec": spec}, timeout=self.request_timeout)
             log.info("released the trader lease", extra={"lease": self.name})
         except Exception as exc:
             log.warning(

@@ -1,248 +1,206 @@
-"""A small JSON client for the Kubernetes API and the bot's reads and Events.
+"""The bot's Kubernetes API calls: plain JSON over the shared async client
+(`tradingbot_api.kubeclient.KubeClient`: one aiohttp session, no thread per call).
 
-The official client's transport does authentication (kubeconfig, in-cluster token refresh);
-requests and responses stay plain dicts so the bot controls every byte it sends (timestamps,
-resourceVersion preconditions) and tests can substitute an in-memory API with the same
-`request` method.
-
-Watches (`watch`) are streamed with aiohttp on the event loop, with the same server, CA,
-client certificate and bearer token as the official client: a watch is long-lived and must
-be cancellable at once, which a blocking transport on a worker thread is not.
+`KubeApi` works on any transport with the client's `request` and `stream` methods, so tests
+hand it an in-memory API. Requests and responses stay dicts: the bot controls every byte it
+sends (timestamps, the resourceVersion preconditions that fence the Lease and the state
+ConfigMap). Every failure is a `KubeError` (status 0 when no answer came).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import inspect
 import logging
-import os
-import ssl
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Final, Protocol
+from urllib.parse import quote
 
-import aiohttp
+from tradingbot_api.constants import API_GROUP, API_VERSION, KIND, PLURAL
+from tradingbot_api.kubeclient import JSON, MERGE_PATCH, KubeClient, KubeError
+from tradingbot_api.times import kube_time, utc_now
 
-from tradingbot.clock import utc_now_iso
-from tradingbot.constants import (
-    API_GROUP,
-    API_VERSION,
-    EVENT_COMPONENT,
-    TRADINGBOT_KIND,
-    TRADINGBOT_PLURAL,
-)
+__all__ = [
+    "EVENT_COMPONENT",
+    "REQUEST_TIMEOUT_SECONDS",
+    "EventRecorder",
+    "KubeApi",
+    "KubeClient",
+    "KubeError",
+    "KubeTransport",
+    "default_namespace",
+    "namespaced_path",
+    "tradingbot_path",
+    "watch_query",
+]
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_SECONDS = 10.0
-# One watch event is one object; etcd stores at most 1.5 MiB per object.
-MAX_WATCH_EVENT_BYTES = 4 * 1024 * 1024
-WATCH_CONNECT_TIMEOUT_SECONDS = 5.0
-IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+REQUEST_TIMEOUT_SECONDS: Final = 10.0
+# `source.component` of the bot's Events (`kubectl describe tb` shows it).
+EVENT_COMPONENT: Final = "tradingbot"
+IN_CLUSTER_NAMESPACE_FILE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+TokenSource = Callable[[], Awaitable[str | None]]
 
 
-class KubeApiError(Exception):
-    def __init__(self, status: int, reason: str, body: str = "") -> None:
-        super().__init__(f"HTTP {status} {reason}: {body[:300]}")
-        self.status = status
-        self.reason = reason
-        self.body = body
+class KubeTransport(Protocol):
+    """What `KubeApi` needs of `KubeClient` (or of an in-memory API in tests)."""
 
-
-class KubeApi(Protocol):
-    def request(
+    async def request(
         self,
         method: str,
         path: str,
-        body: Any = None,
         *,
-        content_type: str = "application/json",
-        timeout: float = REQUEST_TIMEOUT_SECONDS,
-    ) -> dict[str, Any]: ...
-
-
-class KubeWatchApi(Protocol):
-    def watch(self, path: str, *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
-        """The events of a watch request (`path` with its query), until the server ends the
-        stream; raises KubeApiError for an HTTP error and TimeoutError when nothing arrived
-        for `read_timeout` seconds."""
-        ...
-
-
-def split_lines(buffer: bytes, limit: int = MAX_WATCH_EVENT_BYTES) -> tuple[list[bytes], bytes]:
-    """Complete non-empty lines of `buffer` and the incomplete rest; ValueError when the rest
-    grew past `limit` (no object is that large: the stream is not what it should be)."""
-    *lines, rest = buffer.split(b"\n")
-    if len(rest) > limit:
-        raise ValueError(f"watch event larger than {limit} bytes")
-    return [line for line in lines if line.strip()], rest
-
-
-class KubeClient:
-    """Raw JSON requests through the official client's authenticated transport.
-
-    `token_file` is the projected ServiceAccount token when running in-cluster; the kubelet
-    rotates it, so `bearer_token` reads it again on every call.
-    """
-
-    def __init__(self, api_client: Any, token_file: str | None = None) -> None:
-        self.api_client = api_client
-        self.token_file = token_file
-        self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool | None = None
-
-    @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
-        """KUBECONFIG (or the given path) when set, else the in-cluster service account."""
-        from kubernetes import client, config  # lazy: ~1 s of imports
-
-        path = kubeconfig or os.environ.get("KUBECONFIG")
-        if path:
-            return cls(config.new_client_from_config(config_file=path))
-        from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
-
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration), token_file=SERVICE_TOKEN_FILENAME)
-
-    def bearer_token(self) -> str | None:
-        """The bearer token this client authenticates with (None for client certificates).
-
-        Other services that authenticate the bot by TokenReview (the audit sidecar) get the
-        same identity as the API server. Blocking: a file read, or a kubeconfig auth hook.
-        """
-        if self.token_file:
-            with open(self.token_file, encoding="utf-8") as handle:
-                return handle.read().strip() or None
-        configuration = self.api_client.configuration
-        header = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
-        scheme, _, token = header.partition(" ")
-        if not token:  # a token without the `Bearer` prefix
-            scheme, token = "bearer", scheme
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return token.strip()
-
-    def request(
-        self,
-        method: str,
-        path: str,
         body: Any = None,
-        *,
-        content_type: str = "application/json",
-        timeout: float = REQUEST_TIMEOUT_SECONDS,
-    ) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
+        query: Mapping[str, Any] | None = None,
+        content_type: str = JSON,
+        timeout: float = ...,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> Any: ...
 
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        serialized = self.api_client.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        try:
-            response = self.api_client.call_api(*serialized, _request_timeout=timeout)
-        except ApiException as exc:
-            raise KubeApiError(exc.status or 0, str(exc.reason), str(exc.body or "")) from exc
-        raw = response.read()
-        if not 200 <= response.status <= 299:
-            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-            raise KubeApiError(response.status, str(response.reason), text)
-        if not raw:
-            return {}
-        result: dict[str, Any] = json.loads(raw)
-        return result
-
-    def close(self) -> None:
-        self.api_client.close()
-
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        """TLS as the official client does it: the kubeconfig's CA and client certificate
-        (files written by the config loader), verification unless the kubeconfig turns it
-        off. Blocking: reads files."""
-        cfg = self.api_client.configuration
-        if not str(cfg.host).startswith("https"):
-            return False
-        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-        if not cfg.verify_ssl:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
-        return context
-
-    async def watch(self, path: str, *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
-        cfg = self.api_client.configuration
-        if self._ssl is None:
-            self._ssl = await asyncio.to_thread(self._ssl_context)
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        token = await asyncio.to_thread(self.bearer_token)
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=WATCH_CONNECT_TIMEOUT_SECONDS, sock_read=read_timeout
-        )
-        options: dict[str, Any] = {}
-        server_name = getattr(cfg, "tls_server_name", None)
-        if server_name:
-            options["server_hostname"] = server_name
-        if getattr(cfg, "proxy", None):
-            options["proxy"] = cfg.proxy
-        url = str(cfg.host).rstrip("/") + path
-        try:
-            async with self._session.get(
-                url, headers=headers, timeout=timeout, ssl=self._ssl, **options
-            ) as response:
-                if response.status != 200:
-                    text = (await response.content.read(4096)).decode(errors="replace")
-                    raise KubeApiError(response.status, response.reason or "", text)
-                rest = b""
-                async for chunk in response.content.iter_any():
-                    lines, rest = split_lines(rest + chunk)
-                    for line in lines:
-                        yield json.loads(line)
-        except aiohttp.ServerTimeoutError as exc:
-            raise TimeoutError(f"watch silent for {read_timeout:g}s") from exc
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def stream(
+        self, path: str, *, query: Mapping[str, Any] | None = None, read_timeout: float = ...
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
-def namespaced_path(group_version: str, namespace: str, plural: str, name: str = "") -> str:
+def namespaced_path(
+    group_version: str, namespace: str, plural: str, name: str = "", sub: str = ""
+) -> str:
     """`/api/v1/...` for the core group, `/apis/<group>/<version>/...` otherwise."""
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
     path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
-    return f"{path}/{quote(name)}" if name else path
+    if name:
+        path += f"/{quote(name)}"
+    return f"{path}/{sub}" if sub else path
 
 
-def watch_query(name: str, *, resource_version: str = "", timeout_seconds: int = 0) -> str:
+def tradingbot_path(namespace: str, name: str = "", sub: str = "") -> str:
+    return namespaced_path(API_VERSION, namespace, PLURAL, name, sub)
+
+
+def watch_query(
+    name: str, *, resource_version: str = "", timeout_seconds: int = 0
+) -> dict[str, str]:
     """The query of a list (no timeout) or watch of one object by name: the fieldSelector
     lets RBAC that names the object (resourceNames) authorize it."""
-    params = {"fieldSelector": f"metadata.name={name}"}
+    query = {"fieldSelector": f"metadata.name={name}"}
     if timeout_seconds:
-        params.update(
+        query.update(
             watch="true",
             allowWatchBookmarks="true",
             timeoutSeconds=str(timeout_seconds),
             resourceVersion=resource_version,
         )
-    return "?" + urlencode(params)
+    return query
 
 
-async def arequest(
-    api: KubeApi, method: str, path: str, body: Any = None, **kwargs: Any
-) -> dict[str, Any]:
-    """`api.request` off the event loop (the transport is blocking)."""
-    return await asyncio.to_thread(api.request, method, path, body, **kwargs)
+class KubeApi:
+    def __init__(self, transport: KubeTransport) -> None:
+        self.transport = transport
 
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> KubeApi:
+        """The given kubeconfig, else KUBECONFIG, else the in-cluster ServiceAccount."""
+        return cls(KubeClient.from_environment(kubeconfig))
 
-def read_tradingbot(api: KubeApi, namespace: str, name: str) -> dict[str, Any]:
-    return api.request(
-        "GET", namespaced_path(f"{API_GROUP}/{API_VERSION}", namespace, TRADINGBOT_PLURAL, name)
-    )
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        content_type: str = JSON,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> dict[str, Any]:
+        answer = await self.transport.request(
+            method, path, body=body, query=query, content_type=content_type, timeout=timeout
+        )
+        return dict(answer or {})
+
+    async def get(
+        self,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> dict[str, Any]:
+        return await self.request("GET", path, query=query, timeout=timeout)
+
+    async def get_or_none(
+        self,
+        path: str,
+        *,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.get(path, timeout=timeout)
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def create(
+        self,
+        collection: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> dict[str, Any]:
+        """POST into `collection`; 409 when the object exists."""
+        return await self.request("POST", collection, body=dict(body), timeout=timeout)
+
+    async def replace(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> dict[str, Any]:
+        """PUT; the body's `metadata.resourceVersion` makes it fail with 409 when anyone
+        wrote the object since it was read."""
+        return await self.request("PUT", path, body=dict(body), timeout=timeout)
+
+    async def merge_patch(
+        self,
+        path: str,
+        patch: Mapping[str, Any],
+        *,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH", path, body=dict(patch), content_type=MERGE_PATCH, timeout=timeout
+        )
+
+    def watch(
+        self,
+        collection: str,
+        name: str,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        read_timeout: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch on one object of `collection`, until the server ends the
+        stream after `timeout_seconds`; TimeoutError when nothing arrived for
+        `read_timeout` seconds, KubeError when refused or cut."""
+        query = watch_query(
+            name, resource_version=resource_version, timeout_seconds=timeout_seconds
+        )
+        return self.transport.stream(collection, query=query, read_timeout=read_timeout)
+
+    def token_source(self) -> TokenSource | None:
+        """The transport's bearer token (what other services authenticate the bot by with a
+        TokenReview), None when the transport has no such thing."""
+        token: TokenSource | None = getattr(self.transport, "bearer_token", None)
+        return token
+
+    async def close(self) -> None:
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
 
 
 def default_namespace() -> str | None:
@@ -269,11 +227,10 @@ class EventRecorder:
         self.pod_name = pod_name
 
     def body(self, event_type: str, reason: str, message: str) -> dict[str, Any]:
-        now = utc_now_iso()
-        seconds = now.split(".")[0] + "Z"  # core/v1 timestamps are second precision
+        now = kube_time(utc_now())  # core/v1 Event times are whole seconds
         involved: dict[str, Any] = {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": TRADINGBOT_KIND,
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "name": self.bot,
             "namespace": self.namespace,
         }
@@ -290,8 +247,8 @@ class EventRecorder:
             "type": event_type,
             "reason": reason,
             "message": message[:1024],
-            "firstTimestamp": seconds,
-            "lastTimestamp": seconds,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
             "source": {
                 "component": EVENT_COMPONENT,
@@ -304,7 +261,7 @@ class EventRecorder:
     async def emit(self, event_type: str, reason: str, message: str) -> None:
         body = self.body(event_type, reason, message)
         try:
-            await arequest(self.api, "POST", namespaced_path("v1", self.namespace, "events"), body)
+            await self.api.create(namespaced_path("v1", self.namespace, "events"), body)
         except Exception as exc:
             log.warning("could not post Event", extra={"reason": reason, "error": str(exc)})
 

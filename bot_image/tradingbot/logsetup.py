@@ -99,6 +99,6 @@ def configure_logging(
         static=static,
         redact=REDACTOR.redact,
         filters=[SecretRedactingFilter(REDACTOR)],
-        quiet=("urllib3", "kubernetes", "ccxt", "aiohttp.access"),
+        quiet=("urllib3", "ccxt", "aiohttp.access"),
         stream=stream,
     )

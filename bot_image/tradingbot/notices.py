@@ -33,17 +33,17 @@ from tradingbot.audit import (
     OUTCOME_REJECTED,
     OUTCOME_RETRY,
     REQUEST_TIMEOUT_SECONDS,
+    TokenSource,
     backoff_delay,
     classify_status,
     post_events,
     stored_flags,
 )
 from tradingbot.metrics import BotMetrics
+from tradingbot_api.constants import EventType, HaltMode, Severity
 
 log = logging.getLogger(__name__)
 
-EVENT_HALT: Final = "halt"
-EVENT_ERROR: Final = "error"
 MAX_PENDING: Final = 200
 MAX_BATCH: Final = 50
 MAX_TEXT: Final = 300
@@ -77,11 +77,13 @@ def halt_event(
     drain or flatten holds no position any more, or `resumed` when the switch was removed.
     `positions` are the amounts held at that moment (before anything is cancelled or sold
     when the mode is first obeyed)."""
-    severity = "critical" if action in ("true", "flatten") else "warning"
+    severity = (
+        Severity.CRITICAL if action in (HaltMode.TRUE, HaltMode.FLATTEN) else Severity.WARNING
+    )
     if action in ("flat", "resumed"):
-        severity = "info"
+        severity = Severity.INFO
     return {
-        "event_type": EVENT_HALT,
+        "event_type": EventType.HALT,
         "severity": severity,
         "target": bot,
         "namespace": namespace,
@@ -121,8 +123,8 @@ def error_event(
     if message:
         details["message"] = _text(message, redact)
     return {
-        "event_type": EVENT_ERROR,
-        "severity": "warning",
+        "event_type": EventType.ERROR,
+        "severity": Severity.WARNING,
         "target": bot,
         "namespace": namespace,
         "timestamp": at,
@@ -138,9 +140,9 @@ def enqueue(pending: deque[dict[str, Any]], event: dict[str, Any], limit: int) -
     if len(pending) < limit:
         pending.append(event)
         return True
-    victim = next((e for e in pending if e["event_type"] == EVENT_ERROR), None)
+    victim = next((e for e in pending if e["event_type"] == EventType.ERROR), None)
     if victim is None:
-        if event["event_type"] == EVENT_ERROR:
+        if event["event_type"] == EventType.ERROR:
             return False
         victim = pending[0]
     pending.remove(victim)
@@ -156,7 +158,7 @@ class NoticeSender:
         url: str,
         *,
         metrics: BotMetrics,
-        token: Callable[[], str | None],
+        token: TokenSource,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         limit: int = MAX_PENDING,

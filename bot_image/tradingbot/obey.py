@@ -10,10 +10,7 @@ soon as a change is read.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
-from tradingbot.clock import utc_now_iso
-from tradingbot.constants import REASON_HALT
 from tradingbot.control import SILENCE_FACTOR, ControlWatcher
 from tradingbot.engine import OrderIntent
 from tradingbot.fencing import LeaseLostError
@@ -29,7 +26,8 @@ from tradingbot.killswitch import (
     positions_summary,
 )
 from tradingbot.parts import RuntimeParts
-from tradingbot_api.constants import HaltMode
+from tradingbot_api.constants import CheckpointReason, HaltMode
+from tradingbot_api.times import utc_now, utc_now_iso
 
 log = logging.getLogger("tradingbot")
 
@@ -84,7 +82,7 @@ class ControlPart(RuntimeParts):
             mode=control.mode,
             control_silent=self.control is None or self.control.silent(),
             write_failing=self.write_failing,
-            daily_loss_breached=self._breach_day == datetime.now(UTC).strftime("%Y-%m-%d"),
+            daily_loss_breached=self._breach_day == utc_now().strftime("%Y-%m-%d"),
         )
         return order_gate(kind, facts)
 
@@ -150,7 +148,7 @@ class ControlPart(RuntimeParts):
                 log.info("suspension lifted: trading resumes")
                 self._event_soon("Normal", "Resumed", "suspension lifted: trading resumes")
         if mode is not None or suspended:
-            await self._checkpoint(REASON_HALT)
+            await self._checkpoint(CheckpointReason.HALT)
         self._update_readiness()
         self._schedule_status()
 

@@ -14,8 +14,6 @@ import uuid
 from collections import deque
 from dataclasses import replace
 
-from tradingbot.clock import utc_now_iso
-from tradingbot.constants import REASON_FILL, REASON_ORDER
 from tradingbot.engine import OrderIntent, decide
 from tradingbot.exchange.base import (
     CANCELED,
@@ -40,7 +38,8 @@ from tradingbot.ledger import (
 from tradingbot.parts import RuntimeParts
 from tradingbot.risk import check_exit_order, daily_loss_pct
 from tradingbot.state.model import OpenOrder
-from tradingbot_api.constants import HaltMode
+from tradingbot_api.constants import CheckpointReason, ExchangeMode, HaltMode
+from tradingbot_api.times import utc_now_iso
 
 log = logging.getLogger("tradingbot")
 
@@ -54,7 +53,9 @@ class OrderPart(RuntimeParts):
 
         assert self.config is not None
         config = self.config
-        if config.mode == "paper" and (self._exchange_factory is None or self.exchange is None):
+        if config.mode == ExchangeMode.PAPER and (
+            self._exchange_factory is None or self.exchange is None
+        ):
             paper = PaperExchange(
                 self.state.balances,
                 fee_rate=config.params["feeRate"],
@@ -67,7 +68,7 @@ class OrderPart(RuntimeParts):
                 }
             )
             self.exchange = paper
-        elif self.exchange is not None and self.exchange.mode != "paper":
+        elif self.exchange is not None and self.exchange.mode != ExchangeMode.PAPER:
             with contextlib.suppress(Exception):
                 balances = await self.exchange.fetch_balances()
                 self.state = replace(self.state, balances=balances)
@@ -76,7 +77,7 @@ class OrderPart(RuntimeParts):
         assert self.config is not None
         p = self.config.params
         # Live markets: assume a taker fee and half a percent of slippage when sizing.
-        if self.config.mode == "paper":
+        if self.config.mode == ExchangeMode.PAPER:
             return float(p["feeRate"]) + float(p["slippagePct"]) / 100
         return 0.001 + 0.005
 
@@ -93,7 +94,7 @@ class OrderPart(RuntimeParts):
                 await self.feed.close()
         if self._feed_factory is not None:
             self.feed = self._feed_factory(config, self.state)
-        elif config.mode != "paper":
+        elif config.mode != ExchangeMode.PAPER:
             self.feed = CcxtTickerFeed(
                 config.exchange_id, config.params["timeframe"], exchange=self.exchange.client
             )
@@ -106,7 +107,7 @@ class OrderPart(RuntimeParts):
             try:
                 warm = await asyncio.wait_for(self.feed.warmup(config.symbols, length), 15.0)
             except (FeedUnavailableError, TimeoutError) as exc:
-                if choice == "auto" and config.mode == "paper":
+                if choice == "auto" and config.mode == ExchangeMode.PAPER:
                     log.warning(
                         "live prices unavailable; using the seeded feed", extra={"error": str(exc)}
                     )
@@ -125,7 +126,7 @@ class OrderPart(RuntimeParts):
         was down is applied, never forgotten; an order the exchange never saw is dropped."""
         if not self.state.open_orders:
             return
-        if self.exchange is None or self.exchange.mode == "paper":
+        if self.exchange is None or self.exchange.mode == ExchangeMode.PAPER:
             log.warning(
                 "dropping open orders recorded in paper mode (paper fills are immediate)",
                 extra={"orders": len(self.state.open_orders)},
@@ -151,7 +152,7 @@ class OrderPart(RuntimeParts):
         Returns how many were cancelled; what fails stays recorded and is tried again."""
         if not which or not self.state.open_orders:
             return 0
-        if self.exchange is None or self.exchange.mode == "paper":
+        if self.exchange is None or self.exchange.mode == ExchangeMode.PAPER:
             return 0  # paper orders fill at once; reconciling drops any left over
         await self._reconcile_open_orders()  # what filled meanwhile, and the exchange's ids
         cancelled = 0
@@ -225,7 +226,7 @@ class OrderPart(RuntimeParts):
                 )
                 return
         coid = self._client_order_id()
-        live = self.exchange.mode != "paper"
+        live = self.exchange.mode != ExchangeMode.PAPER
         order = OpenOrder(
             client_order_id=coid,
             symbol=intent.symbol,
@@ -238,7 +239,7 @@ class OrderPart(RuntimeParts):
             # Record the intent first: if the process dies after the exchange filled the
             # order, the restart finds it by clientOrderId instead of losing the fill.
             self.state = with_open_order(self.state, order)
-            if not await self._checkpoint(REASON_ORDER):
+            if not await self._checkpoint(CheckpointReason.ORDER):
                 self.state = without_open_order(self.state, coid)
                 log.warning(
                     "order skipped: its intent could not be recorded",
@@ -298,7 +299,7 @@ class OrderPart(RuntimeParts):
         before = self.state.journal
         self.state, fill = apply_fill(self.state, ex, reason=reason)
         self._audit_lost(before, self.state.journal)
-        if self.exchange.mode == "paper":
+        if self.exchange.mode == ExchangeMode.PAPER:
             self.state = replace(self.state, balances=dict(self.exchange.balances))
         else:
             with contextlib.suppress(Exception):  # sizing uses it; a stale value is refused
@@ -320,7 +321,7 @@ class OrderPart(RuntimeParts):
             },
         )
         # The in-memory state already holds the fill; the checkpoint makes it durable.
-        await self._checkpoint(REASON_FILL)
+        await self._checkpoint(CheckpointReason.FILL)
 
     async def _decide_and_execute(self, prices: dict[str, float], day: str) -> None:
         assert self.config is not None and self.strategy is not None and self.fence is not None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tradingbot.audit import AuditReporter
+    from tradingbot.audit import AuditReporter, TokenSource
     from tradingbot.config import BotConfig, Settings
     from tradingbot.control import ControlWatcher
     from tradingbot.credentials import Credentials
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from tradingbot.status import StatusReporter
     from tradingbot.strategy import Strategy
     from tradingbot.throttle import ErrorThrottle
-    from tradingbot_api.constants import HaltMode
+    from tradingbot_api.constants import CheckpointReason, HaltMode
 
 
 class RuntimeParts:
@@ -65,7 +65,7 @@ class RuntimeParts:
     kill_observed_at: str | None
     _exchange_factory: Callable[[BotConfig], Any] | None
     _feed_factory: Callable[[BotConfig, StateCheckpoint], Any] | None
-    _audit_token: Callable[[], str | None] | None
+    _audit_token: TokenSource | None
     _durable_fill_seq: int
     _save_task: asyncio.Future[StateCheckpoint] | None
     _last_checkpoint: float
@@ -98,7 +98,7 @@ class RuntimeParts:
 
     # -- checkpoints (tradingbot.checkpoints)
 
-    async def _checkpoint(self, reason: str) -> bool:
+    async def _checkpoint(self, reason: CheckpointReason) -> bool:
         raise NotImplementedError
 
     # -- control (tradingbot.obey)

@@ -19,10 +19,8 @@ from tradingbot.audit import (
     mark_audited,
     unaudited_removed,
 )
-from tradingbot.clock import utc_now_iso
-from tradingbot.constants import API_GROUP, API_VERSION, TRADINGBOT_PLURAL
 from tradingbot.killswitch import kill_switch_report
-from tradingbot.kube import arequest, namespaced_path
+from tradingbot.kube import tradingbot_path
 from tradingbot.ledger import equity, position_notional, unrealized_pnl
 from tradingbot.logsetup import REDACTOR
 from tradingbot.notices import NoticeSender, error_event, halt_event
@@ -30,6 +28,7 @@ from tradingbot.parts import RuntimeParts
 from tradingbot.state.model import Fill
 from tradingbot.status import status_body
 from tradingbot_api.constants import HaltMode
+from tradingbot_api.times import utc_now_iso
 
 log = logging.getLogger("tradingbot")
 
@@ -114,7 +113,7 @@ class ReportingPart(RuntimeParts):
             return
         if self.audit is not None:
             return
-        token = self._audit_token or getattr(self.api, "bearer_token", None)
+        token = self._audit_token or self._api().token_source()
         if token is None:
             log.warning(
                 "audit reporting off: the Kubernetes client offers no bearer token to "
@@ -199,12 +198,4 @@ class ReportingPart(RuntimeParts):
 
     async def _patch_status(self, body: dict[str, Any]) -> None:
         s = self.settings
-        path = (
-            namespaced_path(
-                f"{API_GROUP}/{API_VERSION}", s.namespace, TRADINGBOT_PLURAL, s.bot_name
-            )
-            + "/status"
-        )
-        await arequest(
-            self._api(), "PATCH", path, body, content_type="application/merge-patch+json"
-        )
+        await self._api().merge_patch(tradingbot_path(s.namespace, s.bot_name, "status"), body)

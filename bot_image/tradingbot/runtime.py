@@ -44,26 +44,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
-from tradingbot.audit import AuditReporter
+from tradingbot.audit import AuditReporter, TokenSource
 from tradingbot.checkpoints import CheckpointPart
 from tradingbot.config import BotConfig, ConfigError, Settings
-from tradingbot.constants import (
-    REASON_PERIODIC,
-    REASON_RESTORE,
-    REASON_SHUTDOWN,
-)
 from tradingbot.control import ControlWatcher
 from tradingbot.credentials import Credentials
 from tradingbot.exchange.base import FeedUnavailableError
 from tradingbot.fencing import LeaseFence, LeaseLostError
 from tradingbot.health import HealthServer, HealthState
-from tradingbot.kube import (
-    EventRecorder,
-    KubeApi,
-)
+from tradingbot.kube import EventRecorder, KubeApi
 from tradingbot.ledger import mark
 from tradingbot.metrics import BotMetrics
 from tradingbot.notices import NoticeSender
@@ -80,7 +71,8 @@ from tradingbot.state.stores import (
 from tradingbot.status import StatusReporter
 from tradingbot.strategy import Strategy
 from tradingbot.throttle import ErrorThrottle
-from tradingbot_api.constants import HaltMode
+from tradingbot_api.constants import CheckpointReason, ExchangeMode, HaltMode
+from tradingbot_api.times import utc_now
 
 log = logging.getLogger("tradingbot")
 
@@ -108,7 +100,7 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
         metrics: BotMetrics | None = None,
         exchange_factory: Callable[[BotConfig], Any] | None = None,
         feed_factory: Callable[[BotConfig, StateCheckpoint], Any] | None = None,
-        audit_token: Callable[[], str | None] | None = None,
+        audit_token: TokenSource | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -226,14 +218,9 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
         if self._background:
             await asyncio.wait(set(self._background), timeout=2.0)
         await self.server.stop()
-        async_closer = getattr(self.api, "aclose", None)
-        if callable(async_closer):
+        if self.api is not None:
             with contextlib.suppress(Exception):
-                await async_closer()
-        closer = getattr(self.api, "close", None)
-        if callable(closer):
-            with contextlib.suppress(Exception):
-                closer()
+                await self.api.close()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -331,8 +318,10 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
         state = result.state
         first_start = result.source == SOURCE_EMPTY
         self.restored_seq = None if first_start else state.checkpoint_seq
-        self.last_shutdown_clean = None if first_start else state.reason == REASON_SHUTDOWN
-        if first_start and config.mode == "paper":
+        self.last_shutdown_clean = (
+            None if first_start else state.reason == CheckpointReason.SHUTDOWN
+        )
+        if first_start and config.mode == ExchangeMode.PAPER:
             state = replace(state, balances={config.quote: float(config.params["startingBalance"])})
         self.state = state
         orphans = sorted(set(state.positions) - set(config.symbols))
@@ -346,7 +335,7 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
         await self._reconcile_open_orders()
         # The first write must succeed before trading: it proves this process can store fills
         # and, with the ConfigMap's resourceVersion, that it is the only writer.
-        while not await self._checkpoint(REASON_RESTORE):
+        while not await self._checkpoint(CheckpointReason.RESTORE):
             if self.stopping:
                 return
             await self._sleep(STARTUP_RETRY_SECONDS)
@@ -438,7 +427,7 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
         elapsed = time.monotonic() - (self.stop_requested_at or time.monotonic())
         budget = max(0.5, self._shutdown_budget() - elapsed - 1.0)
         try:
-            ok = await asyncio.wait_for(self._checkpoint(REASON_SHUTDOWN), budget)
+            ok = await asyncio.wait_for(self._checkpoint(CheckpointReason.SHUTDOWN), budget)
         except TimeoutError:
             ok = False
         if ok:
@@ -469,10 +458,10 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
             prices = {}
         for symbol, price in prices.items():
             self.history.setdefault(symbol, deque(maxlen=200)).append(price)
-        if self.exchange.mode == "paper":
+        if self.exchange.mode == ExchangeMode.PAPER:
             self.exchange.update_prices(prices)
         self.state = mark(self.state, prices)
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        day = utc_now().strftime("%Y-%m-%d")
         await self._check_daily_loss(day)
         self._watch_health()
         await self._obey_control()
@@ -484,7 +473,7 @@ class BotRuntime(ControlPart, OrderPart, ReportingPart, StartupPart, CheckpointP
             raise LeaseLostError("lease not renewed in time")
         due = time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_seconds
         if due or self.write_failing:
-            await self._checkpoint(REASON_PERIODIC)
+            await self._checkpoint(CheckpointReason.PERIODIC)
         self._update_metrics(day)
         self._report_held_back_errors()
         self._schedule_status()

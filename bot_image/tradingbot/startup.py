@@ -7,30 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_fixed
 
 from tradingbot.config import ConfigError, parse_tradingbot
-from tradingbot.constants import API_GROUP, API_VERSION, TRADINGBOT_PLURAL, lease_name
 from tradingbot.credentials import read_credentials
 from tradingbot.fencing import LeaseFence
-from tradingbot.kube import (
-    EventRecorder,
-    KubeApi,
-    KubeApiError,
-    KubeClient,
-    arequest,
-    namespaced_path,
-)
+from tradingbot.kube import EventRecorder, KubeApi, KubeError, tradingbot_path
 from tradingbot.logsetup import REDACTOR
 from tradingbot.orders import STARTUP_RETRY_SECONDS
 from tradingbot.parts import RuntimeParts
 from tradingbot.state.model import StateCorruptError
 from tradingbot.state.stores import ConfigMapStateStore, FileStateStore
 from tradingbot.strategy import Strategy
+from tradingbot_api.constants import ExchangeMode, StateBackend, lease_name
 
 log = logging.getLogger("tradingbot")
+
+T = TypeVar("T")
+
+# What no retry can fix: the bot stops with a configuration or state error instead.
+NOT_RETRIED: Final = (ConfigError, ValueError, StateCorruptError)
+
+
+def _log_retry(attempt: RetryCallState) -> None:
+    exc = attempt.outcome.exception() if attempt.outcome else None
+    log.warning("start-up request failed; retrying", extra={"error": str(exc)})
 
 
 class StartupPart(RuntimeParts):
@@ -38,7 +43,7 @@ class StartupPart(RuntimeParts):
         s = self.settings
         if self.api is None:
             try:
-                self.api = await asyncio.to_thread(KubeClient.from_environment, s.kubeconfig)
+                self.api = KubeApi.from_environment(s.kubeconfig)
             except Exception as exc:
                 raise ConfigError(f"cannot load Kubernetes credentials: {exc}") from exc
         obj = await self._retry_api(lambda: self._read_tradingbot())
@@ -56,7 +61,7 @@ class StartupPart(RuntimeParts):
         self.config = config
         self.strategy = Strategy(config.profile, config.params)
         credentials = None
-        if config.mode != "paper":
+        if config.mode != ExchangeMode.PAPER:
             # Mounted before the container starts: a missing file is a broken pod template,
             # not something to wait for.
             credentials = await asyncio.to_thread(
@@ -66,7 +71,7 @@ class StartupPart(RuntimeParts):
             self.credentials = credentials
         self._configure_audit()
         if self.store is None:
-            if config.state_backend == "pvc":
+            if config.state_backend == StateBackend.PVC:
                 self.store = FileStateStore(Path(s.state_dir))
             else:
                 self.store = ConfigMapStateStore(self._api(), s.namespace, s.bot_name)
@@ -84,7 +89,7 @@ class StartupPart(RuntimeParts):
         )
         if self._exchange_factory is not None:
             self.exchange = self._exchange_factory(config)
-        elif config.mode != "paper":
+        elif config.mode != ExchangeMode.PAPER:
             from tradingbot.exchange.live import LiveExchange
 
             assert credentials is not None
@@ -119,24 +124,26 @@ class StartupPart(RuntimeParts):
 
     async def _read_tradingbot(self) -> dict[str, Any]:
         s = self.settings
-        path = namespaced_path(
-            f"{API_GROUP}/{API_VERSION}", s.namespace, TRADINGBOT_PLURAL, s.bot_name
-        )
         try:
-            return await arequest(self._api(), "GET", path)
-        except KubeApiError as exc:
-            if exc.status == 404:
+            return await self._api().get(tradingbot_path(s.namespace, s.bot_name))
+        except KubeError as exc:
+            if exc.not_found:
                 raise ConfigError(f"TradingBot {s.namespace}/{s.bot_name} not found") from exc
             raise
 
-    async def _retry_api(self, call: Callable[[], Any]) -> Any:
+    async def _retry_api(self, call: Callable[[], Awaitable[T]]) -> T | None:
         """Retry start-up reads until they succeed or a stop is requested (None then)."""
-        while not self.stopping:
-            try:
+        policy = AsyncRetrying(
+            retry=retry_if_not_exception_type(NOT_RETRIED),
+            wait=wait_fixed(STARTUP_RETRY_SECONDS),
+            stop=lambda _: self.stopping,
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            retry_error_callback=lambda _: None,
+        )
+        async for attempt in policy:
+            with attempt:
+                if self.stopping:  # requested during the pause: no further attempt
+                    return None
                 return await call()
-            except (ConfigError, ValueError, StateCorruptError):
-                raise
-            except Exception as exc:
-                log.warning("start-up request failed; retrying", extra={"error": str(exc)})
-                await self._sleep(STARTUP_RETRY_SECONDS)
         return None

@@ -14,7 +14,7 @@ from tradingbot.exchange.base import (
     OrderResult,
     PriceFeed,
 )
-from tradingbot.exchange.errors import ExchangeCallError, backoff_delays, classify
+from tradingbot.exchange.errors import ExchangeCallError, call_with_retry, classify, retrying
 from tradingbot.exchange.feeds import PROFILE_VOLATILITY, CcxtTickerFeed, SeededPriceFeed
 from tradingbot.exchange.live import LiveExchange, parse_ccxt_order
 from tradingbot.exchange.paper import PaperExchange
@@ -34,7 +34,8 @@ __all__ = [
     "PaperExchange",
     "PriceFeed",
     "SeededPriceFeed",
-    "backoff_delays",
+    "call_with_retry",
     "classify",
     "parse_ccxt_order",
+    "retrying",
 ]

@@ -1,7 +1,7 @@
 """Error policy by ccxt's exception hierarchy.
 
 NetworkError family (RequestTimeout, ExchangeNotAvailable, DDoSProtection/RateLimitExceeded,
-InvalidNonce): transient, retried with bounded exponential backoff.
+InvalidNonce): transient, retried with bounded exponential backoff (tenacity).
 InsufficientFunds and InvalidOrder (OrderNotFound excepted where a lookup expects it): the
 exchange refused this order; recorded as an event and counted, never a crash.
 Every other ExchangeError (AuthenticationError, BadSymbol, NotSupported, ...): not retried;
@@ -11,10 +11,17 @@ raised to the caller, which skips the tick and keeps running.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 RETRY = "retry"
 RECORD = "record"
@@ -51,22 +58,33 @@ def classify(exc: BaseException) -> str:
     return RAISE
 
 
-def backoff_delays(
-    attempts: int,
+def retrying(
+    method: str,
     *,
-    base: float = 0.5,
-    cap: float = 8.0,
-    jitter: float = 0.1,
-    rng: random.Random | None = None,
-) -> list[float]:
-    """Sleep before each retry: base * 2**i capped at `cap`, with a little jitter so that
-    many bots do not retry in lockstep. `attempts` counts calls, so there are attempts-1
-    delays."""
-    rng = rng or random.Random()
-    return [
-        min(cap, base * 2**i) * (1 + rng.uniform(-jitter, jitter))
-        for i in range(max(0, attempts - 1))
-    ]
+    attempts: int = 4,
+    base_delay: float = 0.5,
+    max_delay: float = 8.0,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> AsyncRetrying:
+    """The retry policy of exchange calls: RETRY-class errors are tried again, `attempts`
+    calls in all, after exponential pauses (base_delay * 2**n, capped at max_delay, plus up to
+    half a base_delay of jitter so that many bots do not retry in lockstep). Every other error
+    propagates as it is; when the attempts are used up, the last error becomes an
+    ExchangeCallError."""
+
+    def exhausted(state: RetryCallState) -> NoReturn:
+        assert state.outcome is not None
+        exc = state.outcome.exception()
+        assert exc is not None
+        raise ExchangeCallError(method, type(exc).__name__, str(exc)) from exc
+
+    return AsyncRetrying(
+        retry=retry_if_exception(lambda exc: classify(exc) == RETRY),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=base_delay, max=max_delay, jitter=base_delay / 2),
+        sleep=sleep,
+        retry_error_callback=exhausted,
+    )
 
 
 async def call_with_retry(
@@ -79,10 +97,11 @@ async def call_with_retry(
     max_delay: float = 8.0,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> T:
-    """Call `fn`, timing it and retrying the network family; RECORD-class errors propagate
-    unchanged (the caller turns them into an event), others become ExchangeCallError."""
-    delays = backoff_delays(attempts, base=base_delay, cap=max_delay)
-    for attempt in range(attempts):
+    """Call `fn`, timing every attempt and retrying the network family (`retrying`);
+    RECORD-class errors propagate unchanged (the caller turns them into an event), others
+    become ExchangeCallError."""
+
+    async def attempt() -> T:
         started = time.monotonic()
         try:
             result = await fn()
@@ -93,10 +112,14 @@ async def call_with_retry(
                 # The caller turns a refusal into an event and counts it once, there.
                 raise
             sink.exchange_error(type(exc).__name__)
-            if kind == RETRY and attempt < attempts - 1:
-                await sleep(delays[attempt])
-                continue
-            raise ExchangeCallError(method, type(exc).__name__, str(exc)) from exc
+            if kind == RAISE:
+                raise ExchangeCallError(method, type(exc).__name__, str(exc)) from exc
+            raise
         sink.exchange_request(method, time.monotonic() - started)
         return result
-    raise AssertionError("unreachable")  # the loop either returns or raises
+
+    policy = retrying(
+        method, attempts=attempts, base_delay=base_delay, max_delay=max_delay, sleep=sleep
+    )
+    result: T = await policy(attempt)
+    return result

@@ -7,24 +7,24 @@ asks the exchange for that clientOrderId: an order is never sent twice.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tradingbot.clock import utc_now_iso
 from tradingbot.exchange.base import CANCELED, FILLED, OPEN, REJECTED, OrderResult
 from tradingbot.exchange.errors import (
+    RAISE,
     RECORD,
-    RETRY,
     ErrorSink,
     ExchangeCallError,
-    backoff_delays,
     call_with_retry,
     classify,
+    retrying,
 )
 from tradingbot.ledger import Execution, split_symbol
+from tradingbot_api.constants import ExchangeMode
+from tradingbot_api.times import utc_now_iso
 
 # Spot only: no margin, futures or currency endpoints (they need other permissions, cost
 # requests at start, and a spot bot has no use for them).
@@ -107,7 +107,7 @@ class LiveExchange:
         base_delay: float = 0.5,
         timeout_ms: int = 10_000,
     ) -> None:
-        if mode not in ("sandbox", "live"):
+        if mode not in (ExchangeMode.SANDBOX, ExchangeMode.LIVE):
             raise ValueError(f"LiveExchange is for sandbox or live mode, not {mode!r}")
         self.exchange_id = exchange_id
         self.mode = mode
@@ -143,7 +143,7 @@ class LiveExchange:
             }
         )
         try:
-            if self.mode == "sandbox":
+            if self.mode == ExchangeMode.SANDBOX:
                 # Must come right after construction: it swaps urls['api'] for urls['test'].
                 client.set_sandbox_mode(True)
             if self._api_urls:
@@ -181,40 +181,50 @@ class LiveExchange:
         *,
         may_send: Callable[[], bool] | None = None,
     ) -> OrderResult:
-        delays = backoff_delays(self._attempts, base=self._base_delay)
-        for attempt in range(self._attempts):
-            if attempt and may_send is not None and not may_send():
-                # A retry is a new order as far as the kill switch and the Lease go. The
-                # intent stays recorded: reconciling by clientOrderId settles it.
-                raise ExchangeCallError(
-                    "create_order", "OrderHeldBack", "not sent again: no longer allowed"
+        policy = retrying("create_order", attempts=self._attempts, base_delay=self._base_delay)
+        async for attempt in policy:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    # The failed request may have reached the exchange: look before sending
+                    # again.
+                    existing = await self.fetch_order(symbol, client_order_id=client_order_id)
+                    if existing is not None:
+                        return existing
+                    if may_send is not None and not may_send():
+                        # A retry is a new order as far as the kill switch and the Lease go.
+                        # The intent stays recorded: reconciling by clientOrderId settles it.
+                        raise ExchangeCallError(
+                            "create_order", "OrderHeldBack", "not sent again: no longer allowed"
+                        )
+                return await self._send_market_order(symbol, side, amount, client_order_id)
+        raise AssertionError("unreachable")  # the policy returns, raises or retries
+
+    async def _send_market_order(
+        self, symbol: str, side: str, amount: float, client_order_id: str
+    ) -> OrderResult:
+        """One attempt: a refusal is a REJECTED result; a RETRY-class error propagates as it
+        is (the policy retries it), any other as ExchangeCallError."""
+        started = time.monotonic()
+        try:
+            order = await self.client.create_order(
+                symbol, "market", side, amount, None, {"clientOrderId": client_order_id}
+            )
+        except Exception as exc:
+            self._sink.exchange_request("create_order", time.monotonic() - started)
+            kind = classify(exc)
+            if kind == RECORD:
+                return OrderResult(
+                    status=REJECTED,
+                    client_order_id=client_order_id,
+                    error_type=type(exc).__name__,
+                    message=str(exc),
                 )
-            started = time.monotonic()
-            try:
-                order = await self.client.create_order(
-                    symbol, "market", side, amount, None, {"clientOrderId": client_order_id}
-                )
-                self._sink.exchange_request("create_order", time.monotonic() - started)
-                return parse_ccxt_order(order, client_order_id)
-            except Exception as exc:
-                self._sink.exchange_request("create_order", time.monotonic() - started)
-                kind = classify(exc)
-                if kind == RECORD:
-                    return OrderResult(
-                        status=REJECTED,
-                        client_order_id=client_order_id,
-                        error_type=type(exc).__name__,
-                        message=str(exc),
-                    )
-                self._sink.exchange_error(type(exc).__name__)
-                if kind != RETRY or attempt == self._attempts - 1:
-                    raise ExchangeCallError("create_order", type(exc).__name__, str(exc)) from exc
-            await asyncio.sleep(delays[attempt])
-            # The failed request may have reached the exchange: look before sending again.
-            existing = await self.fetch_order(symbol, client_order_id=client_order_id)
-            if existing is not None:
-                return existing
-        raise AssertionError("unreachable")  # the loop returns or raises
+            self._sink.exchange_error(type(exc).__name__)
+            if kind == RAISE:
+                raise ExchangeCallError("create_order", type(exc).__name__, str(exc)) from exc
+            raise
+        self._sink.exchange_request("create_order", time.monotonic() - started)
+        return parse_ccxt_order(order, client_order_id)
 
     async def fetch_order(
         self, symbol: str, order_id: str = "", client_order_id: str = ""

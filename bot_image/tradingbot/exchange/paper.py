@@ -14,16 +14,17 @@ import math
 from collections.abc import Callable, Mapping
 from decimal import ROUND_DOWN, Context, Decimal
 
-from tradingbot.clock import utc_now_iso
 from tradingbot.exchange.base import FILLED, REJECTED, OrderResult
 from tradingbot.ledger import Execution, split_symbol
+from tradingbot_api.constants import ExchangeMode
+from tradingbot_api.times import utc_now_iso
 
 EIGHT_DECIMALS = Decimal("1e-8")
 WIDE = Context(prec=400)  # any finite float fits: 1e308 has 309 digits, plus 8 decimals
 
 
 class PaperExchange:
-    mode = "paper"
+    mode = ExchangeMode.PAPER
 
     def __init__(
         self,

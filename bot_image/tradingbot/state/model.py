@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
-from tradingbot.clock import utc_now_iso
-from tradingbot.constants import STATE_SCHEMA_VERSION
+from tradingbot_api.times import utc_now_iso
 
+# `schemaVersion` of the document this code writes, and the only one it reads.
+STATE_SCHEMA_VERSION: Final = 1
 TOP_LEVEL_KEYS = (
     "schemaVersion",
     "checkpointSeq",

@@ -14,16 +14,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-from tradingbot.constants import (
-    CONFIGMAP_DOCUMENT_BUDGET_BYTES,
-    LABEL_BOT,
-    STATE_KEY,
-    STATE_PREV_KEY,
-    state_configmap_name,
-)
-from tradingbot.kube import KubeApi, KubeApiError, namespaced_path
+from tradingbot.kube import KubeApi, KubeError, namespaced_path
 from tradingbot.state.model import (
     StateCheckpoint,
     StateCorruptError,
@@ -31,8 +24,14 @@ from tradingbot.state.model import (
     decode_state,
     encode_state,
 )
+from tradingbot_api.constants import LABEL_BOT, STATE_KEY, STATE_PREV_KEY, state_configmap_name
 
 log = logging.getLogger(__name__)
+
+# A ConfigMap holds at most 1 MiB; both copies of the state (current and previous) live in it,
+# so each document gets half of a guard that leaves room for metadata.
+CONFIGMAP_SIZE_GUARD_BYTES: Final = 900 * 1024
+CONFIGMAP_DOCUMENT_BUDGET_BYTES: Final = CONFIGMAP_SIZE_GUARD_BYTES // 2
 
 SOURCE_CURRENT = "current"
 SOURCE_PREVIOUS = "previous"
@@ -190,16 +189,8 @@ class ConfigMapStateStore:
         self._last_good: str | None = None  # text of the newest checkpoint known to decode
         self._last_written: str | None = None
 
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            return self.api.request("GET", self.path)
-        except KubeApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def _load(self) -> RestoreResult:
-        obj = self._read()
+    async def load(self) -> RestoreResult:
+        obj = await self.api.get_or_none(self.path)
         self._object = obj
         data = (obj or {}).get("data") or {}
         result = choose_restore(data.get(STATE_KEY), data.get(STATE_PREV_KEY))
@@ -209,9 +200,6 @@ class ConfigMapStateStore:
             self._last_good = data[STATE_PREV_KEY]
         self._last_written = data.get(STATE_KEY)
         return result
-
-    async def load(self) -> RestoreResult:
-        return await asyncio.to_thread(self._load)
 
     def _body(self, text: str) -> dict[str, Any]:
         data = {STATE_KEY: text}
@@ -241,22 +229,22 @@ class ConfigMapStateStore:
             return False
         return bool((fresh.get("data") or {}).get(STATE_KEY) == self._last_written)
 
-    def _save(self, state: StateCheckpoint) -> StateCheckpoint:
+    async def _save(self, state: StateCheckpoint) -> StateCheckpoint:
         text, stored = encode_state(state, max_bytes=self.max_document_bytes)
         for _ in range(3):
             body = self._body(text)
             try:
                 if self._object is None:
-                    result = self.api.request(
-                        "POST", namespaced_path("v1", self.namespace, "configmaps"), body
+                    result = await self.api.create(
+                        namespaced_path("v1", self.namespace, "configmaps"), body
                     )
                 else:
-                    result = self.api.request("PUT", self.path, body)
-            except KubeApiError as exc:
+                    result = await self.api.replace(self.path, body)
+            except KubeError as exc:
                 status = exc.status
-                if status not in (404, 409):
+                if not (exc.not_found or exc.conflict):
                     raise StateWriteError(f"ConfigMap {self.name}: {exc}") from exc
-                fresh = self._read()
+                fresh = await self.api.get_or_none(self.path)
                 if fresh is None:
                     # Deleted under us: this process holds the lease and the newest state,
                     # so it writes the state back rather than lose it.
@@ -280,7 +268,7 @@ class ConfigMapStateStore:
 
     async def save(self, state: StateCheckpoint) -> StateCheckpoint:
         try:
-            return await asyncio.to_thread(self._save, state)
+            return await self._save(state)
         except (StateConflictError, StateWriteError):
             raise
         except Exception as exc:

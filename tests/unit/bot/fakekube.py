@@ -1,28 +1,30 @@
 """An in-memory stand-in for the Kubernetes API with the semantics the bot relies on.
 
-Implements `KubeApi.request` for namespaced objects: GET/POST/PUT/PATCH (JSON merge patch),
-404 for missing objects, 409 for a create of an existing object or a replace whose
+A transport for `tradingbot.kube.KubeApi`: the `request` and `stream` methods of
+`tradingbot_api.kubeclient.KubeClient`, for namespaced objects. GET/POST/PUT/PATCH (JSON merge
+patch), 404 for missing objects, 409 for a create of an existing object or a replace whose
 `metadata.resourceVersion` is stale, a fresh resourceVersion on every write, and a `/status`
-subresource. Failures can be injected per method.
+subresource. Failures can be injected per method (`fail`), and `hook` runs before each
+request (it may raise, or be a coroutine function and wait).
 
-Lists by `fieldSelector=metadata.name=...` and `KubeWatchApi.watch` stream the changes of
-one object from a resourceVersion (ADDED/MODIFIED/DELETED, a bookmark at the server's
-timeout, then a clean end); `freeze_watches` makes every watch hang without a word, like a
-cut connection, and `watch_error` answers the next watch with an HTTP error.
+Lists by `fieldSelector=metadata.name=...` and `stream` (watches) send the changes of one
+object from a resourceVersion (ADDED/MODIFIED/DELETED, a bookmark at the server's timeout,
+then a clean end); `freeze_watches` makes every watch hang without a word, like a cut
+connection, and `watch_error` answers the next watch with an HTTP error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import itertools
 import json
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
-from tradingbot.kube import KubeApiError
+from tradingbot_api.kubeclient import JSON, KubeError
 
 Key = tuple[str, str, str, str]  # (group/version, namespace, plural, name)
 
@@ -41,6 +43,14 @@ def _parse(path: str) -> tuple[str, str, str, str, str]:
     return group_version, namespace, plural, name, sub
 
 
+def with_query(path: str, query: Mapping[str, Any] | None) -> str:
+    """The request's URL path and query, as a server would see it."""
+    params = {k: v for k, v in (query or {}).items() if v is not None}
+    if not params:
+        return path
+    return path + ("&" if "?" in path else "?") + urlencode(params)
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -57,12 +67,11 @@ class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
         self._rv = itertools.count(1)
-        self._lock = threading.Lock()
         self.calls: list[tuple[str, str]] = []
         # method -> how many upcoming calls fail with HTTP 500
         self.fail: dict[str, int] = {}
-        # called before each request; may raise to simulate any failure
-        self.hook: Callable[[str, str, Any], None] | None = None
+        # called before each request; may raise to simulate any failure, or wait (async)
+        self.hook: Callable[[str, str, Any], Any] | None = None
         # (resourceVersion, event type, key, object) of every write, for watches
         self.history: list[tuple[int, str, Key, dict[str, Any]]] = []
         self.freeze_watches = False
@@ -96,7 +105,7 @@ class FakeKube:
         path = f"/apis/{group_version}/namespaces/{namespace}/{plural}/{name}"
         if group_version == "v1":
             path = f"/api/v1/namespaces/{namespace}/{plural}/{name}"
-        self.request(
+        self.handle(
             "PATCH",
             path,
             {"metadata": {"annotations": values}},
@@ -106,17 +115,20 @@ class FakeKube:
     def current_rv(self) -> int:
         return self.history[-1][0] if self.history else 0
 
-    async def watch(self, path: str, *, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, path: str, *, query: Mapping[str, Any] | None = None, read_timeout: float = 60.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        path = with_query(path, query)
         self.calls.append(("WATCH", path))
         self.watches_opened += 1
         if self.watch_error is not None:
             status, self.watch_error = self.watch_error, None
-            raise KubeApiError(status, "injected", "injected watch failure")
+            raise KubeError(status, "injected", "injected watch failure")
         gv, ns, plural, _, _ = _parse(path)
-        query = parse_qs(urlsplit(path).query)
-        name = query["fieldSelector"][0].partition("=")[2]
-        since = int(query.get("resourceVersion", ["0"])[0] or 0)
-        timeout = float(query.get("timeoutSeconds", ["10"])[0])
+        params = parse_qs(urlsplit(path).query)
+        name = params["fieldSelector"][0].partition("=")[2]
+        since = int(params.get("resourceVersion", ["0"])[0] or 0)
+        timeout = float(params.get("timeoutSeconds", ["10"])[0])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         quiet_since = loop.time()
@@ -150,69 +162,75 @@ class FakeKube:
             if (gv, ns, pl) == (group_version, namespace, plural)
         ]
 
-    # -- KubeApi
-    def request(
+    # -- the transport
+    async def request(
         self,
         method: str,
         path: str,
-        body: Any = None,
         *,
-        content_type: str = "application/json",
-        timeout: float = 10.0,
-    ) -> dict[str, Any]:
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        content_type: str = JSON,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the signature of KubeClient.request
+    ) -> Any:
+        path = with_query(path, query)
         self.calls.append((method, path))
         if self.hook is not None:
-            self.hook(method, path, body)
+            waited = self.hook(method, path, body)
+            if inspect.isawaitable(waited):
+                await waited
         if self.fail.get(method, 0) > 0:
             self.fail[method] -= 1
-            raise KubeApiError(500, "Internal Server Error", "injected failure")
+            raise KubeError(500, "Internal Server Error", "injected failure")
+        return self.handle(method, path, body, content_type=content_type)
+
+    def handle(
+        self, method: str, path: str, body: Any = None, *, content_type: str = JSON
+    ) -> dict[str, Any]:
+        """One request as the API server answers it (no hook, no injected failure)."""
         body = json.loads(json.dumps(body)) if body is not None else None  # like the wire
         gv, ns, plural, name, sub = _parse(path)
         if method == "GET" and not name:
             return self._list(gv, ns, plural, parse_qs(urlsplit(path).query))
-        with self._lock:
-            if method == "POST":
-                name = body["metadata"]["name"]
-                key = (gv, ns, plural, name)
-                if key in self.objects and plural != "events":
-                    raise KubeApiError(409, "Conflict", "AlreadyExists")
-                return self.put_object(gv, ns, plural, body)
+        if method == "POST":
+            name = body["metadata"]["name"]
             key = (gv, ns, plural, name)
-            current = self.objects.get(key)
-            if current is None:
-                raise KubeApiError(404, "Not Found", f"{plural} {name} not found")
-            if method == "GET":
-                return copy.deepcopy(current)
-            if method == "PUT":
-                sent_rv = (body.get("metadata") or {}).get("resourceVersion")
-                if sent_rv is not None and sent_rv != current["metadata"]["resourceVersion"]:
-                    raise KubeApiError(409, "Conflict", "the object has been modified")
-                if sub == "status":
-                    body = {**current, "status": body.get("status")}
-                else:
-                    body = (
-                        {**body, "status": current.get("status")} if "status" in current else body
-                    )
-                body["metadata"] = {**current["metadata"], **body["metadata"]}
-                return self.put_object(gv, ns, plural, body)
-            if method == "PATCH":
-                if "merge-patch" not in content_type:
-                    raise KubeApiError(415, "Unsupported Media Type", content_type)
-                if sub != "status" and "status" in body:
-                    body = {k: v for k, v in body.items() if k != "status"}
-                patched = merge_patch(current, body)
-                return self.put_object(gv, ns, plural, patched)
-            raise KubeApiError(405, "Method Not Allowed", method)
+            if key in self.objects and plural != "events":
+                raise KubeError(409, "Conflict", "AlreadyExists")
+            return self.put_object(gv, ns, plural, body)
+        key = (gv, ns, plural, name)
+        current = self.objects.get(key)
+        if current is None:
+            raise KubeError(404, "Not Found", f"{plural} {name} not found")
+        if method == "GET":
+            return copy.deepcopy(current)
+        if method == "PUT":
+            sent_rv = (body.get("metadata") or {}).get("resourceVersion")
+            if sent_rv is not None and sent_rv != current["metadata"]["resourceVersion"]:
+                raise KubeError(409, "Conflict", "the object has been modified")
+            if sub == "status":
+                body = {**current, "status": body.get("status")}
+            else:
+                body = {**body, "status": current.get("status")} if "status" in current else body
+            body["metadata"] = {**current["metadata"], **body["metadata"]}
+            return self.put_object(gv, ns, plural, body)
+        if method == "PATCH":
+            if "merge-patch" not in content_type:
+                raise KubeError(415, "Unsupported Media Type", content_type)
+            if sub != "status" and "status" in body:
+                body = {k: v for k, v in body.items() if k != "status"}
+            patched = merge_patch(current, body)
+            return self.put_object(gv, ns, plural, patched)
+        raise KubeError(405, "Method Not Allowed", method)
 
     def _list(self, gv: str, ns: str, plural: str, query: dict[str, list[str]]) -> dict[str, Any]:
-        with self._lock:
-            items = self.list_objects(gv, ns, plural)
-            selector = (query.get("fieldSelector") or [""])[0]
-            if selector.startswith("metadata.name="):
-                wanted = selector.partition("=")[2]
-                items = [o for o in items if o["metadata"]["name"] == wanted]
-            return {
-                "kind": "List",
-                "metadata": {"resourceVersion": str(self.current_rv())},
-                "items": items,
-            }
+        items = self.list_objects(gv, ns, plural)
+        selector = (query.get("fieldSelector") or [""])[0]
+        if selector.startswith("metadata.name="):
+            wanted = selector.partition("=")[2]
+            items = [o for o in items if o["metadata"]["name"] == wanted]
+        return {
+            "kind": "List",
+            "metadata": {"resourceVersion": str(self.current_rv())},
+            "items": items,
+        }

@@ -26,12 +26,13 @@ from tradingbot.audit import (
     fill_key,
     mark_audited,
     position_action,
+    read_token,
     select_unaudited,
     stored_flags,
     unaudited_removed,
 )
 from tradingbot.config import ConfigError, Settings
-from tradingbot.kube import KubeClient
+from tradingbot.kube import KubeApi, KubeClient
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.logsetup import SENSITIVE_FIELD_NAMES, SecretRedactor
 from tradingbot.metrics import BotMetrics
@@ -324,21 +325,26 @@ def test_audit_url_from_the_environment() -> None:
         Settings.from_env({**base, "AUDIT_URL": "audit:8901"})
 
 
-def test_bearer_token_is_what_the_kubernetes_client_uses(tmp_path: Path) -> None:
-    from kubernetes import client
+async def test_bearer_token_is_what_the_kubernetes_client_uses(tmp_path: Path) -> None:
+    from tradingbot_api.kubeclient import Credentials
 
-    configuration = client.Configuration()
-    configuration.api_key["BearerToken"] = "Bearer abc.def"
-    assert KubeClient(client.ApiClient(configuration)).bearer_token() == "abc.def"
-    certs_only = client.Configuration()
-    assert KubeClient(client.ApiClient(certs_only)).bearer_token() is None
+    def token_of(client: KubeClient) -> Any:
+        source = KubeApi(client).token_source()
+        assert source is not None
+        return read_token(source)
+
+    server = "https://127.0.0.1:6443"
+    assert await token_of(KubeClient(Credentials(server, token="abc.def"))) == "abc.def"
+    assert await token_of(KubeClient(Credentials(server))) is None  # client certificates
     # In a pod the projected token rotates: it is read again on every call.
     token_file = tmp_path / "token"
     token_file.write_text("first\n")
-    in_cluster = KubeClient(client.ApiClient(configuration), token_file=str(token_file))
-    assert in_cluster.bearer_token() == "first"
+    in_cluster = KubeClient(Credentials(server, token_file=str(token_file)))
+    assert await token_of(in_cluster) == "first"
     token_file.write_text("second")
-    assert in_cluster.bearer_token() == "second"
+    assert await token_of(in_cluster) == "second"
+    # A transport without credentials of its own offers none: audit reporting stays off.
+    assert KubeApi(fake_kube()).token_source() is None
 
 
 # -- the reporter against an in-process sidecar --------------------------------------------------
@@ -624,7 +630,10 @@ async def test_runtime_reports_each_fill_and_stores_the_flags(sidecar: FakeSidec
 
     store = MemoryStateStore()
     runtime = BotRuntime(
-        runtime_settings(sidecar.url), api=fake_kube(), store=store, audit_token=lambda: "tok"
+        runtime_settings(sidecar.url),
+        api=KubeApi(fake_kube()),
+        store=store,
+        audit_token=lambda: "tok",
     )
     running = asyncio.create_task(runtime.run())
     await until(lambda: runtime.state.stats.total_trades >= 4)
@@ -649,7 +658,7 @@ async def test_runtime_reports_each_fill_and_stores_the_flags(sidecar: FakeSidec
     before = len(sidecar.requests)
     second = BotRuntime(
         runtime_settings(sidecar.url, "pod-b"),
-        api=fake_kube(),
+        api=KubeApi(fake_kube()),
         store=store,
         audit_token=lambda: "tok",
     )
@@ -670,7 +679,10 @@ async def test_restart_sends_what_a_killed_process_left_unaudited(sidecar: FakeS
     )
     store = MemoryStateStore(current=encode_state(left.next(reason="fill", writer_pod="old"))[0])
     runtime = BotRuntime(
-        runtime_settings(sidecar.url), api=fake_kube(), store=store, audit_token=lambda: "tok"
+        runtime_settings(sidecar.url),
+        api=KubeApi(fake_kube()),
+        store=store,
+        audit_token=lambda: "tok",
     )
     running = asyncio.create_task(runtime.run())
     await until(lambda: {fill_key(fill(2)), fill_key(fill(3))} <= set(sidecar.stored))
@@ -692,7 +704,7 @@ async def test_a_missing_sidecar_never_holds_up_trading(
     store = MemoryStateStore()
     runtime = BotRuntime(
         runtime_settings("http://127.0.0.1:9"),  # nothing listens there
-        api=fake_kube(),
+        api=KubeApi(fake_kube()),
         store=store,
         audit_token=lambda: "tok",
     )
@@ -721,7 +733,7 @@ async def test_without_audit_url_nothing_is_sent_and_one_line_says_so(
     from tradingbot.state import MemoryStateStore
 
     caplog.set_level("INFO", logger="tradingbot")
-    runtime = BotRuntime(runtime_settings(None), api=fake_kube(), store=MemoryStateStore())
+    runtime = BotRuntime(runtime_settings(None), api=KubeApi(fake_kube()), store=MemoryStateStore())
     running = asyncio.create_task(runtime.run())
     await until(lambda: runtime.state.stats.total_trades >= 1)
     runtime.request_stop("test")

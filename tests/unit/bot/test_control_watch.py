@@ -1,6 +1,6 @@
 """The bot's watches on its TradingBot and the fleet switch: silence, retries, the watch loop
 against the in-memory API (list, events, bookmarks, clean ends, 410, a cut connection), and
-the JSON-lines framing of the real client."""
+the JSON-lines framing of the shared client."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 from tests.unit.bot.fakekube import FakeKube
 from tradingbot.control import ControlWatcher, ObjectWatch, retry_delay, watch_silent
 from tradingbot.killswitch import ControlState
-from tradingbot.kube import MAX_WATCH_EVENT_BYTES, split_lines, watch_query
+from tradingbot.kube import KubeApi, watch_query
 from tradingbot_api.constants import ANNOTATION_HALT, HaltMode
+from tradingbot_api.kubeclient import MAX_LINE_BYTES, split_lines
 
 TB = "trading.r7.dev/v1alpha1"
 NS = "bots"
@@ -45,17 +46,38 @@ def test_failed_watches_retry_sooner_than_the_timeout(failures: int, delay: floa
 
 
 def test_list_and_watch_queries_select_the_object_by_name() -> None:
-    listed = parse_qs(urlsplit(watch_query("alpha")).query)
-    assert listed == {"fieldSelector": ["metadata.name=alpha"]}
-    watched = parse_qs(
-        urlsplit(watch_query("alpha", resource_version="42", timeout_seconds=10)).query
-    )
+    listed = watch_query("alpha")
+    assert listed == {"fieldSelector": "metadata.name=alpha"}
+    watched = watch_query("alpha", resource_version="42", timeout_seconds=10)
     assert watched == {
+        "fieldSelector": "metadata.name=alpha",
+        "watch": "true",
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": "10",
+        "resourceVersion": "42",
+    }
+
+
+async def test_the_watch_requests_carry_the_query() -> None:
+    kube = FakeKube()
+    kube.put_object(TB, NS, "tradingbots", tradingbot())
+    watch = object_watch(kube, [], Clock())
+    task = asyncio.create_task(watch.run())
+    try:
+        await until(lambda: kube.watches_opened >= 1)
+    finally:
+        task.cancel()
+    (listed,) = [urlsplit(p) for m, p in kube.calls if m == "GET"]
+    assert listed.path == f"/apis/{TB}/namespaces/{NS}/tradingbots"
+    assert parse_qs(listed.query) == {"fieldSelector": ["metadata.name=alpha"]}
+    watched = urlsplit(next(p for m, p in kube.calls if m == "WATCH"))
+    assert watched.path == listed.path
+    assert parse_qs(watched.query) == {
         "fieldSelector": ["metadata.name=alpha"],
         "watch": ["true"],
         "allowWatchBookmarks": ["true"],
-        "timeoutSeconds": ["10"],
-        "resourceVersion": ["42"],
+        "timeoutSeconds": ["1"],
+        "resourceVersion": ["1"],
     }
 
 
@@ -77,7 +99,7 @@ def test_watch_streams_are_split_into_json_lines(
 
 def test_an_endless_line_is_refused() -> None:
     with pytest.raises(ValueError, match="larger than"):
-        split_lines(b"x" * (MAX_WATCH_EVENT_BYTES + 1))
+        split_lines(b"x" * (MAX_LINE_BYTES + 1))
 
 
 def tradingbot(**annotations: str) -> dict[str, Any]:
@@ -110,7 +132,7 @@ def object_watch(
     kube: FakeKube, seen: list[Mapping[str, Any] | None], clock: Callable[[], float]
 ) -> ObjectWatch:
     return ObjectWatch(
-        kube,
+        KubeApi(kube),
         f"/apis/{TB}/namespaces/{NS}/tradingbots",
         "alpha",
         label="tradingbot",
@@ -197,7 +219,7 @@ async def test_the_watcher_combines_the_bot_and_the_fleet_switch() -> None:
     kube.put_object(TB, NS, "tradingbots", tradingbot())
     states: list[ControlState] = []
     watcher = ControlWatcher(
-        kube,
+        KubeApi(kube),
         NS,
         "alpha",
         fleet_switch=("fleet-ns", "fleet-switch"),
@@ -231,7 +253,7 @@ async def test_waiting_for_the_first_read_ends_on_stop() -> None:
     kube = FakeKube()
     kube.fail["GET"] = 1000  # nothing can be read
     watcher = ControlWatcher(
-        kube, NS, "alpha", fleet_switch=None, timeout_seconds=1, on_change=lambda s: None
+        KubeApi(kube), NS, "alpha", fleet_switch=None, timeout_seconds=1, on_change=lambda s: None
     )
     watcher.start()
     stop = asyncio.Event()

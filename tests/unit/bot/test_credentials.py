@@ -12,6 +12,7 @@ import pytest
 from tests.unit.bot.fakekube import FakeKube
 from tradingbot.config import DEFAULT_CREDENTIALS_DIR, ConfigError, Settings
 from tradingbot.credentials import MAX_CREDENTIAL_BYTES, Credentials, read_credentials
+from tradingbot.kube import KubeApi
 from tradingbot.logsetup import REDACTOR
 from tradingbot.runtime import EXIT_CONFIG, BotRuntime
 from tradingbot.state import MemoryStateStore
@@ -161,7 +162,9 @@ def invalid_config_events(kube: FakeKube) -> list[str]:
 
 async def test_sandbox_mode_without_the_mounted_files_does_not_start(tmp_path: Path) -> None:
     kube = kube_with_bot("sandbox", credentialsSecretRef={"name": "keys"})
-    runtime = BotRuntime(runtime_settings(tmp_path / "absent"), api=kube, store=MemoryStateStore())
+    runtime = BotRuntime(
+        runtime_settings(tmp_path / "absent"), api=KubeApi(kube), store=MemoryStateStore()
+    )
     assert await asyncio.wait_for(runtime.run(), 30) == EXIT_CONFIG
     (message,) = invalid_config_events(kube)
     assert f"{tmp_path}/absent/apiKey: missing" in message
@@ -183,7 +186,7 @@ async def test_credentials_from_files_are_registered_with_the_redactor(tmp_path:
 
     runtime = BotRuntime(
         runtime_settings(directory),
-        api=kube,
+        api=KubeApi(kube),
         store=MemoryStateStore(),
         exchange_factory=no_exchange,
     )
@@ -195,7 +198,9 @@ async def test_credentials_from_files_are_registered_with_the_redactor(tmp_path:
 
 async def test_paper_mode_reads_no_credentials(tmp_path: Path) -> None:
     kube = kube_with_bot("paper")
-    runtime = BotRuntime(runtime_settings(tmp_path / "absent"), api=kube, store=MemoryStateStore())
+    runtime = BotRuntime(
+        runtime_settings(tmp_path / "absent"), api=KubeApi(kube), store=MemoryStateStore()
+    )
     task = asyncio.create_task(runtime.run())
     deadline = asyncio.get_running_loop().time() + 20
     while not runtime.health.ready:

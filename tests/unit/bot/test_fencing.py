@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from tradingbot.fencing import (
     may_acquire,
     observe,
 )
+from tradingbot.kube import KubeApi, KubeTransport
 
 NS = "bots"
 GV = "coordination.k8s.io/v1"
@@ -31,9 +33,9 @@ class Clock:
         return self.now
 
 
-def fence(kube: FakeKube, identity: str, clock: Clock) -> LeaseFence:
+def fence(kube: KubeTransport, identity: str, clock: Clock) -> LeaseFence:
     return LeaseFence(
-        kube,
+        KubeApi(kube),
         NS,
         "alpha-trader",
         identity,
@@ -135,19 +137,34 @@ async def test_release_does_not_touch_a_lease_held_by_someone_else() -> None:
     assert holder(kube) == "pod-b"
 
 
+class ReadersMeet:
+    """A transport on which every GET answers only once two GETs were answered: both
+    contenders have read the Lease before either writes."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self.kube = kube
+        self.barrier = asyncio.Barrier(2)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = await self.kube.request(method, path, **kwargs)
+        if method == "GET":
+            await asyncio.wait_for(self.barrier.wait(), 5)
+        return answer
+
+    def stream(
+        self, path: str, *, query: Mapping[str, Any] | None = None, read_timeout: float = 60.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self.kube.stream(path, query=query, read_timeout=read_timeout)
+
+
 async def test_racing_contenders_cannot_both_win() -> None:
     kube, clock = FakeKube(), Clock()
     kube.put_object(GV, NS, "leases", {"metadata": {"name": "alpha-trader"}, "spec": {}})
-    a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
-    barrier = threading.Barrier(2, timeout=5)
-
-    def both_read_before_either_writes(method: str, path: str, body: object) -> None:
-        if method == "GET":
-            barrier.wait()
-
-    kube.hook = both_read_before_either_writes
+    both_read = ReadersMeet(kube)
+    a, b = fence(both_read, "pod-a", clock), fence(both_read, "pod-b", clock)
     results = await asyncio.gather(a.try_acquire(), b.try_acquire())
     assert sorted(results) == [False, True]
+    assert [method for method, _ in kube.calls] == ["GET", "GET", "PUT", "PUT"]
 
 
 async def test_unrenewed_lease_is_lost_after_the_deadline() -> None:
@@ -179,7 +196,13 @@ async def test_acquire_waits_and_returns_false_on_stop() -> None:
 def test_timing_must_leave_room() -> None:
     with pytest.raises(ValueError):
         LeaseFence(
-            FakeKube(), NS, "x", "y", duration_seconds=10, renew_interval=5, renew_deadline=12
+            KubeApi(FakeKube()),
+            NS,
+            "x",
+            "y",
+            duration_seconds=10,
+            renew_interval=5,
+            renew_deadline=12,
         )
 
 

@@ -17,6 +17,7 @@ from tests.unit.bot.test_audit_reporting import FakeSidecar
 from tradingbot.config import Settings
 from tradingbot.exchange.errors import ExchangeCallError
 from tradingbot.exchange.paper import PaperExchange
+from tradingbot.kube import KubeApi
 from tradingbot.runtime import EXIT_FENCED, EXIT_OK, BotRuntime
 from tradingbot.state import Fill, MemoryStateStore, StateCheckpoint
 from tradingbot_api.constants import ANNOTATION_HALT, ANNOTATION_SUSPEND
@@ -118,7 +119,7 @@ class Running:
 
 
 async def start(kube: FakeKube, store: MemoryStateStore, **kw: Any) -> Running:
-    runtime = BotRuntime(settings(**kw.pop("settings", {})), api=kube, store=store, **kw)
+    runtime = BotRuntime(settings(**kw.pop("settings", {})), api=KubeApi(kube), store=store, **kw)
     running = Running(runtime, asyncio.create_task(runtime.run()))
     await until(lambda: runtime.health.ready)
     return running
@@ -199,7 +200,7 @@ async def test_a_suspended_bot_stays_alive_without_orders(
     runtime = bot.runtime
     await until(lambda: runtime.state.stats.total_trades >= 2)
     path = f"/apis/{TB}/namespaces/{NS}/tradingbots/alpha"
-    kube.request("PATCH", path, suspend, content_type="application/merge-patch+json")
+    await kube.request("PATCH", path, body=suspend, content_type="application/merge-patch+json")
     await until(lambda: not runtime.health.ready)
     trades = runtime.state.stats.total_trades
     await asyncio.sleep(0.4)

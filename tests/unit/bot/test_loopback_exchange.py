@@ -24,6 +24,7 @@ from aiohttp import web
 
 from tradingbot.exchange import CANCELED, FILLED, OPEN, REJECTED, ExchangeCallError
 from tradingbot.exchange.live import LiveExchange
+from tradingbot.kube import KubeApi
 from tradingbot.metrics import BotMetrics
 
 API_KEY = "loopback-api-key-0123456789abcdef"
@@ -641,7 +642,7 @@ def sandbox_runtime(base: str, store: Any, credentials_dir: Path, pod: str = "po
 
     runtime = BotRuntime(
         settings,
-        api=kube,
+        api=KubeApi(kube),
         store=store,
         exchange_factory=exchange,
         feed_factory=lambda config, state: SeededPriceFeed("volatile", 5),
@@ -749,6 +750,7 @@ async def test_a_halt_cancels_the_bots_resting_entry_orders_on_the_exchange(
 ) -> None:
     import asyncio
 
+    from tests.unit.bot.fakekube import FakeKube
     from tradingbot.state import MemoryStateStore
 
     fake, base = binance
@@ -760,7 +762,10 @@ async def test_a_halt_cancels_the_bots_resting_entry_orders_on_the_exchange(
         lambda: [o for o in runtime.state.open_orders if o.status == "open" and o.side == "buy"]
     )
     placed = len(fake.orders)
-    runtime.api.annotate(
+    assert runtime.api is not None
+    kube = runtime.api.transport
+    assert isinstance(kube, FakeKube)
+    kube.annotate(
         "trading.r7.dev/v1alpha1", "tradingbots", "alpha", **{"trading.r7.dev/halt": "true"}
     )
     await until(lambda: not runtime.state.open_orders)

@@ -15,6 +15,7 @@ import pytest
 from tests.unit.bot.fakekube import FakeKube
 from tradingbot.config import ConfigError, Settings, parse_fleet_switch, parse_tradingbot
 from tradingbot.engine import decide
+from tradingbot.kube import KubeApi
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.risk import RiskLimits
 from tradingbot.runtime import EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_STATE, BotRuntime
@@ -101,7 +102,7 @@ def kube() -> FakeKube:
 
 async def test_trades_checkpoints_and_shuts_down_cleanly(kube: FakeKube) -> None:
     store = MemoryStateStore()
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     assert lease_holder(kube) == runtime.settings.identity
@@ -141,14 +142,14 @@ async def test_trades_checkpoints_and_shuts_down_cleanly(kube: FakeKube) -> None
 
 async def test_restart_restores_every_fill_and_reports_the_seq(kube: FakeKube) -> None:
     store = MemoryStateStore()
-    first = BotRuntime(settings(), api=kube, store=store)
+    first = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(first.run())
     await until(lambda: first.state.stats.total_trades >= 2)
     first.request_stop()
     await asyncio.wait_for(task, 10)
     stored = decode_state(store.current or "")
 
-    second = BotRuntime(settings("pod-b"), api=kube, store=store)
+    second = BotRuntime(settings("pod-b"), api=KubeApi(kube), store=store)
     task = asyncio.create_task(second.run())
     await until(lambda: second.health.ready)
     assert second.restored_seq == stored.checkpoint_seq
@@ -173,7 +174,7 @@ async def test_paper_wallet_survives_a_restart(kube: FakeKube) -> None:
         },
     )
     store = MemoryStateStore(current=encode_state(state.next(reason="fill", writer_pod="old"))[0])
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     restore = store.saved[0]
@@ -189,7 +190,7 @@ async def test_paper_wallet_survives_a_restart(kube: FakeKube) -> None:
 
 async def test_unreadable_state_stops_the_bot_instead_of_starting_empty(kube: FakeKube) -> None:
     store = MemoryStateStore(current="{definitely not state", previous=None)
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     assert await asyncio.wait_for(runtime.run(), 10) == EXIT_STATE
     assert store.current == "{definitely not state"  # nothing overwritten
     assert any(e["reason"] == "StateUnreadable" and e["type"] == "Warning" for e in events(kube))
@@ -199,7 +200,7 @@ async def test_unreadable_state_stops_the_bot_instead_of_starting_empty(kube: Fa
 async def test_fallback_to_the_previous_checkpoint_is_loud(kube: FakeKube) -> None:
     good = StateCheckpoint(balances={"USDT": 500.0}).next(reason="fill", writer_pod="old")
     store = MemoryStateStore(current="{torn", previous=encode_state(good)[0])
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     assert runtime.restored_seq == good.checkpoint_seq
@@ -221,7 +222,7 @@ async def test_daily_loss_breach_stops_entries_and_warns_once(kube: FakeKube) ->
         state, Execution("BTC/USDT", "sell", 1.0, 0.0, 0.0, 0.0, "USDT", "2", "b", today)
     )
     store = MemoryStateStore(current=encode_state(state.next(reason="fill", writer_pod="old"))[0])
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     await until(lambda: runtime.decisions > 200)
@@ -238,7 +239,7 @@ async def test_daily_loss_breach_stops_entries_and_warns_once(kube: FakeKube) ->
 
 async def test_failed_writes_pause_entries_until_a_write_succeeds(kube: FakeKube) -> None:
     store = MemoryStateStore()
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     store.fail_writes = True
@@ -258,13 +259,13 @@ async def test_failed_writes_pause_entries_until_a_write_succeeds(kube: FakeKube
 
 async def test_losing_the_lease_stops_trading_and_ends_the_process(kube: FakeKube) -> None:
     store = MemoryStateStore()
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
     lease = kube.get_object(LEASES, NS, "leases", "alpha-trader")
     assert lease is not None
     lease["spec"]["holderIdentity"] = "intruder"
-    kube.request("PUT", f"/apis/{LEASES}/namespaces/{NS}/leases/alpha-trader", lease)
+    await kube.request("PUT", f"/apis/{LEASES}/namespaces/{NS}/leases/alpha-trader", body=lease)
     assert runtime.fence is not None
     await until(lambda: runtime.fence.lost.is_set(), limit=5)  # at its next renewal
     frozen = store.current
@@ -275,11 +276,11 @@ async def test_losing_the_lease_stops_trading_and_ends_the_process(kube: FakeKub
 
 
 async def test_a_write_by_another_process_ends_the_bot(kube: FakeKube) -> None:
-    store = ConfigMapStateStore(kube, NS, "alpha")
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
-    intruder = ConfigMapStateStore(kube, NS, "alpha")
+    intruder = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     seen = await intruder.load()
     forged = replace_stats(seen.state, 999)
     await intruder.save(forged.next(reason="fill", writer_pod="intruder"))
@@ -297,8 +298,8 @@ def replace_stats(state: StateCheckpoint, trades: int) -> StateCheckpoint:
 
 async def test_a_second_process_waits_for_the_lease(kube: FakeKube) -> None:
     store = MemoryStateStore()
-    first = BotRuntime(settings("pod-a"), api=kube, store=store)
-    second = BotRuntime(settings("pod-b"), api=kube, store=store)
+    first = BotRuntime(settings("pod-a"), api=KubeApi(kube), store=store)
+    second = BotRuntime(settings("pod-b"), api=KubeApi(kube), store=store)
     t1 = asyncio.create_task(first.run())
     await until(lambda: first.health.ready)
     t2 = asyncio.create_task(second.run())
@@ -315,14 +316,14 @@ async def test_a_second_process_waits_for_the_lease(kube: FakeKube) -> None:
 async def test_invalid_spec_exits_with_a_config_error_event() -> None:
     kube = FakeKube()
     kube.put_object(TB, NS, "tradingbots", tradingbot(strategy={"params": {"lookbak": 3}}))
-    runtime = BotRuntime(settings(), api=kube, store=MemoryStateStore())
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=MemoryStateStore())
     assert await asyncio.wait_for(runtime.run(), 10) == EXIT_CONFIG
     (event,) = events(kube)
     assert event["reason"] == "InvalidConfig" and "lookbak" in event["message"]
 
 
 async def test_missing_tradingbot_is_a_config_error() -> None:
-    runtime = BotRuntime(settings(), api=FakeKube(), store=MemoryStateStore())
+    runtime = BotRuntime(settings(), api=KubeApi(FakeKube()), store=MemoryStateStore())
     assert await asyncio.wait_for(runtime.run(), 10) == EXIT_CONFIG
 
 
@@ -337,7 +338,7 @@ async def test_stop_while_waiting_for_the_lease_exits_cleanly(kube: FakeKube) ->
         },
     )
     store = MemoryStateStore()
-    runtime = BotRuntime(settings(), api=kube, store=store)
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.phase == "waiting-for-lease")
     runtime.request_stop()
@@ -515,7 +516,7 @@ def test_a_fleet_switch_that_names_no_configmap_is_refused(raw: str) -> None:
 
 
 def test_status_patch_shape(kube: FakeKube) -> None:
-    runtime = BotRuntime(settings(), api=kube, store=MemoryStateStore())
+    runtime = BotRuntime(settings(), api=KubeApi(kube), store=MemoryStateStore())
     runtime.state = held()
     body = runtime.status_patch()["status"]
     assert body["positions"] == {"open": 1, "symbols": ["BTC/USDT"], "notional": 200.0}
@@ -529,7 +530,7 @@ async def test_pvc_backend_writes_the_state_file(tmp_path: Any) -> None:
     kube.put_object(
         TB, NS, "tradingbots", tradingbot(state={"backend": "pvc", "pvc": {"size": "1Gi"}})
     )
-    runtime = BotRuntime(settings(state_dir=str(tmp_path)), api=kube)
+    runtime = BotRuntime(settings(state_dir=str(tmp_path)), api=KubeApi(kube))
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.state.stats.total_trades >= 2)
     runtime.request_stop()
@@ -575,7 +576,7 @@ async def test_unknown_exchange_is_a_config_error(tmp_path: Path) -> None:
         ),
     )
     runtime = BotRuntime(
-        settings(credentials_dir=str(tmp_path)), api=kube, store=MemoryStateStore()
+        settings(credentials_dir=str(tmp_path)), api=KubeApi(kube), store=MemoryStateStore()
     )
     assert await asyncio.wait_for(runtime.run(), 60) == EXIT_CONFIG
     assert any(e["reason"] == "InvalidConfig" for e in events(kube))

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from tradingbot.constants import CONFIGMAP_DOCUMENT_BUDGET_BYTES, CONFIGMAP_SIZE_GUARD_BYTES
 from tradingbot.ledger import Execution, apply_fill, day_realized_pnl
 from tradingbot.state import (
     OpenOrder,
@@ -19,6 +18,7 @@ from tradingbot.state import (
     decode_state,
     encode_state,
 )
+from tradingbot.state.stores import CONFIGMAP_DOCUMENT_BUDGET_BYTES, CONFIGMAP_SIZE_GUARD_BYTES
 
 TOP_LEVEL = [
     "schemaVersion",

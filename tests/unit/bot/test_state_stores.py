@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.bot.fakekube import FakeKube
+from tradingbot.kube import KubeApi
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.state import (
     ConfigMapStateStore,
@@ -143,7 +144,7 @@ def cm(kube: FakeKube, name: str = "alpha-state") -> dict:
 
 async def test_configmap_store_creates_when_absent_and_labels_it() -> None:
     kube = FakeKube()
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     assert (await store.load()).source == "empty"
     state = with_fill(StateCheckpoint(), 1)
     await store.save(state)
@@ -161,7 +162,7 @@ async def test_configmap_store_uses_a_precreated_empty_configmap() -> None:
         "configmaps",
         {"metadata": {"name": "alpha-state", "labels": {"owner": "operator"}}, "data": {}},
     )
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     assert (await store.load()).source == "empty"
     first = with_fill(StateCheckpoint(), 1)
     second = with_fill(first, 2)
@@ -176,8 +177,8 @@ async def test_configmap_store_uses_a_precreated_empty_configmap() -> None:
 
 async def test_configmap_write_by_another_writer_is_a_conflict() -> None:
     kube = FakeKube()
-    mine = ConfigMapStateStore(kube, NS, "alpha")
-    theirs = ConfigMapStateStore(kube, NS, "alpha")
+    mine = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
+    theirs = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await mine.load()
     await mine.save(with_fill(StateCheckpoint(), 1))
     await theirs.load()
@@ -189,13 +190,13 @@ async def test_configmap_write_by_another_writer_is_a_conflict() -> None:
 
 async def test_configmap_metadata_change_is_not_a_conflict() -> None:
     kube = FakeKube()
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     first = with_fill(StateCheckpoint(), 1)
     await store.save(first)
     obj = cm(kube)
     obj["metadata"]["labels"]["team"] = "quant"
-    kube.request("PUT", f"/api/v1/namespaces/{NS}/configmaps/alpha-state", obj)
+    await kube.request("PUT", f"/api/v1/namespaces/{NS}/configmaps/alpha-state", body=obj)
     await store.save(with_fill(first, 2))
     obj = cm(kube)
     assert obj["metadata"]["labels"]["team"] == "quant"
@@ -204,7 +205,7 @@ async def test_configmap_metadata_change_is_not_a_conflict() -> None:
 
 async def test_configmap_deleted_under_the_writer_is_recreated() -> None:
     kube = FakeKube()
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     first = with_fill(StateCheckpoint(), 1)
     await store.save(first)
@@ -215,7 +216,7 @@ async def test_configmap_deleted_under_the_writer_is_recreated() -> None:
 
 async def test_configmap_api_failure_is_a_write_error() -> None:
     kube = FakeKube()
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     kube.fail["POST"] = 1
     with pytest.raises(StateWriteError):
@@ -224,15 +225,15 @@ async def test_configmap_api_failure_is_a_write_error() -> None:
 
 async def test_configmap_corrupt_state_falls_back_to_previous_key() -> None:
     kube = FakeKube()
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     first = with_fill(StateCheckpoint(), 1)
     await store.save(first)
     await store.save(with_fill(first, 2))
     obj = cm(kube)
     obj["data"]["state.json"] = "{oops"
-    kube.request("PUT", f"/api/v1/namespaces/{NS}/configmaps/alpha-state", obj)
-    store = ConfigMapStateStore(kube, NS, "alpha")
+    await kube.request("PUT", f"/api/v1/namespaces/{NS}/configmaps/alpha-state", body=obj)
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     restored = await store.load()
     assert restored.fell_back and restored.state == first
     await store.save(restored.state.next(reason="restore", writer_pod="pod-b"))
@@ -248,12 +249,12 @@ async def test_configmap_both_keys_unreadable_is_an_error() -> None:
         {"metadata": {"name": "alpha-state"}, "data": {"state.json": "{", "state.prev.json": "["}},
     )
     with pytest.raises(StateCorruptError):
-        await ConfigMapStateStore(kube, NS, "alpha").load()
+        await ConfigMapStateStore(KubeApi(kube), NS, "alpha").load()
 
 
 async def test_configmap_document_stays_under_its_budget() -> None:
     kube = FakeKube()
-    store = ConfigMapStateStore(kube, NS, "alpha", max_document_bytes=20_000)
+    store = ConfigMapStateStore(KubeApi(kube), NS, "alpha", max_document_bytes=20_000)
     await store.load()
     state = StateCheckpoint()
     for n in range(300):
