@@ -17,20 +17,37 @@ programs rely on, the way the API server does:
   an object removes it;
 - server-side apply (`application/apply-patch+yaml`) needs a `fieldManager` and creates or
   merges;
-- lists filter by `labelSelector` (`k=v`, `k!=v`, `k`) and `fieldSelector=metadata.name=`;
-  watches stream the recorded changes after a `resourceVersion`.
+- lists (sorted by name, as etcd keeps them) filter by `labelSelector` (`k=v`, `k!=v`, `k`)
+  and `fieldSelector=metadata.name=`;
+- watches stream the recorded changes after a `resourceVersion` until `timeoutSeconds`
+  (default 5) and, with `allowWatchBookmarks=true`, end with a BOOKMARK of the newest
+  resourceVersion, as the API server does before it closes a timed-out watch; a watch
+  quiet for the client's `read_timeout` raises TimeoutError, as `KubeClient.stream` does.
 
-Failures are injected with `fail_next`, and `before` runs before each request (to play a
-concurrent writer between a read and a write). Every request is recorded in `calls`.
+For tests:
+
+- `put`/`get`/`all`/`remove` by kind, and `annotate` (a user's merge patch of annotations),
+  change or read the store directly: not recorded, no `before`, no injected failure;
+- `fail_next` injects failures into the next requests (`method="WATCH"` for watches; with
+  no method, into any request or watch);
+- `before` runs before each request, not watches (to play a concurrent writer between a
+  read and a write, or a slow server); it may be a coroutine function, which `request`
+  awaits (the synchronous `handle` refuses one);
+- `freeze_watches` cuts every watch that runs while it is set, like a dead connection:
+  nothing more arrives, not even the server's timeout or a bookmark, until the client's
+  `read_timeout` after the last data, then TimeoutError (clearing the flag helps only the
+  watches opened after that);
+- every request and watch is recorded in `calls` (`writes()`, `watches_opened`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -58,6 +75,7 @@ PLURALS = {
     "Lease": ("coordination.k8s.io/v1", "leases"),
     "TradingBot": ("trading.r7.dev/v1alpha1", "tradingbots"),
 }
+KINDS = {resource: kind for kind, resource in PLURALS.items()}
 
 Key = tuple[str, str, str, str]  # (group/version, namespace or "", plural, name)
 
@@ -160,6 +178,8 @@ def _matches(labels: Mapping[str, str], selector: str) -> bool:
 
 
 AccessReview = Callable[[Mapping[str, Any]], tuple[bool, str]]
+# Runs before each request; a coroutine function is awaited by `request`.
+Before = Callable[[Call], Awaitable[None] | None]
 
 
 @dataclass
@@ -168,7 +188,8 @@ class FakeApiServer:
 
     graceful_pods: bool = False
     access: AccessReview = field(default=lambda spec: (True, ""))
-    before: Callable[[Call], None] | None = None
+    before: Before | None = None
+    freeze_watches: bool = False
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     history: list[tuple[int, str, Key, dict[str, Any]]] = field(default_factory=list)
@@ -191,15 +212,26 @@ class FakeApiServer:
         self._injected.append(Injected(status, method, path_contains, times))
 
     def put(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Store an object as if created (kind from `kind`, namespace from metadata)."""
+        """Store an object as if created (kind from `kind`, namespace from metadata); over an
+        existing one, as if a user replaced it: its uid and creationTimestamp stay unless
+        `obj` names its own, and the generation moves with `spec`."""
         group_version, plural = PLURALS[str(obj["kind"])]
         meta = obj.get("metadata") or {}
         key = (group_version, str(meta.get("namespace") or ""), plural, str(meta["name"]))
         stored = copy.deepcopy(dict(obj))
         stored.setdefault("apiVersion", group_version)
+        current = self.objects.get(key)
+        if current is not None:
+            for fixed in ("uid", "creationTimestamp"):
+                if fixed in current["metadata"]:
+                    stored["metadata"].setdefault(fixed, current["metadata"][fixed])
         self._created(stored["metadata"])
         if plural in WITH_GENERATION:
-            stored["metadata"].setdefault("generation", 1)
+            generation = 1
+            if current is not None:
+                changed = stored.get("spec") != current.get("spec")
+                generation = current["metadata"].get("generation", 1) + int(changed)
+            stored["metadata"].setdefault("generation", generation)
         return self._store(key, stored)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -220,8 +252,26 @@ class FakeApiServer:
         group_version, plural = PLURALS[kind]
         self._drop((group_version, namespace, plural, name))
 
+    def annotate(self, kind: str, namespace: str, name: str, **values: str | None) -> None:
+        """Set (None: remove) annotations with a merge patch, as a user would: a new
+        resourceVersion and a MODIFIED event, the uid and the spec unchanged."""
+        group_version, plural = PLURALS[kind]
+        target = Target(group_version, namespace, plural, name, "")
+        current = self.objects.get(target.key)
+        if current is None:
+            raise status_error(404, "NotFound", f'{resource(target)} "{name}" not found', target)
+        patch = {"metadata": {"annotations": values}}
+        self._write(target, current, merge_patch(current, patch))
+
     def writes(self, method: str | None = None) -> list[Call]:
-        return [c for c in self.calls if c.method != "GET" and method in (None, c.method)]
+        return [
+            c for c in self.calls if c.method not in ("GET", "WATCH") and method in (None, c.method)
+        ]
+
+    @property
+    def watches_opened(self) -> int:
+        """Watches asked for (each a WATCH in `calls`), those refused included."""
+        return sum(1 for c in self.calls if c.method == "WATCH")
 
     # -- the KubeClient face ------------------------------------------------------------
 
@@ -235,23 +285,49 @@ class FakeApiServer:
         content_type: str = JSON,
         timeout: float = 30.0,  # noqa: ASYNC109 - the client's signature
     ) -> Any:
-        return self.handle(method, path, body=body, query=query, content_type=content_type)
+        call = self._record(method, path, body, query, content_type)
+        if self.before is not None:
+            waited = self.before(call)
+            if inspect.isawaitable(waited):
+                await waited
+        return self._answer(call, path)
 
     async def stream(
         self, path: str, *, query: Mapping[str, Any] | None = None, read_timeout: float = 60.0
     ) -> AsyncIterator[dict[str, Any]]:
         params = self._query(path, query)
-        self.calls.append(Call("WATCH", path, params, JSON, None))
+        self.calls.append(Call("WATCH", path.split("?")[0], params, JSON, None))
+        self._raise_injected("WATCH", path)
         target = parse_path(path)
         since = int(params.get("resourceVersion") or 0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(params.get("timeoutSeconds") or 5)
-        while loop.time() < deadline:
-            for version, kind, key, obj in list(self.history):
-                if version > since and self._selected(key, obj, target, params):
-                    since = version
-                    yield {"type": kind, "object": copy.deepcopy(obj)}
+        last_data = loop.time()
+        cut = False
+        while True:
+            cut = cut or self.freeze_watches  # a dead connection does not come back
+            if loop.time() - last_data >= read_timeout:
+                # What KubeClient.stream raises: aiohttp's read timeout is a TimeoutError.
+                raise TimeoutError(f"no data on the watch for {read_timeout:g}s")
+            if not cut:
+                for version, kind, key, obj in list(self.history):
+                    if version > since and self._selected(key, obj, target, params):
+                        since = version
+                        last_data = loop.time()
+                        yield {"type": kind, "object": copy.deepcopy(obj)}
+                if loop.time() >= deadline:
+                    break
             await asyncio.sleep(0.005)
+        if params.get("allowWatchBookmarks") == "true":
+            newest = max(since, self.history[-1][0] if self.history else 0)
+            bookmark: dict[str, Any] = {
+                "apiVersion": target.group_version,
+                "metadata": {"resourceVersion": str(newest)},
+            }
+            kind_name = KINDS.get((target.group_version, target.plural))
+            if kind_name is not None:
+                bookmark["kind"] = kind_name
+            yield {"type": "BOOKMARK", "object": bookmark}
 
     async def close(self) -> None:
         self.closed = True
@@ -267,6 +343,26 @@ class FakeApiServer:
         query: Mapping[str, Any] | None = None,
         content_type: str = JSON,
     ) -> Any:
+        """One request, synchronously (recorded, `before`, injected failures, the answer);
+        an async `before` needs `request`."""
+        call = self._record(method, path, body, query, content_type)
+        if self.before is not None:
+            waited = self.before(call)
+            if inspect.isawaitable(waited):
+                close = getattr(waited, "close", None)
+                if close is not None:
+                    close()
+                raise TypeError("an async `before` runs only under `request`")
+        return self._answer(call, path)
+
+    def _record(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: Mapping[str, Any] | None,
+        content_type: str,
+    ) -> Call:
         params = self._query(path, query)
         if isinstance(body, str | bytes):
             body = json.loads(body)
@@ -274,8 +370,11 @@ class FakeApiServer:
             body = json.loads(json.dumps(body))  # what goes over the wire
         call = Call(method, path.split("?")[0], params, content_type, body)
         self.calls.append(call)
-        if self.before is not None:
-            self.before(call)
+        return call
+
+    def _answer(self, call: Call, path: str) -> Any:
+        """The API server's answer to a recorded request."""
+        method, params, content_type, body = call.method, call.query, call.content_type, call.body
         self._raise_injected(method, path)
         target = parse_path(path)
         if target.plural == "subjectaccessreviews" and method == "POST":
@@ -285,10 +384,10 @@ class FakeApiServer:
         if method == "GET" and not target.name:
             return self._list(target, params)
         if method == "POST":
-            return self._create(target, body, dry_run)
+            return self._create(target, copy.deepcopy(body), dry_run)
         current = self.objects.get(target.key)
         if method == "PATCH" and content_type == APPLY_PATCH:
-            return self._apply(target, current, body, params)
+            return self._apply(target, current, copy.deepcopy(body), params)
         if current is None:
             raise status_error(
                 404, "NotFound", f'{resource(target)} "{target.name}" not found', target

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.fakeapi import FakeApiServer
 from tradingbot.audit import (
     MAX_EVENTS_PER_REQUEST,
     AuditReporter,
@@ -583,14 +584,9 @@ FAST_PARAMS = {
 }
 
 
-def fake_kube() -> Any:
-    from tests.unit.bot.fakekube import FakeKube
-
-    kube = FakeKube()
-    kube.put_object(
-        TB,
-        NS,
-        "tradingbots",
+def fake_kube() -> FakeApiServer:
+    kube = FakeApiServer()
+    kube.put(
         {
             "apiVersion": TB,
             "kind": "TradingBot",

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.unit.bot.fakekube import FakeKube
+from tests.fakeapi import FakeApiServer
 from tradingbot.control import ControlWatcher, ObjectWatch, retry_delay, watch_silent
 from tradingbot.killswitch import ControlState
 from tradingbot.kube import KubeApi, watch_query
@@ -59,25 +58,25 @@ def test_list_and_watch_queries_select_the_object_by_name() -> None:
 
 
 async def test_the_watch_requests_carry_the_query() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot())
+    kube = FakeApiServer()
+    kube.put(tradingbot())
     watch = object_watch(kube, [], Clock())
     task = asyncio.create_task(watch.run())
     try:
         await until(lambda: kube.watches_opened >= 1)
     finally:
         task.cancel()
-    (listed,) = [urlsplit(p) for m, p in kube.calls if m == "GET"]
+    (listed,) = [c for c in kube.calls if c.method == "GET"]
     assert listed.path == f"/apis/{TB}/namespaces/{NS}/tradingbots"
-    assert parse_qs(listed.query) == {"fieldSelector": ["metadata.name=alpha"]}
-    watched = urlsplit(next(p for m, p in kube.calls if m == "WATCH"))
+    assert listed.query == {"fieldSelector": "metadata.name=alpha"}
+    watched = next(c for c in kube.calls if c.method == "WATCH")
     assert watched.path == listed.path
-    assert parse_qs(watched.query) == {
-        "fieldSelector": ["metadata.name=alpha"],
-        "watch": ["true"],
-        "allowWatchBookmarks": ["true"],
-        "timeoutSeconds": ["1"],
-        "resourceVersion": ["1"],
+    assert watched.query == {
+        "fieldSelector": "metadata.name=alpha",
+        "watch": "true",
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": "1",
+        "resourceVersion": "1",
     }
 
 
@@ -129,7 +128,7 @@ class Clock:
 
 
 def object_watch(
-    kube: FakeKube, seen: list[Mapping[str, Any] | None], clock: Callable[[], float]
+    kube: FakeApiServer, seen: list[Mapping[str, Any] | None], clock: Callable[[], float]
 ) -> ObjectWatch:
     return ObjectWatch(
         KubeApi(kube),
@@ -143,8 +142,8 @@ def object_watch(
 
 
 async def test_the_watch_lists_follows_changes_and_comes_back_after_each_timeout() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot())
+    kube = FakeApiServer()
+    kube.put(tradingbot())
     seen: list[Mapping[str, Any] | None] = []
     clock = Clock()
     watch = object_watch(kube, seen, clock)
@@ -152,37 +151,37 @@ async def test_the_watch_lists_follows_changes_and_comes_back_after_each_timeout
     try:
         await until(lambda: watch.known.is_set())
         assert seen[-1] is not None and seen[-1]["metadata"]["annotations"] == {}
-        kube.annotate(TB, "tradingbots", "alpha", **{ANNOTATION_HALT: "true"})
+        kube.annotate("TradingBot", NS, "alpha", **{ANNOTATION_HALT: "true"})
         await until(lambda: (seen[-1] or {}).get("metadata", {}).get("annotations"))
         # The server ends each watch after timeoutSeconds; the next one starts at once.
         await until(lambda: kube.watches_opened >= 3, limit=5)
         assert not watch.silent() and watch.failures == 0
-        lists = [p for m, p in kube.calls if m == "GET" and "tradingbots?" in p]
+        lists = [c for c in kube.calls if c.method == "GET" and c.path.endswith("/tradingbots")]
         assert len(lists) == 1  # resumed from the resourceVersion, never listed again
-        kube.delete_object(TB, NS, "tradingbots", "alpha")
+        kube.remove("TradingBot", NS, "alpha")
         await until(lambda: seen[-1] is None)
     finally:
         task.cancel()
 
 
 async def test_a_gone_resource_version_lists_again() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot())
+    kube = FakeApiServer()
+    kube.put(tradingbot())
     seen: list[Mapping[str, Any] | None] = []
     watch = object_watch(kube, seen, Clock())
-    kube.watch_error = 410
+    kube.fail_next(410, method="WATCH")
     task = asyncio.create_task(watch.run())
     try:
         await until(lambda: kube.watches_opened >= 2)
-        lists = [p for m, p in kube.calls if m == "GET" and "tradingbots?" in p]
+        lists = [c for c in kube.calls if c.method == "GET" and c.path.endswith("/tradingbots")]
         assert len(lists) == 2 and watch.failures == 0
     finally:
         task.cancel()
 
 
 async def test_a_cut_watch_turns_silent_and_recovers() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot())
+    kube = FakeApiServer()
+    kube.put(tradingbot())
     seen: list[Mapping[str, Any] | None] = []
     clock = Clock()
     watch = object_watch(kube, seen, clock)
@@ -202,9 +201,9 @@ async def test_a_cut_watch_turns_silent_and_recovers() -> None:
 
 
 async def test_failures_are_retried_and_counted() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot())
-    kube.watch_error = 403
+    kube = FakeApiServer()
+    kube.put(tradingbot())
+    kube.fail_next(403, method="WATCH")
     watch = object_watch(kube, [], Clock())
     task = asyncio.create_task(watch.run())
     try:
@@ -215,8 +214,8 @@ async def test_failures_are_retried_and_counted() -> None:
 
 
 async def test_the_watcher_combines_the_bot_and_the_fleet_switch() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot())
+    kube = FakeApiServer()
+    kube.put(tradingbot())
     states: list[ControlState] = []
     watcher = ControlWatcher(
         KubeApi(kube),
@@ -232,15 +231,16 @@ async def test_the_watcher_combines_the_bot_and_the_fleet_switch() -> None:
         stop = asyncio.Event()
         await asyncio.wait_for(watcher.wait_known(stop), 5)  # a missing ConfigMap is known
         assert watcher.known and watcher.state.mode is None and states == []
-        kube.put_object(
-            "v1",
-            "fleet-ns",
-            "configmaps",
-            {"metadata": {"name": "fleet-switch"}, "data": {"halt": "drain"}},
+        kube.put(
+            {
+                "kind": "ConfigMap",
+                "metadata": {"name": "fleet-switch", "namespace": "fleet-ns"},
+                "data": {"halt": "drain"},
+            }
         )
         await until(lambda: watcher.state.mode == HaltMode.DRAIN)
         assert watcher.state.source == "fleet"
-        kube.annotate(TB, "tradingbots", "alpha", **{ANNOTATION_HALT: "flatten"})
+        kube.annotate("TradingBot", NS, "alpha", **{ANNOTATION_HALT: "flatten"})
         await until(lambda: watcher.state.mode == HaltMode.FLATTEN)
         assert watcher.state.source == "bot"
         assert [s.mode for s in states] == [HaltMode.DRAIN, HaltMode.FLATTEN]
@@ -250,8 +250,8 @@ async def test_the_watcher_combines_the_bot_and_the_fleet_switch() -> None:
 
 
 async def test_waiting_for_the_first_read_ends_on_stop() -> None:
-    kube = FakeKube()
-    kube.fail["GET"] = 1000  # nothing can be read
+    kube = FakeApiServer()
+    kube.fail_next(500, method="GET", times=1000)  # nothing can be read
     watcher = ControlWatcher(
         KubeApi(kube), NS, "alpha", fleet_switch=None, timeout_seconds=1, on_change=lambda s: None
     )

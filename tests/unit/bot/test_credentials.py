@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.bot.fakekube import FakeKube
+from tests.fakeapi import FakeApiServer
 from tradingbot.config import DEFAULT_CREDENTIALS_DIR, ConfigError, Settings
 from tradingbot.credentials import MAX_CREDENTIAL_BYTES, Credentials, read_credentials
 from tradingbot.kube import KubeApi
@@ -120,13 +120,12 @@ def test_credentials_dir_comes_from_the_environment() -> None:
 # ------------------------------------------------------------------ the runtime
 
 
-def kube_with_bot(mode: str, **exchange: Any) -> FakeKube:
-    kube = FakeKube()
-    kube.put_object(
-        "trading.r7.dev/v1alpha1",
-        NS,
-        "tradingbots",
+def kube_with_bot(mode: str, **exchange: Any) -> FakeApiServer:
+    kube = FakeApiServer()
+    kube.put(
         {
+            "apiVersion": "trading.r7.dev/v1alpha1",
+            "kind": "TradingBot",
             "metadata": {"name": "alpha", "namespace": NS},
             "spec": {
                 "profile": "volatile",
@@ -152,12 +151,8 @@ def runtime_settings(credentials_dir: Path) -> Settings:
     )
 
 
-def invalid_config_events(kube: FakeKube) -> list[str]:
-    return [
-        e["message"]
-        for e in kube.list_objects("v1", NS, "events")
-        if e.get("reason") == "InvalidConfig"
-    ]
+def invalid_config_events(kube: FakeApiServer) -> list[str]:
+    return [e["message"] for e in kube.all("Event", NS) if e.get("reason") == "InvalidConfig"]
 
 
 async def test_sandbox_mode_without_the_mounted_files_does_not_start(tmp_path: Path) -> None:
@@ -171,7 +166,7 @@ async def test_sandbox_mode_without_the_mounted_files_does_not_start(tmp_path: P
     assert f"{tmp_path}/absent/secret: missing" in message
     assert runtime.credentials is None and runtime.exchange is None
     # No API read of any Secret: the bot's ServiceAccount may not `get` them.
-    assert not [c for c in kube.calls if "/secrets" in c[1]]
+    assert not [c for c in kube.calls if "/secrets" in c.path]
 
 
 async def test_credentials_from_files_are_registered_with_the_redactor(tmp_path: Path) -> None:
@@ -193,7 +188,7 @@ async def test_credentials_from_files_are_registered_with_the_redactor(tmp_path:
     assert await asyncio.wait_for(runtime.run(), 30) == EXIT_CONFIG
     assert handed == [Credentials(api_key=API_KEY, secret=SECRET)]
     assert REDACTOR.redact(f"key={API_KEY} secret={SECRET}") == "key=*** secret=***"
-    assert not [c for c in kube.calls if "/secrets" in c[1]]
+    assert not [c for c in kube.calls if "/secrets" in c.path]
 
 
 async def test_paper_mode_reads_no_credentials(tmp_path: Path) -> None:

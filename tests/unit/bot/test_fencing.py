@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.bot.fakekube import FakeKube
+from tests.fakeapi import Call, FakeApiServer
 from tradingbot.config import Settings
 from tradingbot.fencing import (
     LeaseFence,
@@ -48,10 +48,20 @@ def fence(kube: KubeTransport, identity: str, clock: Clock) -> LeaseFence:
     )
 
 
-def holder(kube: FakeKube) -> str | None:
-    obj = kube.get_object(GV, NS, "leases", "alpha-trader")
+def holder(kube: FakeApiServer) -> str | None:
+    obj = kube.get("Lease", NS, "alpha-trader")
     assert obj is not None
     return obj["spec"].get("holderIdentity")
+
+
+def precreated_lease() -> dict[str, Any]:
+    """A Lease with no holder, as the operator creates it."""
+    return {
+        "apiVersion": GV,
+        "kind": "Lease",
+        "metadata": {"name": "alpha-trader", "namespace": NS},
+        "spec": {},
+    }
 
 
 def test_may_acquire_rules() -> None:
@@ -72,24 +82,24 @@ def test_observation_restarts_when_the_lease_changes() -> None:
 
 
 async def test_acquire_absent_and_precreated_leases() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a = fence(kube, "pod-a", clock)
     assert await a.try_acquire() and a.held
-    obj = kube.get_object(GV, NS, "leases", "alpha-trader")
+    obj = kube.get("Lease", NS, "alpha-trader")
     assert obj is not None
     assert obj["spec"]["leaseDurationSeconds"] == 15
     assert obj["metadata"]["labels"] == {"trading.r7.dev/bot": "alpha"}
     assert obj["spec"]["renewTime"].endswith("Z") and len(obj["spec"]["renewTime"]) == 27
 
-    kube2 = FakeKube()
-    kube2.put_object(GV, NS, "leases", {"metadata": {"name": "alpha-trader"}, "spec": {}})
+    kube2 = FakeApiServer()
+    kube2.put(precreated_lease())
     b = fence(kube2, "pod-b", clock)
     assert await b.try_acquire()
     assert holder(kube2) == "pod-b"
 
 
 async def test_second_instance_waits_until_expiry_then_takes_over() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
     assert await a.try_acquire()
     assert not await b.try_acquire()
@@ -98,7 +108,7 @@ async def test_second_instance_waits_until_expiry_then_takes_over() -> None:
     clock.now += 1  # a has not renewed for a full lease duration as b observed it
     assert await b.try_acquire()
     assert holder(kube) == "pod-b"
-    obj = kube.get_object(GV, NS, "leases", "alpha-trader")
+    obj = kube.get("Lease", NS, "alpha-trader")
     assert obj is not None and obj["spec"]["leaseTransitions"] == 1
     # a finds out at its next renewal and stops.
     with pytest.raises(LeaseLostError):
@@ -106,7 +116,7 @@ async def test_second_instance_waits_until_expiry_then_takes_over() -> None:
 
 
 async def test_renewals_keep_others_out() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
     assert await a.try_acquire()
     for _ in range(5):
@@ -117,7 +127,7 @@ async def test_renewals_keep_others_out() -> None:
 
 
 async def test_released_lease_is_taken_at_once() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
     assert await a.try_acquire()
     await a.release()
@@ -127,7 +137,7 @@ async def test_released_lease_is_taken_at_once() -> None:
 
 
 async def test_release_does_not_touch_a_lease_held_by_someone_else() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a, b = fence(kube, "pod-a", clock), fence(kube, "pod-b", clock)
     assert await a.try_acquire()
     assert not await b.try_acquire()
@@ -141,7 +151,7 @@ class ReadersMeet:
     """A transport on which every GET answers only once two GETs were answered: both
     contenders have read the Lease before either writes."""
 
-    def __init__(self, kube: FakeKube) -> None:
+    def __init__(self, kube: FakeApiServer) -> None:
         self.kube = kube
         self.barrier = asyncio.Barrier(2)
 
@@ -158,21 +168,21 @@ class ReadersMeet:
 
 
 async def test_racing_contenders_cannot_both_win() -> None:
-    kube, clock = FakeKube(), Clock()
-    kube.put_object(GV, NS, "leases", {"metadata": {"name": "alpha-trader"}, "spec": {}})
+    kube, clock = FakeApiServer(), Clock()
+    kube.put(precreated_lease())
     both_read = ReadersMeet(kube)
     a, b = fence(both_read, "pod-a", clock), fence(both_read, "pod-b", clock)
     results = await asyncio.gather(a.try_acquire(), b.try_acquire())
     assert sorted(results) == [False, True]
-    assert [method for method, _ in kube.calls] == ["GET", "GET", "PUT", "PUT"]
+    assert [c.method for c in kube.calls] == ["GET", "GET", "PUT", "PUT"]
 
 
 async def test_unrenewed_lease_is_lost_after_the_deadline() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a = fence(kube, "pod-a", clock)
     a.renew_interval = 0.01
     assert await a.try_acquire()
-    kube.fail["PUT"] = 10_000
+    kube.fail_next(500, method="PUT", times=10_000)
     task = asyncio.create_task(a.keep_renewed())
     await asyncio.sleep(0.05)
     assert a.held  # failures within the deadline are tolerated
@@ -182,7 +192,7 @@ async def test_unrenewed_lease_is_lost_after_the_deadline() -> None:
 
 
 async def test_acquire_waits_and_returns_false_on_stop() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     assert await fence(kube, "pod-a", clock).try_acquire()
     stop = asyncio.Event()
     b = fence(kube, "pod-b", clock)
@@ -196,7 +206,7 @@ async def test_acquire_waits_and_returns_false_on_stop() -> None:
 def test_timing_must_leave_room() -> None:
     with pytest.raises(ValueError):
         LeaseFence(
-            KubeApi(FakeKube()),
+            KubeApi(FakeApiServer()),
             NS,
             "x",
             "y",
@@ -228,27 +238,27 @@ def test_lease_validity_by_the_process_clock(
 
 
 async def test_validity_counts_from_when_the_renewal_was_sent() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a = fence(kube, "pod-a", clock)
     assert await a.try_acquire()
     sent = clock.now
 
-    def slow_answer(method: str, path: str, body: object) -> None:
-        if method == "PUT":
+    def slow_answer(call: Call) -> None:
+        if call.method == "PUT":
             clock.now += 3  # the server answers 3 s after the request left
 
-    kube.hook = slow_answer
+    kube.before = slow_answer
     await a.renew_once()
     clock.now = sent + 1 + 10  # 10 s after the renewal was sent, 8 s after it was answered
     assert not a.held
 
 
 async def test_a_frozen_holder_never_renews_and_knows_it_lost() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     a = fence(kube, "pod-a", clock)
     a.renew_interval = 0.01
     assert await a.try_acquire()
-    puts = sum(1 for method, _ in kube.calls if method == "PUT")
+    puts = sum(1 for c in kube.calls if c.method == "PUT")
     # SIGSTOP for longer than the lease, then SIGCONT: nobody took it over, yet a renewal now
     # would hide that this process was not the holder for a while.
     clock.now += 20
@@ -257,11 +267,11 @@ async def test_a_frozen_holder_never_renews_and_knows_it_lost() -> None:
         await a.renew_once()
     await asyncio.wait_for(a.keep_renewed(), 2)
     assert a.lost.is_set()
-    assert sum(1 for method, _ in kube.calls if method == "PUT") == puts
+    assert sum(1 for c in kube.calls if c.method == "PUT") == puts
 
 
 async def test_two_processes_of_one_pod_are_two_contenders() -> None:
-    kube, clock = FakeKube(), Clock()
+    kube, clock = FakeApiServer(), Clock()
     first = Settings(bot_name="alpha", namespace=NS, pod_name="alpha-1", pod_uid="u1")
     second = Settings(bot_name="alpha", namespace=NS, pod_name="alpha-1", pod_uid="u1")
     assert first.identity != second.identity

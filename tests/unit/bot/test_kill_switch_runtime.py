@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.unit.bot.fakekube import FakeKube
+from tests.fakeapi import FakeApiServer
 from tests.unit.bot.test_audit_reporting import FakeSidecar
 from tradingbot.config import Settings
 from tradingbot.exchange.errors import ExchangeCallError
@@ -89,19 +89,19 @@ def fills_after(state: StateCheckpoint, moment: datetime) -> list[Fill]:
     return [f for f in state.journal if fill_time(f) > moment]
 
 
-def status(kube: FakeKube) -> dict[str, Any]:
-    obj = kube.get_object(TB, NS, "tradingbots", "alpha") or {}
+def status(kube: FakeApiServer) -> dict[str, Any]:
+    obj = kube.get("TradingBot", NS, "alpha") or {}
     return dict(obj.get("status") or {})
 
 
-def reported(kube: FakeKube) -> tuple[str, bool] | None:
+def reported(kube: FakeApiServer) -> tuple[str, bool] | None:
     """(mode, flat) from status.killSwitch."""
     report = status(kube).get("killSwitch")
     return None if report is None else (report["mode"], report["flat"])
 
 
-def reasons(kube: FakeKube) -> list[str]:
-    return [e["reason"] for e in kube.list_objects("v1", NS, "events")]
+def reasons(kube: FakeApiServer) -> list[str]:
+    return [e["reason"] for e in kube.all("Event", NS)]
 
 
 def metric(runtime: BotRuntime, name: str, **labels: str) -> float:
@@ -118,28 +118,28 @@ class Running:
         return await asyncio.wait_for(self.task, 10)
 
 
-async def start(kube: FakeKube, store: MemoryStateStore, **kw: Any) -> Running:
+async def start(kube: FakeApiServer, store: MemoryStateStore, **kw: Any) -> Running:
     runtime = BotRuntime(settings(**kw.pop("settings", {})), api=KubeApi(kube), store=store, **kw)
     running = Running(runtime, asyncio.create_task(runtime.run()))
     await until(lambda: runtime.health.ready)
     return running
 
 
-def annotate(kube: FakeKube, **values: str | None) -> datetime:
+def annotate(kube: FakeApiServer, **values: str | None) -> datetime:
     """Set annotations; returns a moment no later than when the change was stored."""
     before = datetime.now(UTC)
-    kube.annotate(TB, "tradingbots", "alpha", **values)
+    kube.annotate("TradingBot", NS, "alpha", **values)
     return before
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    fake = FakeKube()
-    fake.put_object(TB, NS, "tradingbots", tradingbot())
+def kube() -> FakeApiServer:
+    fake = FakeApiServer()
+    fake.put(tradingbot())
     return fake
 
 
-async def test_a_halt_stops_orders_at_once_keeps_positions_and_lifts(kube: FakeKube) -> None:
+async def test_a_halt_stops_orders_at_once_keeps_positions_and_lifts(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     bot = await start(kube, store)
     runtime = bot.runtime
@@ -169,15 +169,19 @@ async def test_a_halt_stops_orders_at_once_keeps_positions_and_lifts(kube: FakeK
     assert await bot.stop() == EXIT_OK
 
 
-async def test_the_fleet_switch_halts_every_bot_that_watches_it(kube: FakeKube) -> None:
-    fleet = {"metadata": {"name": "fleet-switch"}, "data": {}}
-    kube.put_object("v1", "trading-system", "configmaps", fleet)
+async def test_the_fleet_switch_halts_every_bot_that_watches_it(kube: FakeApiServer) -> None:
+    fleet = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "fleet-switch", "namespace": "trading-system"},
+        "data": {},
+    }
+    kube.put(fleet)
     store = MemoryStateStore()
     bot = await start(kube, store, settings={"fleet_switch": ("trading-system", "fleet-switch")})
     runtime = bot.runtime
     await until(lambda: runtime.state.stats.total_trades >= 2)
     halted_at = datetime.now(UTC)
-    kube.put_object("v1", "trading-system", "configmaps", {**fleet, "data": {"halt": "true"}})
+    kube.put({**fleet, "data": {"halt": "true"}})
     await until(lambda: not runtime.health.ready)
     trades = runtime.state.stats.total_trades
     await asyncio.sleep(0.4)
@@ -193,7 +197,7 @@ async def test_the_fleet_switch_halts_every_bot_that_watches_it(kube: FakeKube) 
     ids=["spec.suspend", "annotation"],
 )
 async def test_a_suspended_bot_stays_alive_without_orders(
-    kube: FakeKube, suspend: dict[str, Any]
+    kube: FakeApiServer, suspend: dict[str, Any]
 ) -> None:
     store = MemoryStateStore()
     bot = await start(kube, store)
@@ -211,7 +215,7 @@ async def test_a_suspended_bot_stays_alive_without_orders(
     assert await bot.stop() == EXIT_OK
 
 
-async def test_drain_closes_by_exits_only_and_reports_flat(kube: FakeKube) -> None:
+async def test_drain_closes_by_exits_only_and_reports_flat(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     bot = await start(kube, store)
     runtime = bot.runtime
@@ -228,9 +232,9 @@ async def test_drain_closes_by_exits_only_and_reports_flat(kube: FakeKube) -> No
 
 
 async def test_flatten_sells_every_position_at_market_and_reports_flat(
-    kube: FakeKube,
+    kube: FakeApiServer,
 ) -> None:
-    kube.put_object(TB, NS, "tradingbots", tradingbot(HOLDING, risk=WIDE_RISK))
+    kube.put(tradingbot(HOLDING, risk=WIDE_RISK))
     store = MemoryStateStore()
     bot = await start(kube, store)
     runtime = bot.runtime
@@ -250,7 +254,7 @@ async def test_flatten_sells_every_position_at_market_and_reports_flat(
     assert await bot.stop() == EXIT_OK
 
 
-async def test_a_silent_control_watch_stops_entries_but_not_exits(kube: FakeKube) -> None:
+async def test_a_silent_control_watch_stops_entries_but_not_exits(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     bot = await start(kube, store)
     runtime = bot.runtime
@@ -272,7 +276,7 @@ async def test_a_silent_control_watch_stops_entries_but_not_exits(kube: FakeKube
 
 
 async def test_an_orphan_past_its_lease_places_nothing_writes_nothing_and_exits(
-    kube: FakeKube,
+    kube: FakeApiServer,
 ) -> None:
     store = MemoryStateStore()
     bot = await start(kube, store)
@@ -291,14 +295,14 @@ async def test_an_orphan_past_its_lease_places_nothing_writes_nothing_and_exits(
 
 
 async def test_status_is_written_at_most_every_ten_seconds_but_a_halt_at_once(
-    kube: FakeKube,
+    kube: FakeApiServer,
 ) -> None:
     store = MemoryStateStore()
     bot = await start(kube, store)
     runtime = bot.runtime
 
     def writes() -> int:
-        return sum(1 for m, p in kube.calls if m == "PATCH" and p == STATUS_PATH)
+        return sum(1 for c in kube.calls if c.method == "PATCH" and c.path == STATUS_PATH)
 
     await until(lambda: runtime.state.stats.total_trades >= 6)  # plenty of changes
     await asyncio.sleep(1.0)
@@ -314,7 +318,13 @@ class FailingPaper(PaperExchange):
     """Every order fails as if the exchange were unreachable."""
 
     async def market_order(
-        self, symbol: str, side: str, amount: float, coid: str, **options: Any
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_order_id: str,
+        *,
+        may_send: Callable[[], bool] | None = None,
     ) -> Any:
         raise ExchangeCallError("create_order", "NetworkError", "connection reset")
 
@@ -338,7 +348,7 @@ def audited(sidecar: FakeSidecar, event_type: str) -> list[dict[str, Any]]:
 
 
 async def test_errors_and_halts_reach_the_audit_rate_limited(
-    kube: FakeKube, sidecar: FakeSidecar
+    kube: FakeApiServer, sidecar: FakeSidecar
 ) -> None:
     store = MemoryStateStore()
     bot = await start(

@@ -577,7 +577,7 @@ async def test_a_wrong_secret_fails_fast_without_retries(binance: tuple[FakeBina
 def sandbox_runtime(base: str, store: Any, credentials_dir: Path, pod: str = "pod-a") -> Any:
     """BotRuntime in sandbox mode, credentials from the files of a mounted Secret volume (as
     the kubelet writes them, newline-terminated), exchange on the loopback."""
-    from tests.unit.bot.fakekube import FakeKube
+    from tests.fakeapi import FakeApiServer
     from tradingbot.config import Settings
     from tradingbot.exchange import SeededPriceFeed
     from tradingbot.runtime import BotRuntime
@@ -588,13 +588,12 @@ def sandbox_runtime(base: str, store: Any, credentials_dir: Path, pod: str = "po
         if not path.exists():
             path.write_text(value + "\n")
             path.chmod(0o440)
-    kube = FakeKube()
-    kube.put_object(
-        "trading.r7.dev/v1alpha1",
-        "bots",
-        "tradingbots",
+    kube = FakeApiServer()
+    kube.put(
         {
-            "metadata": {"name": "alpha"},
+            "apiVersion": "trading.r7.dev/v1alpha1",
+            "kind": "TradingBot",
+            "metadata": {"name": "alpha", "namespace": "bots"},
             "spec": {
                 "profile": "volatile",
                 "symbols": ["BTC/USDT"],
@@ -750,7 +749,7 @@ async def test_a_halt_cancels_the_bots_resting_entry_orders_on_the_exchange(
 ) -> None:
     import asyncio
 
-    from tests.unit.bot.fakekube import FakeKube
+    from tests.fakeapi import FakeApiServer
     from tradingbot.state import MemoryStateStore
 
     fake, base = binance
@@ -764,10 +763,8 @@ async def test_a_halt_cancels_the_bots_resting_entry_orders_on_the_exchange(
     placed = len(fake.orders)
     assert runtime.api is not None
     kube = runtime.api.transport
-    assert isinstance(kube, FakeKube)
-    kube.annotate(
-        "trading.r7.dev/v1alpha1", "tradingbots", "alpha", **{"trading.r7.dev/halt": "true"}
-    )
+    assert isinstance(kube, FakeApiServer)
+    kube.annotate("TradingBot", "bots", "alpha", **{"trading.r7.dev/halt": "true"})
     await until(lambda: not runtime.state.open_orders)
     by_coid = {o["clientOrderId"]: o for o in fake.orders.values()}
     assert all(by_coid[o.client_order_id]["status"] == "CANCELED" for o in resting)

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.unit.bot.fakekube import FakeKube
+from tests.fakeapi import FakeApiServer
 from tradingbot.config import ConfigError, Settings, parse_fleet_switch, parse_tradingbot
 from tradingbot.engine import decide
 from tradingbot.kube import KubeApi
@@ -84,23 +84,23 @@ async def until(predicate: Callable[[], Any], limit: float = 10.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def events(kube: FakeKube) -> list[dict[str, Any]]:
-    return kube.list_objects("v1", NS, "events")
+def events(kube: FakeApiServer) -> list[dict[str, Any]]:
+    return kube.all("Event", NS)
 
 
-def lease_holder(kube: FakeKube) -> str | None:
-    obj = kube.get_object(LEASES, NS, "leases", "alpha-trader")
+def lease_holder(kube: FakeApiServer) -> str | None:
+    obj = kube.get("Lease", NS, "alpha-trader")
     return None if obj is None else obj["spec"].get("holderIdentity")
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    fake = FakeKube()
-    fake.put_object(TB, NS, "tradingbots", tradingbot())
+def kube() -> FakeApiServer:
+    fake = FakeApiServer()
+    fake.put(tradingbot())
     return fake
 
 
-async def test_trades_checkpoints_and_shuts_down_cleanly(kube: FakeKube) -> None:
+async def test_trades_checkpoints_and_shuts_down_cleanly(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
@@ -134,13 +134,13 @@ async def test_trades_checkpoints_and_shuts_down_cleanly(kube: FakeKube) -> None
     assert lease_holder(kube) is None  # released for a successor
     reasons = [e["reason"] for e in events(kube)]
     assert "StateInitialized" in reasons
-    status = kube.get_object(TB, NS, "tradingbots", "alpha")["status"]  # type: ignore[index]
+    status = kube.get("TradingBot", NS, "alpha")["status"]  # type: ignore[index]
     assert status["state"]["checkpointSeq"] == final.checkpoint_seq
     assert status["state"]["lastShutdownClean"] is True
     assert status["trades"]["total"] == final.stats.total_trades
 
 
-async def test_restart_restores_every_fill_and_reports_the_seq(kube: FakeKube) -> None:
+async def test_restart_restores_every_fill_and_reports_the_seq(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     first = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(first.run())
@@ -166,7 +166,7 @@ async def test_restart_restores_every_fill_and_reports_the_seq(kube: FakeKube) -
     assert after.writer_pod == "pod-b"
 
 
-async def test_paper_wallet_survives_a_restart(kube: FakeKube) -> None:
+async def test_paper_wallet_survives_a_restart(kube: FakeApiServer) -> None:
     state = StateCheckpoint(
         balances={"USDT": 1234.5, "BTC": 0.01},
         positions={
@@ -188,7 +188,9 @@ async def test_paper_wallet_survives_a_restart(kube: FakeKube) -> None:
     await asyncio.wait_for(task, 10)
 
 
-async def test_unreadable_state_stops_the_bot_instead_of_starting_empty(kube: FakeKube) -> None:
+async def test_unreadable_state_stops_the_bot_instead_of_starting_empty(
+    kube: FakeApiServer,
+) -> None:
     store = MemoryStateStore(current="{definitely not state", previous=None)
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     assert await asyncio.wait_for(runtime.run(), 10) == EXIT_STATE
@@ -197,7 +199,7 @@ async def test_unreadable_state_stops_the_bot_instead_of_starting_empty(kube: Fa
     assert lease_holder(kube) is None
 
 
-async def test_fallback_to_the_previous_checkpoint_is_loud(kube: FakeKube) -> None:
+async def test_fallback_to_the_previous_checkpoint_is_loud(kube: FakeApiServer) -> None:
     good = StateCheckpoint(balances={"USDT": 500.0}).next(reason="fill", writer_pod="old")
     store = MemoryStateStore(current="{torn", previous=encode_state(good)[0])
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
@@ -210,7 +212,7 @@ async def test_fallback_to_the_previous_checkpoint_is_loud(kube: FakeKube) -> No
     await asyncio.wait_for(task, 10)
 
 
-async def test_daily_loss_breach_stops_entries_and_warns_once(kube: FakeKube) -> None:
+async def test_daily_loss_breach_stops_entries_and_warns_once(kube: FakeApiServer) -> None:
     from datetime import UTC, datetime
 
     today = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
@@ -237,7 +239,7 @@ async def test_daily_loss_breach_stops_entries_and_warns_once(kube: FakeKube) ->
     await asyncio.wait_for(task, 10)
 
 
-async def test_failed_writes_pause_entries_until_a_write_succeeds(kube: FakeKube) -> None:
+async def test_failed_writes_pause_entries_until_a_write_succeeds(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
@@ -257,17 +259,18 @@ async def test_failed_writes_pause_entries_until_a_write_succeeds(kube: FakeKube
     assert decode_state(store.current or "").reason == "shutdown"
 
 
-async def test_losing_the_lease_stops_trading_and_ends_the_process(kube: FakeKube) -> None:
+async def test_losing_the_lease_stops_trading_and_ends_the_process(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.health.ready)
-    lease = kube.get_object(LEASES, NS, "leases", "alpha-trader")
+    lease = kube.get("Lease", NS, "alpha-trader")
     assert lease is not None
     lease["spec"]["holderIdentity"] = "intruder"
     await kube.request("PUT", f"/apis/{LEASES}/namespaces/{NS}/leases/alpha-trader", body=lease)
-    assert runtime.fence is not None
-    await until(lambda: runtime.fence.lost.is_set(), limit=5)  # at its next renewal
+    fence = runtime.fence
+    assert fence is not None
+    await until(lambda: fence.lost.is_set(), limit=5)  # at its next renewal
     frozen = store.current
     # Its memory may be stale: the process ends (and is restarted as a new one).
     assert await asyncio.wait_for(task, 10) == EXIT_FENCED
@@ -275,7 +278,7 @@ async def test_losing_the_lease_stops_trading_and_ends_the_process(kube: FakeKub
     assert lease_holder(kube) == "intruder"  # and nobody else's Lease touched
 
 
-async def test_a_write_by_another_process_ends_the_bot(kube: FakeKube) -> None:
+async def test_a_write_by_another_process_ends_the_bot(kube: FakeApiServer) -> None:
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
     task = asyncio.create_task(runtime.run())
@@ -296,7 +299,7 @@ def replace_stats(state: StateCheckpoint, trades: int) -> StateCheckpoint:
     return replace(state, stats=replace(state.stats, total_trades=trades))
 
 
-async def test_a_second_process_waits_for_the_lease(kube: FakeKube) -> None:
+async def test_a_second_process_waits_for_the_lease(kube: FakeApiServer) -> None:
     store = MemoryStateStore()
     first = BotRuntime(settings("pod-a"), api=KubeApi(kube), store=store)
     second = BotRuntime(settings("pod-b"), api=KubeApi(kube), store=store)
@@ -314,8 +317,8 @@ async def test_a_second_process_waits_for_the_lease(kube: FakeKube) -> None:
 
 
 async def test_invalid_spec_exits_with_a_config_error_event() -> None:
-    kube = FakeKube()
-    kube.put_object(TB, NS, "tradingbots", tradingbot(strategy={"params": {"lookbak": 3}}))
+    kube = FakeApiServer()
+    kube.put(tradingbot(strategy={"params": {"lookbak": 3}}))
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=MemoryStateStore())
     assert await asyncio.wait_for(runtime.run(), 10) == EXIT_CONFIG
     (event,) = events(kube)
@@ -323,19 +326,18 @@ async def test_invalid_spec_exits_with_a_config_error_event() -> None:
 
 
 async def test_missing_tradingbot_is_a_config_error() -> None:
-    runtime = BotRuntime(settings(), api=KubeApi(FakeKube()), store=MemoryStateStore())
+    runtime = BotRuntime(settings(), api=KubeApi(FakeApiServer()), store=MemoryStateStore())
     assert await asyncio.wait_for(runtime.run(), 10) == EXIT_CONFIG
 
 
-async def test_stop_while_waiting_for_the_lease_exits_cleanly(kube: FakeKube) -> None:
-    kube.put_object(
-        LEASES,
-        NS,
-        "leases",
+async def test_stop_while_waiting_for_the_lease_exits_cleanly(kube: FakeApiServer) -> None:
+    kube.put(
         {
-            "metadata": {"name": "alpha-trader"},
+            "apiVersion": LEASES,
+            "kind": "Lease",
+            "metadata": {"name": "alpha-trader", "namespace": NS},
             "spec": {"holderIdentity": "someone", "leaseDurationSeconds": 3600},
-        },
+        }
     )
     store = MemoryStateStore()
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=store)
@@ -515,7 +517,7 @@ def test_a_fleet_switch_that_names_no_configmap_is_refused(raw: str) -> None:
         parse_fleet_switch(raw)
 
 
-def test_status_patch_shape(kube: FakeKube) -> None:
+def test_status_patch_shape(kube: FakeApiServer) -> None:
     runtime = BotRuntime(settings(), api=KubeApi(kube), store=MemoryStateStore())
     runtime.state = held()
     body = runtime.status_patch()["status"]
@@ -526,10 +528,8 @@ def test_status_patch_shape(kube: FakeKube) -> None:
 
 
 async def test_pvc_backend_writes_the_state_file(tmp_path: Any) -> None:
-    kube = FakeKube()
-    kube.put_object(
-        TB, NS, "tradingbots", tradingbot(state={"backend": "pvc", "pvc": {"size": "1Gi"}})
-    )
+    kube = FakeApiServer()
+    kube.put(tradingbot(state={"backend": "pvc", "pvc": {"size": "1Gi"}}))
     runtime = BotRuntime(settings(state_dir=str(tmp_path)), api=KubeApi(kube))
     task = asyncio.create_task(runtime.run())
     await until(lambda: runtime.state.stats.total_trades >= 2)
@@ -540,7 +540,7 @@ async def test_pvc_backend_writes_the_state_file(tmp_path: Any) -> None:
     restored = await FileStateStore(tmp_path).load()
     assert restored.state.reason == "shutdown"
     assert restored.state.positions == runtime.state.positions
-    assert kube.get_object("v1", NS, "configmaps", "alpha-state") is None
+    assert kube.get("ConfigMap", NS, "alpha-state") is None
 
 
 def test_health_goes_stale_only_while_trading() -> None:
@@ -562,18 +562,15 @@ def test_health_goes_stale_only_while_trading() -> None:
 async def test_unknown_exchange_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "apiKey").write_text("key-123456\n")
     (tmp_path / "secret").write_text("secret-123456\n")
-    kube = FakeKube()
-    kube.put_object(
-        TB,
-        NS,
-        "tradingbots",
+    kube = FakeApiServer()
+    kube.put(
         tradingbot(
             exchange={
                 "id": "nosuchexchange",
                 "mode": "sandbox",
                 "credentialsSecretRef": {"name": "keys"},
             }
-        ),
+        )
     )
     runtime = BotRuntime(
         settings(credentials_dir=str(tmp_path)), api=KubeApi(kube), store=MemoryStateStore()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.bot.fakekube import FakeKube
+from tests.fakeapi import FakeApiServer
 from tradingbot.kube import KubeApi
 from tradingbot.ledger import Execution, apply_fill
 from tradingbot.state import (
@@ -136,14 +136,14 @@ async def test_unreadable_state_without_fallback_is_an_error(tmp_path: Path) -> 
 NS = "bots"
 
 
-def cm(kube: FakeKube, name: str = "alpha-state") -> dict:
-    obj = kube.get_object("v1", NS, "configmaps", name)
+def cm(kube: FakeApiServer, name: str = "alpha-state") -> dict:
+    obj = kube.get("ConfigMap", NS, name)
     assert obj is not None
     return obj
 
 
 async def test_configmap_store_creates_when_absent_and_labels_it() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     assert (await store.load()).source == "empty"
     state = with_fill(StateCheckpoint(), 1)
@@ -155,12 +155,13 @@ async def test_configmap_store_creates_when_absent_and_labels_it() -> None:
 
 
 async def test_configmap_store_uses_a_precreated_empty_configmap() -> None:
-    kube = FakeKube()
-    kube.put_object(
-        "v1",
-        NS,
-        "configmaps",
-        {"metadata": {"name": "alpha-state", "labels": {"owner": "operator"}}, "data": {}},
+    kube = FakeApiServer()
+    kube.put(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "alpha-state", "namespace": NS, "labels": {"owner": "operator"}},
+            "data": {},
+        }
     )
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     assert (await store.load()).source == "empty"
@@ -172,11 +173,13 @@ async def test_configmap_store_uses_a_precreated_empty_configmap() -> None:
     assert obj["metadata"]["labels"] == {"owner": "operator"}  # the operator's labels stay
     assert decode_state(obj["data"]["state.json"]) == second
     assert decode_state(obj["data"]["state.prev.json"]) == first
-    assert ("POST", f"/api/v1/namespaces/{NS}/configmaps") not in kube.calls
+    assert ("POST", f"/api/v1/namespaces/{NS}/configmaps") not in [
+        (c.method, c.path) for c in kube.calls
+    ]
 
 
 async def test_configmap_write_by_another_writer_is_a_conflict() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     mine = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     theirs = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await mine.load()
@@ -189,7 +192,7 @@ async def test_configmap_write_by_another_writer_is_a_conflict() -> None:
 
 
 async def test_configmap_metadata_change_is_not_a_conflict() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     first = with_fill(StateCheckpoint(), 1)
@@ -204,27 +207,27 @@ async def test_configmap_metadata_change_is_not_a_conflict() -> None:
 
 
 async def test_configmap_deleted_under_the_writer_is_recreated() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     first = with_fill(StateCheckpoint(), 1)
     await store.save(first)
-    del kube.objects[("v1", NS, "configmaps", "alpha-state")]
+    kube.remove("ConfigMap", NS, "alpha-state")
     await store.save(with_fill(first, 2))
     assert decode_state(cm(kube)["data"]["state.json"]).checkpoint_seq == 2
 
 
 async def test_configmap_api_failure_is_a_write_error() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
-    kube.fail["POST"] = 1
+    kube.fail_next(500, method="POST")
     with pytest.raises(StateWriteError):
         await store.save(with_fill(StateCheckpoint(), 1))
 
 
 async def test_configmap_corrupt_state_falls_back_to_previous_key() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha")
     await store.load()
     first = with_fill(StateCheckpoint(), 1)
@@ -241,19 +244,20 @@ async def test_configmap_corrupt_state_falls_back_to_previous_key() -> None:
 
 
 async def test_configmap_both_keys_unreadable_is_an_error() -> None:
-    kube = FakeKube()
-    kube.put_object(
-        "v1",
-        NS,
-        "configmaps",
-        {"metadata": {"name": "alpha-state"}, "data": {"state.json": "{", "state.prev.json": "["}},
+    kube = FakeApiServer()
+    kube.put(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "alpha-state", "namespace": NS},
+            "data": {"state.json": "{", "state.prev.json": "["},
+        }
     )
     with pytest.raises(StateCorruptError):
         await ConfigMapStateStore(KubeApi(kube), NS, "alpha").load()
 
 
 async def test_configmap_document_stays_under_its_budget() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     store = ConfigMapStateStore(KubeApi(kube), NS, "alpha", max_document_bytes=20_000)
     await store.load()
     state = StateCheckpoint()
