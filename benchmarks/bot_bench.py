@@ -136,18 +136,22 @@ def bench_file_store(iterations: int, directory: Path) -> list[Row]:
 
 
 def bench_configmap_store(iterations: int, kubeconfig: Path, namespace: str) -> list[Row]:
-    from tradingbot.constants import CONFIGMAP_DOCUMENT_BUDGET_BYTES
-    from tradingbot.kube import KubeClient
-    from tradingbot.state import ConfigMapStateStore
+    return asyncio.run(_configmap_store_rows(iterations, kubeconfig, namespace))
 
-    api = KubeClient.from_environment(str(kubeconfig))
+
+async def _configmap_store_rows(iterations: int, kubeconfig: Path, namespace: str) -> list[Row]:
+    from tradingbot.kube import KubeApi
+    from tradingbot.state import ConfigMapStateStore
+    from tradingbot.state.stores import CONFIGMAP_DOCUMENT_BUDGET_BYTES
+
+    api = KubeApi.from_environment(str(kubeconfig))
     rows = []
     try:
         for fills in JOURNAL_SIZES:
             state = realistic_state(fills)
             store = ConfigMapStateStore(api, namespace, f"{BOT}-cm{fills}")
-            asyncio.run(store.load())
-            samples = asyncio.run(time_saves(store, state, iterations))
+            await store.load()
+            samples = await time_saves(store, state, iterations)
             rows.append(
                 Row(
                     f"checkpoint, ConfigMap store, {len(state.journal)}-fill journal",
@@ -157,7 +161,7 @@ def bench_configmap_store(iterations: int, kubeconfig: Path, namespace: str) -> 
                 )
             )
     finally:
-        api.close()
+        await api.close()
     return rows
 
 
@@ -172,24 +176,21 @@ def free_port() -> int:
 
 def offline_child(state_dir: str) -> None:
     """Run the bot in this interpreter against an in-memory API (for `--child-offline`)."""
-    from tests.unit.bot.fakekube import FakeKube
+    from tests.fakeapi import FakeApiServer
     from tradingbot.__main__ import main as bot_main
-    from tradingbot.kube import KubeClient
+    from tradingbot.kube import KubeApi
 
-    fake = FakeKube()
-    fake.put_object(
-        GROUP_VERSION,
-        "bench",
-        "tradingbots",
+    fake = FakeApiServer()
+    fake.put(
         {
             "apiVersion": GROUP_VERSION,
             "kind": "TradingBot",
             "metadata": {"name": BOT, "namespace": "bench"},
             "spec": {**SPEC, "state": {"backend": "pvc", "pvc": {"size": "1Gi"}}},
-        },
+        }
     )
-    # The process is the real entry point; only the API client is swapped for memory.
-    KubeClient.from_environment = classmethod(lambda cls, kubeconfig=None: fake)  # type: ignore[method-assign,assignment]
+    # The process is the real entry point; only the API transport is swapped for memory.
+    KubeApi.from_environment = classmethod(lambda cls, kubeconfig=None: cls(fake))  # type: ignore[method-assign,assignment]
     os.environ.update({"STATE_DIR": state_dir})
     sys.exit(bot_main())
 
@@ -301,6 +302,7 @@ def cluster_namespace(kubeconfig: Path) -> Iterator[str]:
     from kubernetes import client, config
     from kubernetes.dynamic import DynamicClient
 
+    from tradingbot_api.models import TradingBotSpec
     from tradingbot_operator.render import BotRef, render_bot_objects
 
     api = config.new_client_from_config(config_file=str(kubeconfig))
@@ -345,7 +347,7 @@ def cluster_namespace(kubeconfig: Path) -> Iterator[str]:
             ),
         )
         ref = BotRef(namespace=namespace, name=BOT, uid=created["metadata"]["uid"])
-        for obj in render_bot_objects(ref, created["spec"]):
+        for obj in render_bot_objects(ref, TradingBotSpec.model_validate(created["spec"])):
             apply(obj, namespace)
         yield namespace
     finally:

@@ -236,6 +236,7 @@ def bot_env(
     sa_kubeconfig: Callable[[str, str], Path],
     tmp_path: Path,
 ) -> Iterator[BotEnv]:
+    from tradingbot_api.models import TradingBotSpec
     from tradingbot_operator.render import BotRef, render_bot_objects, service_account_name
 
     created = cast(
@@ -247,7 +248,7 @@ def bot_env(
     ref = BotRef(namespace=namespace, name=BOT, uid=created["metadata"]["uid"])
     # What the operator creates before the pod: ServiceAccount, least-privilege Role and its
     # binding, the unheld Lease and the empty state ConfigMap.
-    apply_yaml(render_bot_objects(ref, created["spec"]), namespace)
+    apply_yaml(render_bot_objects(ref, TradingBotSpec.model_validate(created["spec"])), namespace)
     env = BotEnv(
         namespace=namespace,
         kubeconfig=sa_kubeconfig(namespace, service_account_name(BOT)),
