@@ -137,6 +137,7 @@ def bench_file_store(iterations: int, directory: Path) -> list[Row]:
 
 def bench_configmap_store(iterations: int, kubeconfig: Path, namespace: str) -> list[Row]:
     from tradingbot.constants import CONFIGMAP_DOCUMENT_BUDGET_BYTES
+
     from tradingbot.kube import KubeClient
     from tradingbot.state import ConfigMapStateStore
 
