@@ -21,6 +21,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         "Restart latency (edit to new bot ready with state restored)",
         (),
     ),
+    "restart-compare": (
+        "benchmarks.restart_compare",
+        "Restart latency against the commit before the redesign, side by side",
+        (),
+    ),
     "bot": (
         "benchmarks.bot_bench",
         "Bot process start and state checkpoint latency",

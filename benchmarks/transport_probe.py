@@ -133,17 +133,110 @@ async def raw_aiohttp(kubeconfig: str, namespace: str, calls: int) -> dict[str, 
     return {"rss": rss, "gets": gets, "patches": patches}
 
 
+async def shared_layer(kubeconfig: str, namespace: str, calls: int) -> dict[str, Any]:
+    """What the programs use: tradingbot_api.kubeclient.KubeClient (aiohttp underneath)."""
+    from tradingbot_api.kubeclient import KubeClient
+
+    kube = KubeClient.from_environment(kubeconfig)
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{NAME}"
+    try:
+        await kube.request("GET", path)  # the session and TLS context are made on first use
+        rss = rss_mib()
+        gets = await timed(calls, lambda i: kube.request("GET", path))
+        patches = await timed(
+            calls,
+            lambda i: kube.request(
+                "PATCH", path + "/status", body=patch_body(i), content_type=MERGE
+            ),
+        )
+    finally:
+        await kube.close()
+    return {"rss": rss, "gets": gets, "patches": patches}
+
+
+# -- the audit sidecar's ingest: one event per POST ----------------------------------------------
+
+
+def audit_event(i: int) -> dict[str, Any]:
+    return {
+        "event_type": "restart",
+        "severity": "info",
+        "source": "operator",
+        "target": "bench",
+        "action": "restart_completed",
+        "details": {"durationSeconds": 1.2, "i": i},
+        "user_id": "system:serviceaccount:bench:operator",
+        "namespace": "bench",
+        "dedup_key": f"bench-{i}",
+    }
+
+
+async def audit_shared(url: str, calls: int) -> dict[str, Any]:
+    from tradingbot_api.audit_http import AuditClient
+
+    async with AuditClient(url) as audit:
+        await audit.send([audit_event(-1)])
+        rss = rss_mib()
+        posts = await timed(calls, lambda i: audit.send([audit_event(i)]))
+    return {"rss": rss, "posts": posts}
+
+
+async def audit_httpx(url: str, calls: int) -> dict[str, Any]:
+    import httpx2
+
+    async with httpx2.AsyncClient(timeout=5.0) as http:
+
+        async def post(i: int) -> None:
+            response = await http.post(url, json={"events": [audit_event(i)]})
+            response.raise_for_status()
+            response.json()
+
+        await post(-1)
+        rss = rss_mib()
+        posts = await timed(calls, post)
+    return {"rss": rss, "posts": posts}
+
+
+async def audit_urllib(url: str, calls: int) -> dict[str, Any]:
+    import urllib.request
+
+    def post_sync(i: int) -> None:
+        request = urllib.request.Request(
+            url,
+            data=json.dumps({"events": [audit_event(i)]}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            json.loads(response.read())
+
+    await asyncio.to_thread(post_sync, -1)
+    rss = rss_mib()
+    posts = await timed(calls, lambda i: asyncio.to_thread(post_sync, i))
+    return {"rss": rss, "posts": posts}
+
+
 CANDIDATES = {
     "official": official,
     "kubernetes_asyncio": kubernetes_asyncio,
     "lightkube": lightkube,
     "aiohttp": raw_aiohttp,
+    "shared layer": shared_layer,
+}
+AUDIT_CANDIDATES = {
+    "AuditClient (aiohttp)": audit_shared,
+    "httpx2": audit_httpx,
+    "urllib in a thread": audit_urllib,
 }
 
 
 def main() -> None:
-    candidate, kubeconfig, namespace, calls = sys.argv[1:5]
-    result = asyncio.run(CANDIDATES[candidate](kubeconfig, namespace, int(calls)))
+    if sys.argv[1] == "audit":
+        candidate, url, calls = sys.argv[2:5]
+        result = asyncio.run(AUDIT_CANDIDATES[candidate](url, int(calls)))
+    else:
+        candidate, kubeconfig, namespace, calls = sys.argv[1:5]
+        result = asyncio.run(CANDIDATES[candidate](kubeconfig, namespace, int(calls)))
     print(json.dumps(result))
 
 

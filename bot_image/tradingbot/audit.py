@@ -30,28 +30,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import inspect
-import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Final, NamedTuple
 
-import aiohttp
-
 from tradingbot.metrics import BotMetrics
 from tradingbot.state.model import Fill, StateCheckpoint
+from tradingbot_api.audit_http import (
+    BOT_EVENTS_PATH,
+    REQUEST_TIMEOUT_SECONDS,
+    Answer,
+    AuditClient,
+    TokenSource,
+)
 from tradingbot_api.constants import EventType, Severity
 from tradingbot_api.times import micro_time, parse_zoned
 
 log = logging.getLogger(__name__)
 
-EVENTS_PATH: Final = "/v1/bot-events"
 # Below the sidecar's own limit (1000 events, 1 MiB); a fill's events never span two requests.
 MAX_EVENTS_PER_REQUEST: Final = 500
-REQUEST_TIMEOUT_SECONDS: Final = 5.0
-CONNECT_TIMEOUT_SECONDS: Final = 2.0
 # Unaudited fills are offered again this often even without a new fill (e.g. at start).
 RESEND_INTERVAL_SECONDS: Final = 10.0
 BACKOFF_BASE_SECONDS: Final = 0.5
@@ -74,11 +74,6 @@ OUTCOME_ACKED: Final = "acked"
 OUTCOME_RETRY: Final = "retry"
 OUTCOME_SPLIT: Final = "split"
 OUTCOME_REJECTED: Final = "rejected"
-
-# The bot's bearer token, asked for before every request (the projected token rotates): the
-# Kubernetes client's coroutine, or a plain function.
-TokenSource = Callable[[], str | Awaitable[str | None] | None]
-
 
 # -- pure parts -------------------------------------------------------------------------------
 
@@ -276,12 +271,6 @@ class JournalView(NamedTuple):
     checkpoint_seq: int
 
 
-class Answer(NamedTuple):
-    status: int | None  # None: no HTTP answer (timeout, refused, no token)
-    payload: Any
-    problem: str
-
-
 class AuditReporter:
     """Sends unaudited fills to `{url}/v1/bot-events` until acknowledged.
 
@@ -305,18 +294,17 @@ class AuditReporter:
         resend_interval: float = RESEND_INTERVAL_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
-        self.url = url.rstrip("/") + EVENTS_PATH
+        self.url = url.rstrip("/") + BOT_EVENTS_PATH
         self.bot = bot
         self.namespace = namespace
         self.metrics = metrics
         self._view = view
         self._on_acked = on_acked
-        self._token = token
         self._redact = redact
         self.timeout = timeout
         self.resend_interval = resend_interval
         self.backoff_cap = backoff_cap
-        self._session: aiohttp.ClientSession | None = None
+        self._client = AuditClient(self.url, token=token, timeout=timeout)
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -362,10 +350,8 @@ class AuditReporter:
 
     async def close(self) -> None:
         await self.stop()
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
-            self._session = None
+        with contextlib.suppress(Exception):
+            await self._client.close()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -474,55 +460,4 @@ class AuditReporter:
         return True
 
     async def _post(self, events: list[dict[str, Any]]) -> Answer:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return await post_events(
-            self._session, self.url, self._token, events, request_timeout=self.timeout
-        )
-
-
-async def read_token(token: TokenSource) -> str | None:
-    value = token()
-    return await value if inspect.isawaitable(value) else value
-
-
-async def post_events(
-    session: aiohttp.ClientSession,
-    url: str,
-    token: TokenSource,
-    events: list[dict[str, Any]],
-    *,
-    request_timeout: float,
-) -> Answer:
-    """One POST of `events` to the sidecar, authenticated as the bot; never raises for what
-    the network or the sidecar does (the answer says)."""
-    try:
-        bearer = await read_token(token)
-    except Exception as exc:
-        return Answer(None, None, f"cannot read the bearer token: {type(exc).__name__}")
-    if not bearer:
-        return Answer(None, None, "no bearer token: the bot's credentials are not a token")
-    body = json.dumps({"events": events}, separators=(",", ":"), allow_nan=False)
-    try:
-        async with session.post(
-            url,
-            data=body.encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"},
-            timeout=aiohttp.ClientTimeout(
-                total=request_timeout, connect=min(request_timeout, CONNECT_TIMEOUT_SECONDS)
-            ),
-        ) as response:
-            status = response.status
-            raw = await response.read()
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return Answer(None, None, f"{type(exc).__name__}: {exc}"[:300])
-    try:
-        payload = json.loads(raw) if raw else None
-    except ValueError:
-        payload = None
-    problem = ""
-    if status != 200:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        text = error if isinstance(error, str) else raw.decode("utf-8", "replace")
-        problem = " ".join(text.split())[:300] or f"HTTP {status}"
-    return Answer(status, payload, problem)
+        return await self._client.post(events)

@@ -25,21 +25,21 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import aiohttp
-
 from tradingbot.audit import (
-    EVENTS_PATH,
     OUTCOME_ACKED,
     OUTCOME_REJECTED,
     OUTCOME_RETRY,
-    REQUEST_TIMEOUT_SECONDS,
-    TokenSource,
     backoff_delay,
     classify_status,
-    post_events,
     stored_flags,
 )
 from tradingbot.metrics import BotMetrics
+from tradingbot_api.audit_http import (
+    BOT_EVENTS_PATH,
+    REQUEST_TIMEOUT_SECONDS,
+    AuditClient,
+    TokenSource,
+)
 from tradingbot_api.constants import EventType, HaltMode, Severity
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,8 @@ class NoticeSender:
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         limit: int = MAX_PENDING,
     ) -> None:
-        self.url = url.rstrip("/") + EVENTS_PATH
+        self.url = url.rstrip("/") + BOT_EVENTS_PATH
         self.metrics = metrics
-        self._token = token
         self.timeout = timeout
         self.backoff_cap = backoff_cap
         self.limit = limit
@@ -174,7 +173,7 @@ class NoticeSender:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client = AuditClient(self.url, token=token, timeout=timeout)
         self._random = random.Random()
 
     def report(self, event: dict[str, Any]) -> None:
@@ -201,10 +200,8 @@ class NoticeSender:
 
     async def close(self) -> None:
         await self.stop()
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
-            self._session = None
+        with contextlib.suppress(Exception):
+            await self._client.close()
 
     async def _run(self) -> None:
         while not self._stop.is_set():
@@ -228,11 +225,7 @@ class NoticeSender:
         batch = list(self.pending)[:MAX_BATCH]
         if not batch:
             return True
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        answer = await post_events(
-            self._session, self.url, self._token, batch, request_timeout=self.timeout
-        )
+        answer = await self._client.post(batch)
         outcome = OUTCOME_RETRY if answer.status is None else classify_status(answer.status)
         if outcome == OUTCOME_ACKED and stored_flags(answer.payload, len(batch)) is None:
             outcome = OUTCOME_RETRY

@@ -5,7 +5,8 @@ Write with `open_writer(log_dir)` (one writer process per directory); read with 
 command line: `python -m tradingbot_audit --log-dir DIR {query,summary,export,verify}`.
 
 In a cluster the log has one writer, the sidecar (`... serve`, module `serve`); the operator
-sends it events with `client.AuditClient`. Neither is imported here, so the library and the
+and the bots send it events with `tradingbot_api.audit_http.AuditClient`. Neither is imported
+here, so the library and the
 read-only commands do not load aiohttp or the Kubernetes client.
 """
 

@@ -31,6 +31,15 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from tradingbot_api.audit_http import (
+    BOT_EVENTS_PATH,
+    EVENTS_PATH,
+    MAX_BODY_BYTES,
+    MAX_EVENTS_PER_REQUEST,
+    SUMMARY_PATH,
+    VERIFY_PATH,
+)
+
 from .auth import (
     AUDIT_READ,
     BOT_ACCOUNT_PREFIX,
@@ -50,10 +59,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# One request is one operator batch or one bot report; anything larger is a bug upstream, and
-# bounding it bounds the memory an authenticated (or co-located) caller can make us spend.
-MAX_BODY_BYTES: Final = 1024 * 1024
-MAX_EVENTS_PER_REQUEST: Final = 1000
+# One request is one operator batch or one bot report (at most MAX_EVENTS_PER_REQUEST events in
+# MAX_BODY_BYTES); anything larger is a bug upstream, and bounding it bounds the memory an
+# authenticated (or co-located) caller can make us spend.
 
 DEFAULT_QUERY_LIMIT: Final = 100
 MAX_QUERY_LIMIT: Final = 10_000
@@ -248,17 +256,17 @@ class AuditApi:
     def ingest_app(self) -> web.Application:
         """The loopback listener: the operator's unauthenticated ingest (see module docstring)."""
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
-        app.router.add_post("/v1/events", self._post_events)
+        app.router.add_post(EVENTS_PATH, self._post_events)
         app.router.add_get("/healthz", self._healthz)
         return app
 
     def api_app(self) -> web.Application:
         """The main listener: bot ingest and the read API (bearer tokens), health, metrics."""
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
-        app.router.add_post("/v1/bot-events", self._post_bot_events)
-        app.router.add_get("/v1/events", self._get_events)
-        app.router.add_get("/v1/summary", self._get_summary)
-        app.router.add_get("/v1/verify", self._get_verify)
+        app.router.add_post(BOT_EVENTS_PATH, self._post_bot_events)
+        app.router.add_get(EVENTS_PATH, self._get_events)
+        app.router.add_get(SUMMARY_PATH, self._get_summary)
+        app.router.add_get(VERIFY_PATH, self._get_verify)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         return app

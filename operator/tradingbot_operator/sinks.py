@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from tradingbot_audit.client import AuditClient
+from tradingbot_api.audit_http import EVENTS_PATH, AuditClient
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.recorder import AuditEvent, InvolvedObject, Sink, kube_event_body
 
@@ -29,7 +29,7 @@ def kube_event_sink(api: KubeApi, host: str | None = None) -> Sink:
 def audit_log_sink(base_url: str) -> Sink:
     """Batches to the audit sidecar, which answers only after the lines are on disk; one
     client (and connection pool) for the operator's lifetime."""
-    audit = AuditClient(base_url, timeout=AUDIT_TIMEOUT_SECONDS)
+    audit = AuditClient(base_url.rstrip("/") + EVENTS_PATH, timeout=AUDIT_TIMEOUT_SECONDS)
 
     async def append_to_audit_log(
         events: Sequence[AuditEvent],

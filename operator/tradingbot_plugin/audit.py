@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
+from tradingbot_api.audit_http import EVENTS_PATH, SUMMARY_PATH, VERIFY_PATH
 from tradingbot_audit.head import ChainHead, head_from_data, parse_configmap_ref
 from tradingbot_audit.tables import audit_table
 from tradingbot_plugin.commands import Context
@@ -138,20 +139,20 @@ class HttpAuditSource:
             ) from None
 
     def events(self, query: AuditQuery, limit: int) -> list[dict[str, Any]]:
-        body = self._get("/v1/events", {**query.params(), "limit": str(limit)})
+        body = self._get(EVENTS_PATH, {**query.params(), "limit": str(limit)})
         events = body.get("events") if isinstance(body, Mapping) else None
         if not isinstance(events, list):
             raise PluginError('the audit API\'s /v1/events answer has no "events" list')
         return [e for e in events if isinstance(e, dict)]
 
     def summary(self, query: AuditQuery) -> dict[str, Any]:
-        body = self._get("/v1/summary", query.params())
+        body = self._get(SUMMARY_PATH, query.params())
         if not isinstance(body, dict) or "total" not in body:
             raise PluginError('the audit API\'s /v1/summary answer has no "total"')
         return body
 
     def verify(self, head: ChainHead | None = None) -> dict[str, Any]:
-        body = self._get("/v1/verify", None if head is None else {"head": str(head)})
+        body = self._get(VERIFY_PATH, None if head is None else {"head": str(head)})
         if not isinstance(body, dict) or "ok" not in body:
             raise PluginError('the audit API\'s /v1/verify answer has no "ok"')
         return body

@@ -14,8 +14,8 @@ from kubernetes import client
 
 from tests import kube
 from tests.integration.conftest import SidecarProcess, wait_allowed
+from tradingbot_api.audit_http import EVENTS_PATH, AuditClient, AuditDeliveryError
 from tradingbot_audit import AuditFilter, query, verify_log
-from tradingbot_audit.client import AuditClient, AuditDeliveryError
 
 GROUP = "trading.r7.dev"
 StartSidecar = Callable[..., SidecarProcess]
@@ -247,7 +247,7 @@ async def _stream(
                 # Others are mid-request now: the kill lands on writes in flight.
                 await asyncio.to_thread(kill)
 
-    async with AuditClient(url, timeout=10) as client:
+    async with AuditClient(url + EVENTS_PATH, timeout=10) as client:
         await asyncio.gather(*(sender(client) for _ in range(SENDERS)))
 
 
@@ -271,7 +271,7 @@ def test_sigkill_mid_stream_then_resend_leaves_every_event_exactly_once(
     again = sorted(acked)[:5]
 
     async def resend() -> dict[int, list[dict[str, Any]]]:
-        async with AuditClient(second.ingest_url) as client:
+        async with AuditClient(second.ingest_url + EVENTS_PATH) as client:
             return {i: await client.send(batches[i]) for i in unacked + again}
 
     resent = asyncio.run(resend())

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import test_utils
 
+from tradingbot_api.audit_http import EVENTS_PATH, AuditClient, AuditDeliveryError
 from tradingbot_api.kubeclient import KubeError
 from tradingbot_audit import (
     AppendResult,
@@ -25,7 +26,6 @@ from tradingbot_audit import (
     query,
     verify_log,
 )
-from tradingbot_audit import client as audit_client
 from tradingbot_audit import handlers as audit_server
 from tradingbot_audit.auth import (
     AUDIT_READ,
@@ -40,7 +40,6 @@ from tradingbot_audit.auth import (
     token_review_body,
 )
 from tradingbot_audit.cli import build_parser
-from tradingbot_audit.client import AuditClient, AuditDeliveryError
 from tradingbot_audit.files import list_log_files
 from tradingbot_audit.ingest import SerialWriter
 from tradingbot_audit.serve import is_loopback, parse_listen, start_server
@@ -766,14 +765,19 @@ def test_listen_addresses() -> None:
 # -- the operator's client --------------------------------------------------------------------
 
 
-def test_the_client_knows_the_server_limits() -> None:
-    assert audit_client.MAX_EVENTS_PER_REQUEST == audit_server.MAX_EVENTS_PER_REQUEST
-    assert audit_client.MAX_BODY_BYTES == audit_server.MAX_BODY_BYTES
+async def test_the_client_splits_by_bytes_within_the_server_limit(sidecar: Sidecar) -> None:
+    base = str(sidecar.ingest.make_url("/")).rstrip("/")
+    blob = "x" * (audit_server.MAX_BODY_BYTES // 3)
+    events = [op_event(f"b{i}", details={"blob": blob}) for i in range(4)]  # > 1 MiB together
+    async with AuditClient(base + EVENTS_PATH) as client:
+        stored = await client.send(events)
+    assert [s["seq"] for s in stored] == [1, 2, 3, 4]
+    assert sidecar.opened[0].batches == [2, 2]
 
 
 async def test_client_sends_and_splits_large_lists(sidecar: Sidecar) -> None:
     base = str(sidecar.ingest.make_url("/")).rstrip("/")
-    async with AuditClient(base) as client:
+    async with AuditClient(base + EVENTS_PATH) as client:
         stored = await client.send([op_event(f"k{i}") for i in range(1500)])
         assert [s["seq"] for s in stored] == list(range(1, 1501))
         again = await client.send([op_event("k7")])
@@ -784,7 +788,7 @@ async def test_client_sends_and_splits_large_lists(sidecar: Sidecar) -> None:
 
 async def test_client_errors_say_whether_to_retry(sidecar: Sidecar, control: Control) -> None:
     base = str(sidecar.ingest.make_url("/")).rstrip("/")
-    async with AuditClient(base) as client:
+    async with AuditClient(base + EVENTS_PATH) as client:
         with pytest.raises(AuditDeliveryError, match="severity") as refused:
             await client.send([op_event("k", severity="loud")])
         assert refused.value.status == 400 and not refused.value.retryable
@@ -792,7 +796,7 @@ async def test_client_errors_say_whether_to_retry(sidecar: Sidecar, control: Con
         with pytest.raises(AuditDeliveryError) as failed:
             await client.send([op_event("k")])
         assert failed.value.status == 503 and failed.value.retryable
-    async with AuditClient("http://127.0.0.1:9", timeout=1) as client:
+    async with AuditClient("http://127.0.0.1:9" + EVENTS_PATH, timeout=1) as client:
         with pytest.raises(AuditDeliveryError, match="unreachable") as down:
             await client.send([op_event("k")])
         assert down.value.status is None and down.value.retryable

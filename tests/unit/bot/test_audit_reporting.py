@@ -27,7 +27,6 @@ from tradingbot.audit import (
     fill_key,
     mark_audited,
     position_action,
-    read_token,
     select_unaudited,
     stored_flags,
     unaudited_removed,
@@ -327,6 +326,7 @@ def test_audit_url_from_the_environment() -> None:
 
 
 async def test_bearer_token_is_what_the_kubernetes_client_uses(tmp_path: Path) -> None:
+    from tradingbot_api.audit_http import read_token
     from tradingbot_api.kubeclient import Credentials
 
     def token_of(client: KubeClient) -> Any:
