@@ -52,8 +52,9 @@ class Answer(NamedTuple):
     problem: str
 
 
-class AuditDeliveryError(Exception):
-    """The sidecar did not acknowledge the events. `status` is None when it was unreachable."""
+class AuditStatusError(Exception):
+    """An audit request (to the sidecar, or for the chain head to the API server) that did not
+    succeed; `status` is None when no answer came."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -61,8 +62,12 @@ class AuditDeliveryError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """False for 4xx answers (bad events: resending the same ones cannot succeed)."""
+        """False for 4xx answers (the request itself is wrong: sending it again cannot help)."""
         return self.status is None or self.status >= 500 or self.status == 429
+
+
+class AuditDeliveryError(AuditStatusError):
+    """The sidecar did not acknowledge the events."""
 
 
 async def read_token(token: TokenSource) -> str | None:

@@ -43,6 +43,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from tradingbot_api.audit_http import AuditStatusError
 from tradingbot_api.kubeclient import KubeError
 from tradingbot_api.times import utc_now
 
@@ -282,16 +283,8 @@ def check_log(log_dir: Path, head: ChainHead, last: ChainState | None = None) ->
 # -- the ConfigMap ----------------------------------------------------------------------------
 
 
-class HeadStoreError(Exception):
+class HeadStoreError(AuditStatusError):
     """The head ConfigMap could not be read or written; `status` None: the API was unreachable."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def retryable(self) -> bool:
-        return self.status is None or self.status >= 500 or self.status == 429
 
 
 class KubeRequester(Protocol):

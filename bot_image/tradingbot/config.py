@@ -49,7 +49,6 @@ from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tradingbot.risk import RiskLimits, validate_risk
-from tradingbot.strategy import resolve_params, validate_params
 from tradingbot_api.constants import (
     CONTROL_WATCH_TIMEOUT_ENV,
     CREDENTIALS_DIR,
@@ -59,6 +58,7 @@ from tradingbot_api.constants import (
     StateBackend,
 )
 from tradingbot_api.models import TradingBotSpec, validation_messages
+from tradingbot_api.params import resolve_params, validate_params
 
 # Where the operator's pod template mounts the credentials Secret.
 DEFAULT_CREDENTIALS_DIR = CREDENTIALS_DIR

@@ -1,23 +1,7 @@
-"""Strategies per profile and validation of `strategy.params` (no ccxt, no Kubernetes)."""
+"""Strategies per profile (no ccxt, no Kubernetes). Their parameters (names, types, bounds,
+defaults, validation) are part of the API: `tradingbot_api.params`."""
 
-from tradingbot.strategy.profiles import (
-    PARAM_SPECS,
-    PROFILES,
-    ParamSpec,
-    Strategy,
-    default_params,
-    resolve_params,
-    validate_params,
-)
+from tradingbot.strategy.profiles import Strategy
 from tradingbot.strategy.signals import Signal
 
-__all__ = [
-    "PARAM_SPECS",
-    "PROFILES",
-    "ParamSpec",
-    "Signal",
-    "Strategy",
-    "default_params",
-    "resolve_params",
-    "validate_params",
-]
+__all__ = ["Signal", "Strategy"]

@@ -18,23 +18,10 @@ from tradingbot.strategy.signals import (
     momentum_signal,
 )
 from tradingbot_api.params import (
-    PARAM_SPECS,
-    PROFILES,
-    ParamSpec,
-    default_params,
     resolve_params,
-    validate_params,
 )
 
-__all__ = [
-    "PARAM_SPECS",
-    "PROFILES",
-    "ParamSpec",
-    "Strategy",
-    "default_params",
-    "resolve_params",
-    "validate_params",
-]
+__all__ = ["Strategy"]
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,7 @@ import sys
 
 import pytest
 
-from tradingbot.strategy import (
-    PARAM_SPECS,
-    PROFILES,
-    Signal,
-    Strategy,
-    default_params,
-    resolve_params,
-    validate_params,
-)
+from tradingbot.strategy import Signal, Strategy
 from tradingbot.strategy.signals import (
     breakout_signal,
     crossover_signal,
@@ -24,6 +16,13 @@ from tradingbot.strategy.signals import (
     rate_of_change_pct,
     sma,
     zscore,
+)
+from tradingbot_api.params import (
+    PARAM_SPECS,
+    PROFILES,
+    default_params,
+    resolve_params,
+    validate_params,
 )
 
 
