@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tradingbot.audit import AuditReporter, TokenSource
+    from tradingbot.audit import AuditReporter
     from tradingbot.config import BotConfig, Settings
     from tradingbot.control import ControlWatcher
     from tradingbot.credentials import Credentials
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tradingbot.status import StatusReporter
     from tradingbot.strategy import Strategy
     from tradingbot.throttle import ErrorThrottle
+    from tradingbot_api.audit_http import TokenSource
     from tradingbot_api.constants import CheckpointReason, HaltMode
 
 

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from tradingbot.audit import AuditReporter, TokenSource
+from tradingbot.audit import AuditReporter
 from tradingbot.checkpoints import CheckpointPart
 from tradingbot.config import BotConfig, ConfigError, Settings
 from tradingbot.control import ControlWatcher
@@ -71,6 +71,7 @@ from tradingbot.state.stores import (
 from tradingbot.status import StatusReporter
 from tradingbot.strategy import Strategy
 from tradingbot.throttle import ErrorThrottle
+from tradingbot_api.audit_http import TokenSource
 from tradingbot_api.constants import CheckpointReason, ExchangeMode, HaltMode
 from tradingbot_api.times import utc_now
 
