@@ -37,6 +37,13 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 # A watch event is one object; none is this large (bounds memory on a broken stream).
 MAX_LINE_BYTES = 8 * 1024 * 1024
+# A 429 means the API server did not process the request (priority and fairness, or a
+# resource's storage still initializing, as right after a CRD is created): the same request is
+# sent again after the wait it asks for, as client-go does, a bounded number of times and never
+# past the request's own budget.
+THROTTLED_ATTEMPTS = 5
+MAX_RETRY_AFTER_SECONDS = 5.0
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -45,11 +52,15 @@ APPLY_PATCH = "application/apply-patch+yaml"
 class KubeError(Exception):
     """A request the API server refused (status >= 400) or that got no answer (status 0)."""
 
-    def __init__(self, status: int, reason: str, body: str = "") -> None:
+    def __init__(
+        self, status: int, reason: str, body: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}: {body[:500]}")
         self.status = status
         self.reason = reason
         self.body = body
+        # Seconds to wait before sending the same request again; None: do not.
+        self.retry_after = retry_after
 
     @property
     def not_found(self) -> bool:
@@ -70,6 +81,23 @@ class KubeError(Exception):
             return str(json.loads(self.body).get("message") or self.body)
         except (ValueError, AttributeError):
             return self.body
+
+
+def retry_after(status: int, header: str | None, body: str) -> float | None:
+    """How long to wait before sending a refused request again: only for 429 (not processed),
+    from the Retry-After header, else the Status body's `details.retryAfterSeconds`, else a
+    second; capped. None for every other answer."""
+    if status != 429:
+        return None
+    seconds: Any = header
+    if seconds is None:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            seconds = (json.loads(body).get("details") or {}).get("retryAfterSeconds")
+    try:
+        wait = float(seconds) if seconds is not None else DEFAULT_RETRY_AFTER_SECONDS
+    except ValueError:
+        wait = DEFAULT_RETRY_AFTER_SECONDS
+    return min(max(wait, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 @dataclass
@@ -268,7 +296,41 @@ class KubeClient:
         content_type: str = JSON,
         timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
     ) -> Any:
-        """One request; the decoded JSON answer (None when empty)."""
+        """One request; the decoded JSON answer (None when empty). A 429 is sent again after
+        the wait the server asks for (see THROTTLED_ATTEMPTS), within `timeout` overall."""
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            stop_before_delay,
+        )
+
+        def throttled(err: BaseException) -> bool:
+            return isinstance(err, KubeError) and err.retry_after is not None
+
+        def asked_wait(state: Any) -> float:
+            err = state.outcome.exception() if state.outcome else None
+            return float(getattr(err, "retry_after", None) or 0.0)
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(throttled),
+            wait=asked_wait,
+            stop=stop_after_attempt(THROTTLED_ATTEMPTS) | stop_before_delay(timeout),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._request_once(method, path, body, query, content_type, timeout)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: Mapping[str, Any] | None,
+        content_type: str,
+        timeout: float,  # noqa: ASYNC109 - the HTTP request's budget
+    ) -> Any:
         import aiohttp
 
         session, headers, tls = await self._prepare()
@@ -287,8 +349,12 @@ class KubeClient:
             ) as response:
                 raw = await response.read()
                 if response.status >= 400:
+                    text = raw.decode(errors="replace")
                     raise KubeError(
-                        response.status, str(response.reason), raw.decode(errors="replace")
+                        response.status,
+                        str(response.reason),
+                        text,
+                        retry_after(response.status, response.headers.get("Retry-After"), text),
                     )
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise KubeError(0, type(err).__name__, str(err)) from err

@@ -28,6 +28,8 @@ from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, cancel
 
 log = logging.getLogger(__name__)
 
+STARTUP_BACKOFF_SECONDS = 2.0
+
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
     persistence = kopf_settings.persistence
@@ -65,14 +67,28 @@ def configure_webhook_server(
     kopf_settings.admission.managed = None
 
 
-@kopf.on.startup()
+# kopf runs a failed start-up again after `backoff` seconds (60 by default): the API server may
+# answer "not ready yet" for a moment after a CRD is installed, so try again soon. Every step
+# below may run twice: the metrics server is started once, a failed attempt's client closed.
+@kopf.on.startup(backoff=STARTUP_BACKOFF_SECONDS)
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator_settings: OperatorSettings = memo.get("settings") or OperatorSettings.from_env()
     configure_kopf(settings, operator_settings)
     configure_webhook_server(settings, operator_settings)
-    api = KubeApi.from_environment()
     metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
+    memo["metrics"] = metrics
     metrics.serve(operator_settings.metrics_port, operator_settings.metrics_host)
+    api = KubeApi.from_environment()
+    try:
+        await _start_fleet(memo, operator_settings, api, metrics)
+    except BaseException:
+        await api.close()
+        raise
+
+
+async def _start_fleet(
+    memo: kopf.Memo, operator_settings: OperatorSettings, api: KubeApi, metrics: OperatorMetrics
+) -> None:
     recorder = AuditRecorder(
         durable=[audit_log_sink(operator_settings.audit_url)]
         if operator_settings.audit_url

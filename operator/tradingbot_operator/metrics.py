@@ -20,6 +20,7 @@ DURATION_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._serving = False
         r = self.registry
         self.restarts = Counter(
             f"{PREFIX}_restarts_total",
@@ -80,8 +81,10 @@ class OperatorMetrics:
         self._phases: dict[tuple[str, str], tuple[str, bool]] = {}
 
     def serve(self, port: int, host: str) -> None:
-        if port:
+        """Serve /metrics once; a retried start-up finds it serving."""
+        if port and not self._serving:
             start_http_server(port, addr=host, registry=self.registry)
+            self._serving = True
 
     def observe_event(self, event: AuditEvent) -> None:
         self.audit_events.labels(event_type=event.event_type, severity=event.severity).inc()

@@ -1,4 +1,5 @@
-"""Credentials and stream framing of the shared Kubernetes client, as plain functions."""
+"""The shared Kubernetes client: credentials and stream framing as plain functions, and its
+retry of throttled requests against a scripted HTTP server."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import datetime as dt
 import json
 import stat
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tradingbot_api.kubeclient import (
+    THROTTLED_ATTEMPTS,
     Credentials,
+    KubeClient,
     KubeError,
     credentials_from_kubeconfig,
     credentials_in_cluster,
     load_credentials,
+    retry_after,
     split_lines,
 )
 
@@ -213,3 +219,90 @@ def test_error_message(body: str, message: str) -> None:
     err = KubeError(404, "Not Found", body)
     assert err.message == message
     assert err.not_found and not err.conflict and not err.gone
+
+
+# -- 429: not processed, sent again after the wait the server asks for -------------------------
+
+STORAGE_INITIALIZING = json.dumps(
+    {
+        "kind": "Status",
+        "message": "storage is (re)initializing",
+        "reason": "TooManyRequests",
+        "details": {"retryAfterSeconds": 1},
+        "code": 429,
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "body", "wait"),
+    [
+        (429, "2", "", 2.0),
+        (429, None, STORAGE_INITIALIZING, 1.0),
+        (429, None, "not json", 1.0),  # no hint: a second
+        (429, "soon", "", 1.0),
+        (429, "3600", "", 5.0),  # capped: a halt must not wait an hour
+        (429, "-3", "", 0.0),
+        (409, "2", "", None),  # processed and refused: never sent again as is
+        (500, "2", "", None),
+        (503, None, STORAGE_INITIALIZING, None),
+    ],
+)
+def test_retry_after(status: int, header: str | None, body: str, wait: float | None) -> None:
+    assert retry_after(status, header, body) == wait
+
+
+@pytest.fixture
+async def scripted_server() -> Any:
+    """An HTTP server that answers each request with the next (status, headers) of `script`."""
+    from aiohttp import web
+
+    script: list[tuple[int, dict[str, str]]] = []
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        status, headers = script.pop(0) if script else (200, {})
+        text = json.dumps({"kind": "Status", "code": status} if status >= 400 else {"ok": True})
+        return web.Response(status=status, text=text, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = KubeClient(Credentials(f"http://127.0.0.1:{port}"))
+    yield client, script, seen
+    await client.close()
+    await runner.cleanup()
+
+
+async def test_a_throttled_request_is_sent_again_and_succeeds(scripted_server: Any) -> None:
+    client, script, seen = scripted_server
+    script += [(429, {"Retry-After": "0"}), (429, {"Retry-After": "0"})]
+    assert await client.request("PATCH", "/api/v1/x", body={"a": 1}) == {"ok": True}
+    assert seen == ["PATCH /api/v1/x"] * 3
+
+
+async def test_throttling_gives_up_after_the_attempts_or_the_budget(scripted_server: Any) -> None:
+    client, script, seen = scripted_server
+    script += [(429, {"Retry-After": "0"})] * 10
+    with pytest.raises(KubeError) as exhausted:
+        await client.request("GET", "/api/v1/x")
+    assert exhausted.value.status == 429 and len(seen) == THROTTLED_ATTEMPTS
+    seen.clear()
+    script[:] = [(429, {"Retry-After": "1"})] * 10
+    started = time.monotonic()
+    with pytest.raises(KubeError):
+        await client.request("GET", "/api/v1/x", timeout=1.5)
+    assert time.monotonic() - started < 3.5 and len(seen) == 2  # never past its own budget
+
+
+async def test_other_errors_are_not_sent_again(scripted_server: Any) -> None:
+    client, script, seen = scripted_server
+    script += [(409, {"Retry-After": "0"})]
+    with pytest.raises(KubeError) as refused:
+        await client.request("POST", "/api/v1/x", body={})
+    assert refused.value.conflict and refused.value.retry_after is None and len(seen) == 1
