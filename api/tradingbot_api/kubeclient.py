@@ -21,7 +21,8 @@ import os
 import ssl
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,35 @@ def retry_after(status: int, header: str | None, body: str) -> float | None:
     except ValueError:
         wait = DEFAULT_RETRY_AFTER_SECONDS
     return min(max(wait, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _throttled(err: BaseException) -> bool:
+    return isinstance(err, KubeError) and err.retry_after is not None
+
+
+def _asked_wait(state: Any) -> float:
+    err = state.outcome.exception() if state.outcome else None
+    return float(getattr(err, "retry_after", None) or 0.0)
+
+
+async def _send_again(send: Callable[[], Awaitable[Any]], refused: KubeError, budget: float) -> Any:
+    """What a 429 refused, sent again after each wait the server asks for; the last refusal
+    is raised once the attempts or the budget are spent."""
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay
+
+    wait = refused.retry_after or 0.0
+    if wait > budget:
+        raise refused
+    await asyncio.sleep(wait)
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(_throttled),
+        wait=_asked_wait,
+        stop=stop_after_attempt(THROTTLED_ATTEMPTS - 1) | stop_before_delay(budget - wait),
+        reraise=True,
+    ):
+        with attempt:
+            return await send()
+    raise refused  # pragma: no cover - tenacity reraises the last error
 
 
 @dataclass
@@ -298,29 +328,18 @@ class KubeClient:
     ) -> Any:
         """One request; the decoded JSON answer (None when empty). A 429 is sent again after
         the wait the server asks for (see THROTTLED_ATTEMPTS), within `timeout` overall."""
-        from tenacity import (
-            AsyncRetrying,
-            retry_if_exception,
-            stop_after_attempt,
-            stop_before_delay,
-        )
 
-        def throttled(err: BaseException) -> bool:
-            return isinstance(err, KubeError) and err.retry_after is not None
+        async def send() -> Any:
+            return await self._request_once(method, path, body, query, content_type, timeout)
 
-        def asked_wait(state: Any) -> float:
-            err = state.outcome.exception() if state.outcome else None
-            return float(getattr(err, "retry_after", None) or 0.0)
-
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(throttled),
-            wait=asked_wait,
-            stop=stop_after_attempt(THROTTLED_ATTEMPTS) | stop_before_delay(timeout),
-            reraise=True,
-        ):
-            with attempt:
-                return await self._request_once(method, path, body, query, content_type, timeout)
-        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+        started = time.monotonic()
+        try:
+            return await send()  # the common case pays nothing for the retries below
+        except KubeError as err:
+            if err.retry_after is None:
+                raise
+            refused = err
+        return await _send_again(send, refused, timeout - (time.monotonic() - started))
 
     async def _request_once(
         self,

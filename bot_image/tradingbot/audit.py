@@ -294,17 +294,15 @@ class AuditReporter:
         resend_interval: float = RESEND_INTERVAL_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
-        self.url = url.rstrip("/") + BOT_EVENTS_PATH
         self.bot = bot
         self.namespace = namespace
         self.metrics = metrics
         self._view = view
         self._on_acked = on_acked
         self._redact = redact
-        self.timeout = timeout
         self.resend_interval = resend_interval
         self.backoff_cap = backoff_cap
-        self._client = AuditClient(self.url, token=token, timeout=timeout)
+        self._client = AuditClient(url.rstrip("/") + BOT_EVENTS_PATH, token=token, timeout=timeout)
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()

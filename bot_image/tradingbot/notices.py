@@ -163,9 +163,7 @@ class NoticeSender:
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         limit: int = MAX_PENDING,
     ) -> None:
-        self.url = url.rstrip("/") + BOT_EVENTS_PATH
         self.metrics = metrics
-        self.timeout = timeout
         self.backoff_cap = backoff_cap
         self.limit = limit
         self.pending: deque[dict[str, Any]] = deque()
@@ -173,7 +171,7 @@ class NoticeSender:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._client = AuditClient(self.url, token=token, timeout=timeout)
+        self._client = AuditClient(url.rstrip("/") + BOT_EVENTS_PATH, token=token, timeout=timeout)
         self._random = random.Random()
 
     def report(self, event: dict[str, Any]) -> None:
