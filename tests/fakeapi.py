@@ -283,7 +283,7 @@ class FakeApiServer:
         body: Any = None,
         query: Mapping[str, Any] | None = None,
         content_type: str = JSON,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the client's signature
+        timeout: float = 30.0,
     ) -> Any:
         call = self._record(method, path, body, query, content_type)
         if self.before is not None:

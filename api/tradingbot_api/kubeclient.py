@@ -324,7 +324,7 @@ class KubeClient:
         body: Any = None,
         query: Mapping[str, Any] | None = None,
         content_type: str = JSON,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> Any:
         """One request; the decoded JSON answer (None when empty). A 429 is sent again after
         the wait the server asks for (see THROTTLED_ATTEMPTS), within `timeout` overall."""
@@ -348,7 +348,7 @@ class KubeClient:
         body: Any,
         query: Mapping[str, Any] | None,
         content_type: str,
-        timeout: float,  # noqa: ASYNC109 - the HTTP request's budget
+        timeout: float,
     ) -> Any:
         import aiohttp
 

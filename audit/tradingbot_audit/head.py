@@ -298,7 +298,7 @@ class KubeRequester(Protocol):
         *,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = ...,  # noqa: ASYNC109 - the HTTP request's budget
+        timeout: float = ...,
     ) -> Any: ...
 
 

@@ -13,11 +13,11 @@ import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import quote
 
 from tradingbot_api.constants import API_GROUP, API_VERSION, KIND, PLURAL
-from tradingbot_api.kubeclient import JSON, MERGE_PATCH, KubeClient, KubeError
+from tradingbot_api.kubeclient import MERGE_PATCH, KubeClient, KubeError
 from tradingbot_api.times import kube_time, utc_now
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "KubeApi",
     "KubeClient",
     "KubeError",
-    "KubeTransport",
     "default_namespace",
     "namespaced_path",
     "tradingbot_path",
@@ -37,30 +36,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_SECONDS: Final = 10.0
+TIMEOUT: Final = REQUEST_TIMEOUT_SECONDS
 # `source.component` of the bot's Events (`kubectl describe tb` shows it).
 EVENT_COMPONENT: Final = "tradingbot"
 IN_CLUSTER_NAMESPACE_FILE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 TokenSource = Callable[[], Awaitable[str | None]]
-
-
-class KubeTransport(Protocol):
-    """What `KubeApi` needs of `KubeClient` (or of an in-memory API in tests)."""
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: Mapping[str, Any] | None = None,
-        content_type: str = JSON,
-        timeout: float = ...,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> Any: ...
-
-    def stream(
-        self, path: str, *, query: Mapping[str, Any] | None = None, read_timeout: float = ...
-    ) -> AsyncIterator[dict[str, Any]]: ...
+Body = Mapping[str, Any]
+Object = dict[str, Any]
 
 
 def namespaced_path(
@@ -94,8 +77,15 @@ def watch_query(
     return query
 
 
+def _object(answer: Any) -> Object:
+    return dict(answer or {})  # an empty answer body decodes to None
+
+
 class KubeApi:
-    def __init__(self, transport: KubeTransport) -> None:
+    """Typed on the shared client; tests hand it an in-memory API with the same `request`
+    and `stream`."""
+
+    def __init__(self, transport: KubeClient) -> None:
         self.transport = transport
 
     @classmethod
@@ -103,36 +93,12 @@ class KubeApi:
         """The given kubeconfig, else KUBECONFIG, else the in-cluster ServiceAccount."""
         return cls(KubeClient.from_environment(kubeconfig))
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: Mapping[str, Any] | None = None,
-        content_type: str = JSON,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> dict[str, Any]:
-        answer = await self.transport.request(
-            method, path, body=body, query=query, content_type=content_type, timeout=timeout
-        )
-        return dict(answer or {})
-
     async def get(
-        self,
-        path: str,
-        *,
-        query: Mapping[str, Any] | None = None,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> dict[str, Any]:
-        return await self.request("GET", path, query=query, timeout=timeout)
+        self, path: str, *, query: Body | None = None, timeout: float = TIMEOUT
+    ) -> Object:
+        return _object(await self.transport.request("GET", path, query=query, timeout=timeout))
 
-    async def get_or_none(
-        self,
-        path: str,
-        *,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> dict[str, Any] | None:
+    async def get_or_none(self, path: str, *, timeout: float = TIMEOUT) -> Object | None:
         try:
             return await self.get(path, timeout=timeout)
         except KubeError as err:
@@ -140,37 +106,22 @@ class KubeApi:
                 return None
             raise
 
-    async def create(
-        self,
-        collection: str,
-        body: Mapping[str, Any],
-        *,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> dict[str, Any]:
+    async def create(self, collection: str, body: Body, *, timeout: float = TIMEOUT) -> Object:
         """POST into `collection`; 409 when the object exists."""
-        return await self.request("POST", collection, body=dict(body), timeout=timeout)
+        return _object(
+            await self.transport.request("POST", collection, body=dict(body), timeout=timeout)
+        )
 
-    async def replace(
-        self,
-        path: str,
-        body: Mapping[str, Any],
-        *,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> dict[str, Any]:
+    async def replace(self, path: str, body: Body, *, timeout: float = TIMEOUT) -> Object:
         """PUT; the body's `metadata.resourceVersion` makes it fail with 409 when anyone
         wrote the object since it was read."""
-        return await self.request("PUT", path, body=dict(body), timeout=timeout)
+        return _object(await self.transport.request("PUT", path, body=dict(body), timeout=timeout))
 
-    async def merge_patch(
-        self,
-        path: str,
-        patch: Mapping[str, Any],
-        *,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,  # noqa: ASYNC109 - the HTTP request's budget
-    ) -> dict[str, Any]:
-        return await self.request(
+    async def merge_patch(self, path: str, patch: Body, *, timeout: float = TIMEOUT) -> Object:
+        answer = await self.transport.request(
             "PATCH", path, body=dict(patch), content_type=MERGE_PATCH, timeout=timeout
         )
+        return _object(answer)
 
     def watch(
         self,

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -69,18 +70,21 @@ def image_blocker(image: str | None, allowed: tuple[str, ...]) -> Blocker | None
     )
 
 
+@dataclass(frozen=True)
+class AccessQuery:
+    """One SubjectAccessReview question: may `user` (in `groups`) `verb` this resource?"""
+
+    user: str
+    groups: tuple[str, ...]
+    verb: str
+    resource: str
+    namespace: str
+    name: str = ""
+    group: str = ""
+
+
 class AccessReviewer(Protocol):
-    async def may(
-        self,
-        user: str,
-        groups: tuple[str, ...],
-        *,
-        verb: str,
-        resource: str,
-        namespace: str,
-        name: str = "",
-        group: str = "",
-    ) -> tuple[bool, str]: ...
+    async def may(self, query: AccessQuery) -> tuple[bool, str]: ...
 
 
 async def credentials_blocker(
@@ -105,12 +109,7 @@ async def credentials_blocker(
         )
     namespace = str((body.get("metadata") or {}).get("namespace"))
     allowed, why = await reviewer.may(
-        referrer.user,
-        referrer.groups,
-        verb="get",
-        resource="secrets",
-        namespace=namespace,
-        name=secret,
+        AccessQuery(referrer.user, referrer.groups, "get", "secrets", namespace, name=secret)
     )
     if allowed:
         return None

@@ -126,11 +126,11 @@ def start_watches(fleet: Fleet, settings: OperatorSettings) -> list[asyncio.Task
     """The operator-wide polls: node heartbeats and the fleet-wide kill switch."""
     tasks: list[asyncio.Task[None]] = []
     if settings.node_heartbeats:
-        fleet.nodes = NodeHeartbeats(fleet.api, settings.node_poll_seconds)
+        fleet.nodes = NodeHeartbeats(fleet.api.client, settings.node_poll_seconds)
         tasks.append(asyncio.create_task(fleet.nodes.run(fleet.wake_nodes)))
     if settings.fleet_switch:
         namespace, _, name = settings.fleet_switch.partition("/")
-        fleet.fleet_switch = FleetSwitch(fleet.api, namespace, name)
+        fleet.fleet_switch = FleetSwitch(fleet.api.client, namespace, name)
         tasks.append(asyncio.create_task(fleet.fleet_switch.run(fleet.wake_all)))
     return tasks
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
 from tradingbot_api.kubeclient import KubeClient, KubeError
+from tradingbot_operator.guards import AccessQuery
 
 FIELD_MANAGER = "tradingbot-operator"
 REQUEST_TIMEOUT = 30
@@ -67,34 +68,18 @@ class KubeApi:
         """In-cluster credentials when running in a pod, else the current kubeconfig."""
         return cls(KubeClient.from_environment(user_agent=FIELD_MANAGER))
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: Mapping[str, Any] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        return await self.client.request(
-            method,
-            path,
-            body=body,
-            query=query,
-            content_type=content_type,
-            timeout=REQUEST_TIMEOUT,
-        )
-
     async def close(self) -> None:
         await self.client.close()
 
     # -- TradingBots --------------------------------------------------------------------
 
     async def get_bot(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(await self.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL, name)))
+        return dict(
+            await self.client.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL, name))
+        )
 
     async def list_bots(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        result = await self.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL))
+        result = await self.client.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL))
         return list(result.get("items") or [])
 
     async def patch_bot_status(
@@ -105,7 +90,7 @@ class KubeApi:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         return dict(
-            await self.request(
+            await self.client.request(
                 "PATCH",
                 _path(API_GROUP, VERSION, namespace, PLURAL, name, "status"),
                 body=body,
@@ -114,7 +99,7 @@ class KubeApi:
         )
 
     async def patch_bot(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        await self.request(
+        await self.client.request(
             "PATCH",
             _path(API_GROUP, VERSION, namespace, PLURAL, name),
             body=dict(patch),
@@ -124,7 +109,7 @@ class KubeApi:
     # -- pods ---------------------------------------------------------------------------
 
     async def list_bot_pods(self, namespace: str, bot: str) -> list[dict[str, Any]]:
-        result = await self.request(
+        result = await self.client.request(
             "GET", _path("", "v1", namespace, "pods"), query={"labelSelector": f"{LABEL_BOT}={bot}"}
         )
         return list(result.get("items") or [])
@@ -135,7 +120,7 @@ class KubeApi:
         group, version, plural = _PLURALS[str(obj["kind"])]
         namespace = obj["metadata"].get("namespace")
         return dict(
-            await self.request(
+            await self.client.request(
                 "POST",
                 _path(group, version, namespace, plural),
                 body=dict(obj),
@@ -152,7 +137,7 @@ class KubeApi:
             "preconditions": {"uid": uid},
         }
         try:
-            await self.request("DELETE", _path("", "v1", namespace, "pods", name), body=body)
+            await self.client.request("DELETE", _path("", "v1", namespace, "pods", name), body=body)
         except ApiError as err:
             if err.not_found or err.conflict:  # already gone, or a different pod by now
                 return
@@ -163,7 +148,7 @@ class KubeApi:
         group, version, plural = _PLURALS[str(obj["kind"])]
         meta = obj["metadata"]
         return dict(
-            await self.request(
+            await self.client.request(
                 "PATCH",
                 _path(group, version, meta.get("namespace"), plural, meta["name"]),
                 body=json.dumps(obj),
@@ -181,14 +166,16 @@ class KubeApi:
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         group, version, plural = _PLURALS[kind]
-        return dict(await self.request("GET", _path(group, version, namespace, plural, name)))
+        return dict(
+            await self.client.request("GET", _path(group, version, namespace, plural, name))
+        )
 
     async def merge_patch(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> dict[str, Any]:
         group, version, plural = _PLURALS[kind]
         return dict(
-            await self.request(
+            await self.client.request(
                 "PATCH",
                 _path(group, version, namespace, plural, name),
                 body=dict(patch),
@@ -202,40 +189,30 @@ class KubeApi:
     ) -> dict[str, Any] | None:
         """A cluster-scoped object, or None when it does not exist."""
         try:
-            return dict(await self.request("GET", _path(group, version, None, plural, name)))
+            return dict(await self.client.request("GET", _path(group, version, None, plural, name)))
         except ApiError as err:
             if err.not_found:
                 return None
             raise
 
-    async def may(
-        self,
-        user: str,
-        groups: tuple[str, ...],
-        *,
-        verb: str,
-        resource: str,
-        namespace: str,
-        name: str = "",
-        group: str = "",
-    ) -> tuple[bool, str]:
-        """Whether `user` (with `groups`) may do this, by SubjectAccessReview; and why not."""
+    async def may(self, query: AccessQuery) -> tuple[bool, str]:
+        """Whether the user (with its groups) may do this, by SubjectAccessReview; and why not."""
         review = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SubjectAccessReview",
             "spec": {
-                "user": user,
-                "groups": list(groups),
+                "user": query.user,
+                "groups": list(query.groups),
                 "resourceAttributes": {
-                    "namespace": namespace,
-                    "verb": verb,
-                    "group": group,
-                    "resource": resource,
-                    "name": name,
+                    "namespace": query.namespace,
+                    "verb": query.verb,
+                    "group": query.group,
+                    "resource": query.resource,
+                    "name": query.name,
                 },
             },
         }
-        result = await self.request(
+        result = await self.client.request(
             "POST", _path("authorization.k8s.io", "v1", None, "subjectaccessreviews"), body=review
         )
         status = (result or {}).get("status") or {}
@@ -244,7 +221,7 @@ class KubeApi:
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         group, version, plural = _PLURALS[kind]
         try:
-            await self.request("DELETE", _path(group, version, namespace, plural, name))
+            await self.client.request("DELETE", _path(group, version, namespace, plural, name))
         except ApiError as err:
             if not err.not_found:
                 raise

@@ -242,21 +242,31 @@ def held_positions(env: BotEnv, least: int) -> Any:
     )
 
 
+DRAIN_ATTEMPTS = 3
+
+
 def test_drain_ends_flat_by_exits_alone_and_reports_it(bot_env: BotEnv) -> None:
+    """The strategy exits by itself, so a position seen in the stored state may close before
+    the bot observes the drain; such an attempt proves nothing and is repeated (bounded)."""
     bot = bot_env.start("alpha-pod-1")
     trading(bot_env, bot)
-    held_positions(bot_env, 1)
-    drained_at = bot_env.annotate(**{ANNOTATION_HALT: "drain"})
-    kube.wait_for(
-        lambda: bot_env.kill_switch() == ("drain", True),
-        timeout=90,
-        message="drained flat and reported",
-    )
+    for attempt in range(1, DRAIN_ATTEMPTS + 1):
+        held_positions(bot_env, 1)
+        drained_at = bot_env.annotate(**{ANNOTATION_HALT: "drain"})
+        kube.wait_for(
+            lambda: bot_env.kill_switch() == ("drain", True),
+            timeout=90,
+            message="drained flat and reported",
+        )
+        if bot.logged("kill switch obeyed")[-1]["positions"]:
+            break  # it held something when it obeyed: the drain did the closing
+        assert attempt < DRAIN_ATTEMPTS, "the bot was flat already at every drain"
+        bot_env.annotate(**{ANNOTATION_HALT: None})
+        kube.wait_for(lambda: bot_env.kill_switch() is None, timeout=20, message="resumed")
     state = bot_env.state()
     assert state is not None and state.positions == {}
     late = fills_after(state, drained_at + ONE_SECOND)
     assert [f for f in late if f.side == "buy"] == []
-    assert bot.logged("kill switch obeyed")[0]["positions"]  # it held something at first
     assert bot_env.status()["killSwitch"]["observedAt"]
     assert bot_env.events("KillSwitchFlat")
     stop(bot)

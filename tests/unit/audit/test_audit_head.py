@@ -342,7 +342,7 @@ class FakeApi:
         *,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 5.0,  # noqa: ASYNC109 - the client's signature
+        timeout: float = 5.0,
     ) -> Any:
         self.sent.append((method, path, body, content_type))
         answer = self.answers.pop(0)

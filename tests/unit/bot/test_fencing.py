@@ -19,7 +19,7 @@ from tradingbot.fencing import (
     may_acquire,
     observe,
 )
-from tradingbot.kube import KubeApi, KubeTransport
+from tradingbot.kube import KubeApi
 
 NS = "bots"
 GV = "coordination.k8s.io/v1"
@@ -33,7 +33,7 @@ class Clock:
         return self.now
 
 
-def fence(kube: KubeTransport, identity: str, clock: Clock) -> LeaseFence:
+def fence(kube: Any, identity: str, clock: Clock) -> LeaseFence:
     return LeaseFence(
         KubeApi(kube),
         NS,

@@ -11,6 +11,7 @@ import pytest
 from tests.integration.invalid_specs import INVALID_SPECS, VALID_SPECS
 from tradingbot_api.constants import BlockReason
 from tradingbot_operator.guards import (
+    AccessQuery,
     credentials_blocker,
     image_blocker,
     read_policy_state,
@@ -54,10 +55,8 @@ class Reviewer:
         self.allowed = allowed
         self.asked: list[tuple[str, tuple[str, ...], str]] = []
 
-    async def may(
-        self, user: str, groups: tuple[str, ...], *, verb: str, resource: str, **kw: Any
-    ) -> tuple[bool, str]:
-        self.asked.append((user, groups, f"{verb} {resource}/{kw.get('name')}"))
+    async def may(self, query: AccessQuery) -> tuple[bool, str]:
+        self.asked.append((query.user, query.groups, f"{query.verb} {query.resource}/{query.name}"))
         return self.allowed, "" if self.allowed else "RBAC: no rule"
 
 
