@@ -27,7 +27,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from tradingbot_api.constants import (
     ANNOTATION_HALT,
@@ -75,28 +75,27 @@ COMMANDS: Final[dict[str, Callable[[Context], int]]] = {
 }
 
 
-def _global_options() -> argparse.ArgumentParser:
+def _kept(group: Any, *flags: str, **options: Any) -> None:
     # SUPPRESS keeps an option given before the command from being reset by the command's
     # own copy (argparse copies every default of a subparser over the parent's values).
+    group.add_argument(*flags, default=argparse.SUPPRESS, **options)
+
+
+def _global_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("global options")
-    group.add_argument(
+    _kept(
+        group,
         "--kubeconfig",
         metavar="FILE",
-        default=argparse.SUPPRESS,
         help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)",
     )
-    group.add_argument(
-        "--context",
-        metavar="NAME",
-        default=argparse.SUPPRESS,
-        help="kubeconfig context (default: the current one)",
-    )
-    group.add_argument(
+    _kept(group, "--context", metavar="NAME", help="kubeconfig context (default: the current one)")
+    _kept(
+        group,
         "-n",
         "--namespace",
         metavar="NS",
-        default=argparse.SUPPRESS,
         help="namespace (default: the context's, else default)",
     )
     return common
@@ -104,68 +103,28 @@ def _global_options() -> argparse.ArgumentParser:
 
 def _audit_options(parser: argparse.ArgumentParser, *, filters: bool) -> None:
     source = parser.add_argument_group("audit source")
-    source.add_argument(
-        "--audit-url",
-        metavar="URL",
-        default=argparse.SUPPRESS,
-        help=f"audit API base URL (default: ${AUDIT_URL_ENV})",
+    _kept(
+        source, "--audit-url", metavar="URL", help=f"audit API base URL (default: ${AUDIT_URL_ENV})"
     )
-    source.add_argument(
-        "--audit-ca",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="CA bundle for an https audit URL",
-    )
-    source.add_argument(
+    _kept(source, "--audit-ca", metavar="FILE", help="CA bundle for an https audit URL")
+    _kept(
+        source,
         "--log-dir",
         metavar="DIR",
-        default=argparse.SUPPRESS,
         help="read a local audit log directory instead of the API",
     )
     if not filters:
         return
     group = parser.add_argument_group("filters (-n NS filters by namespace)")
-    group.add_argument(
-        "--type",
-        dest="event_type",
-        metavar="T",
-        default=argparse.SUPPRESS,
-        help="event type: config_change, restart, stop, halt, trade, ...",
-    )
-    group.add_argument(
-        "--severity", choices=("info", "warning", "critical"), default=argparse.SUPPRESS
-    )
-    group.add_argument(
-        "--source",
-        metavar="S",
-        default=argparse.SUPPRESS,
-        help="kubectl, gitops, plugin, operator, bot, webhook",
-    )
-    group.add_argument(
-        "--bot",
-        dest="audit_bot",
-        metavar="B",
-        default=argparse.SUPPRESS,
-        help="target bot (or symbol)",
-    )
-    group.add_argument(
-        "--user",
-        metavar="U",
-        default=argparse.SUPPRESS,
-        help="the Kubernetes user who made the change",
-    )
-    group.add_argument(
-        "--since",
-        metavar="TIME",
-        default=argparse.SUPPRESS,
-        help="inclusive lower bound: ISO 8601 (UTC if no offset) or 30m, 24h, 7d",
-    )
-    group.add_argument(
-        "--until",
-        metavar="TIME",
-        default=argparse.SUPPRESS,
-        help="exclusive upper bound, same forms",
-    )
+    types = "event type: config_change, restart, stop, halt, trade, ..."
+    _kept(group, "--type", dest="event_type", metavar="T", help=types)
+    _kept(group, "--severity", choices=("info", "warning", "critical"))
+    _kept(group, "--source", metavar="S", help="kubectl, gitops, plugin, operator, bot, webhook")
+    _kept(group, "--bot", dest="audit_bot", metavar="B", help="target bot (or symbol)")
+    _kept(group, "--user", metavar="U", help="the Kubernetes user who made the change")
+    since = "inclusive lower bound: ISO 8601 (UTC if no offset) or 30m, 24h, 7d"
+    _kept(group, "--since", metavar="TIME", help=since)
+    _kept(group, "--until", metavar="TIME", help="exclusive upper bound, same forms")
 
 
 def _selection(parser: argparse.ArgumentParser, verb: str) -> None:

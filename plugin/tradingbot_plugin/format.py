@@ -41,6 +41,17 @@ STATUS_COLUMNS: Final = (
 FEED_LENGTH: Final = 6
 
 
+# kubectl's HumanDuration: (unit, its seconds, the finer unit shown beside it, its seconds,
+# whole units below this many, "unit+finer" below this many); under two minutes: seconds.
+_AGE_STEPS: Final = (
+    ("s", 1, "", 1, 120, 0),
+    ("m", 60, "s", 1, 180, 10),
+    ("h", 3600, "m", 60, 48, 8),
+    ("d", 86400, "h", 3600, 365 * 2, 8),
+    ("y", 86400 * 365, "d", 86400, math.inf, 8),
+)
+
+
 def format_age(created: datetime | None, now: datetime) -> str:
     """Age as `kubectl get` prints it (its HumanDuration): 45s, 3m20s, 95m, 5h3m, 2d4h, 400d."""
     if created is None:
@@ -49,31 +60,13 @@ def format_age(created: datetime | None, now: datetime) -> str:
     if seconds < 0:
         # Clock skew between this machine and the API server: kubectl shows a fixed word.
         return "<invalid>"
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        rest = seconds % 60
-        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        rest = minutes % 60
-        return f"{hours}h{rest}m" if rest else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    days = hours // 24
-    if hours < 24 * 8:
-        rest = hours % 24
-        return f"{days}d{rest}h" if rest else f"{days}d"
-    if days < 365 * 2:
-        return f"{days}d"
-    years = days // 365
-    if years < 8:
-        rest = days % 365
-        return f"{years}y{rest}d" if rest else f"{years}y"
-    return f"{years}y"
+    for unit, size, rest_unit, rest_size, whole_below, split_below in _AGE_STEPS:
+        amount, rest = divmod(seconds // rest_size, size // rest_size)
+        if seconds < split_below * size:
+            return f"{amount}{unit}{rest}{rest_unit}" if rest else f"{amount}{unit}"
+        if seconds < whole_below * size:
+            return f"{amount}{unit}"
+    raise AssertionError("the last step takes every age")
 
 
 # -- status formatting ------------------------------------------------------------------------

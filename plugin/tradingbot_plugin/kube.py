@@ -195,14 +195,14 @@ class Kube:
         try:
             return fn(*args, **kwargs)
         except self._errors as exc:
-            raise api_error(
-                exc,
-                verb=verb,
-                resource=resource,
-                namespace=namespace,
-                name=name,
-                server=self.server,
-            ) from None
+            raise self._error(exc, verb, resource, namespace, name) from None
+
+    def _error(
+        self, exc: Exception, verb: str, resource: str, namespace: str | None, name: str | None
+    ) -> PluginError:
+        return api_error(
+            exc, verb=verb, resource=resource, namespace=namespace, name=name, server=self.server
+        )
 
     def get_bot(self, namespace: str, name: str) -> dict[str, Any]:
         return dict(
@@ -286,14 +286,7 @@ class Kube:
             return
         except self._errors as exc:
             if not (create and getattr(exc, "status", None) == 404):
-                raise api_error(
-                    exc,
-                    verb="patch",
-                    resource="configmap",
-                    namespace=namespace,
-                    name=name,
-                    server=self.server,
-                ) from None
+                raise self._error(exc, "patch", "configmap", namespace, name) from None
         data = {k: v for k, v in (body.get("data") or {}).items() if v is not None}
         try:
             core.create_namespaced_config_map(
@@ -302,14 +295,7 @@ class Kube:
                 field_manager=FIELD_MANAGER,
             )
         except self._errors as exc:
-            raise api_error(
-                exc,
-                verb="create",
-                resource="configmap",
-                namespace=namespace,
-                name=name,
-                server=self.server,
-            ) from None
+            raise self._error(exc, "create", "configmap", namespace, name) from None
 
     def list_events(self, namespace: str | None) -> list[dict[str, Any]]:
         """Events as plain JSON; an empty list when they cannot be read (the feed is extra)."""
@@ -338,12 +324,5 @@ class Kube:
         try:
             configmap = client.CoreV1Api(self.api).read_namespaced_config_map(name, namespace)
         except self._errors as exc:
-            raise api_error(
-                exc,
-                verb="get",
-                resource="configmap",
-                namespace=namespace,
-                name=name,
-                server=self.server,
-            ) from None
+            raise self._error(exc, "get", "configmap", namespace, name) from None
         return dict(getattr(configmap, "data", None) or {})

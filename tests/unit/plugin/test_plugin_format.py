@@ -54,6 +54,13 @@ def later(**delta: float) -> str:
         pytest.param(timedelta(days=2, hours=4), "2d4h", id="under eight days adds hours"),
         pytest.param(timedelta(days=400), "400d", id="under two years counts days"),
         pytest.param(timedelta(days=365 * 3 + 10), "3y10d", id="years add days"),
+        pytest.param(timedelta(seconds=120), "2m", id="two minutes"),
+        pytest.param(timedelta(minutes=10, seconds=30), "10m", id="ten minutes drop seconds"),
+        pytest.param(timedelta(hours=8, minutes=1), "8h", id="eight hours drop minutes"),
+        pytest.param(timedelta(hours=48), "2d", id="two days"),
+        pytest.param(timedelta(days=8, hours=1), "8d", id="eight days drop hours"),
+        pytest.param(timedelta(days=730), "2y", id="two years"),
+        pytest.param(timedelta(days=365 * 9 + 3), "9y", id="eight years and more drop days"),
         pytest.param(timedelta(seconds=-5), "<invalid>", id="a future timestamp is clock skew"),
     ],
 )
