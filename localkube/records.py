@@ -18,11 +18,14 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from localkube.procfs import ProcessIdentity
+
+R = TypeVar("R")
 
 RECORD_VERSION = 1
 RECORD_SUFFIX = ".json"
@@ -256,6 +259,14 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _read(path: Path, parse: Callable[[str], R]) -> R | None:
+    """The record stored at `path`; None when absent, unreadable or torn."""
+    try:
+        return parse(path.read_text())
+    except (OSError, RecordError):
+        return None
+
+
 @dataclass(frozen=True)
 class Slot:
     """The files of one container of one pod."""
@@ -276,19 +287,13 @@ class Slot:
         write_atomically(self.record_path, record.encode())
 
     def read_record(self) -> ContainerRecord | None:
-        try:
-            return ContainerRecord.parse(self.record_path.read_text())
-        except (OSError, RecordError):
-            return None
+        return _read(self.record_path, ContainerRecord.parse)
 
     def write_exit(self, record: ExitRecord) -> None:
         write_atomically(self.exit_path, record.encode())
 
     def read_exit(self) -> ExitRecord | None:
-        try:
-            return ExitRecord.parse(self.exit_path.read_text())
-        except (OSError, RecordError):
-            return None
+        return _read(self.exit_path, ExitRecord.parse)
 
     def clear_exit(self) -> None:
         self.exit_path.unlink(missing_ok=True)

@@ -89,25 +89,12 @@ class LocalRun:
             "TRADINGBOT_OPERATOR_OPERATOR_USER": product.operator_username(),
             "TRADINGBOT_OPERATOR_FLEET_SWITCH": product.fleet_switch(),
         }
-        with open(log_path, "ab") as log:
-            self.operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tradingbot_operator",
-                    "--metrics-port",
-                    str(metrics_port),
-                    "--max-concurrent-restarts",
-                    "1",
-                    "--bot-env",
-                    f"AUDIT_URL={self.audit_read_url}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=operator_env,
-                cwd=binaries.REPO_ROOT,
-            )
+        options = {
+            "--metrics-port": str(metrics_port),
+            "--max-concurrent-restarts": "1",
+            "--bot-env": f"AUDIT_URL={self.audit_read_url}",
+        }
+        self.operator = _spawn(["tradingbot_operator"], options, log_path, env=operator_env)
         product.apply_objects(
             api,
             webhook_configurations(
@@ -134,29 +121,14 @@ class LocalRun:
         kubeconfig = product.audit_kubeconfig(self.cluster, api, self.data_dir / "audit.kubeconfig")
         ingest, read = free_port(8900), free_port(8901)
         log_path = self.cluster.logs / "audit.log"
-        with open(log_path, "ab") as log:
-            self.sidecar = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tradingbot_audit",
-                    "--log-dir",
-                    str(self.data_dir / "audit"),
-                    "serve",
-                    "--kubeconfig",
-                    str(kubeconfig),
-                    "--head-configmap",
-                    product.audit_head_configmap(),
-                    "--ingest-listen",
-                    f"127.0.0.1:{ingest}",
-                    "--listen",
-                    f"127.0.0.1:{read}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=binaries.REPO_ROOT,
-            )
+        options = {
+            "--kubeconfig": str(kubeconfig),
+            "--head-configmap": product.audit_head_configmap(),
+            "--ingest-listen": f"127.0.0.1:{ingest}",
+            "--listen": f"127.0.0.1:{read}",
+        }
+        command = ["tradingbot_audit", "--log-dir", str(self.data_dir / "audit"), "serve"]
+        self.sidecar = _spawn(command, options, log_path)
         self.say(
             f"audit log in {self.data_dir / 'audit'}; read API http://127.0.0.1:{read} "
             f"(kubectl tradingbot audit --log-dir {self.data_dir / 'audit'})"
@@ -214,6 +186,25 @@ class LocalRun:
                 sidecar.kill()
         self.cluster.stop()
         self.say("stopped; state kept in " + str(self.data_dir))
+
+
+def _spawn(
+    command: list[str],
+    options: dict[str, str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`python -m <command> <options>` from the repository root, output appended to `log_path`."""
+    arguments = [part for pair in options.items() for part in pair]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", *command, *arguments],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=binaries.REPO_ROOT,
+        )
 
 
 class AlreadyRunning(Exception):
