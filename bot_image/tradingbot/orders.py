@@ -139,11 +139,7 @@ class OrderPart(RuntimeParts):
                     order.symbol, order.order_id, order.client_order_id
                 )
             except ExchangeCallError as exc:
-                log.warning(
-                    "could not reconcile an open order; will retry",
-                    extra={"client_order_id": order.client_order_id, "error": str(exc)},
-                )
-                self._report_error("exchange", exc.error_type, str(exc), exc.method)
+                self._order_call_failed("reconcile", order, exc)
                 continue
             await self._settle(order, result)
 
@@ -169,11 +165,7 @@ class OrderPart(RuntimeParts):
                         order.symbol, order.order_id, order.client_order_id
                     )
             except ExchangeCallError as exc:
-                log.warning(
-                    "could not cancel an open order; will retry",
-                    extra={"client_order_id": order.client_order_id, "error": str(exc)},
-                )
-                self._report_error("exchange", exc.error_type, str(exc), exc.method)
+                self._order_call_failed("cancel", order, exc)
                 continue
             if result is not None and result.status == CANCELED:
                 self.state = without_open_order(self.state, order.client_order_id)
@@ -185,6 +177,13 @@ class OrderPart(RuntimeParts):
             else:
                 await self._settle(order, result)
         return cancelled
+
+    def _order_call_failed(self, action: str, order: OpenOrder, exc: ExchangeCallError) -> None:
+        log.warning(
+            f"could not {action} an open order; will retry",
+            extra={"client_order_id": order.client_order_id, "error": str(exc)},
+        )
+        self._report_error("exchange", exc.error_type, str(exc), exc.method)
 
     async def _settle(self, order: OpenOrder, result: OrderResult | None) -> None:
         if result is None or result.status not in (FILLED, OPEN):

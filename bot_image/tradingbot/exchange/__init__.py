@@ -14,7 +14,7 @@ from tradingbot.exchange.base import (
     OrderResult,
     PriceFeed,
 )
-from tradingbot.exchange.errors import ExchangeCallError, call_with_retry, classify, retrying
+from tradingbot.exchange.errors import ExchangeCallError, RetryPolicy, call_with_retry, classify
 from tradingbot.exchange.feeds import PROFILE_VOLATILITY, CcxtTickerFeed, SeededPriceFeed
 from tradingbot.exchange.live import LiveExchange, parse_ccxt_order
 from tradingbot.exchange.paper import PaperExchange
@@ -33,9 +33,9 @@ __all__ = [
     "OrderResult",
     "PaperExchange",
     "PriceFeed",
+    "RetryPolicy",
     "SeededPriceFeed",
     "call_with_retry",
     "classify",
     "parse_ccxt_order",
-    "retrying",
 ]

@@ -30,6 +30,10 @@ class OrderResult:
     message: str = ""
 
 
+# Asked before an order is sent again: the kill switch or the Lease may have changed meanwhile.
+Gate = Callable[[], bool] | None
+
+
 class Exchange(Protocol):
     mode: str
 
@@ -38,13 +42,7 @@ class Exchange(Protocol):
     async def close(self) -> None: ...
 
     async def market_order(
-        self,
-        symbol: str,
-        side: str,
-        amount: float,
-        client_order_id: str,
-        *,
-        may_send: Callable[[], bool] | None = None,
+        self, symbol: str, side: str, amount: float, client_order_id: str, *, may_send: Gate = None
     ) -> OrderResult:
         """A market order. An exchange that retries asks `may_send` before sending again
         (the kill switch or the Lease may have changed meanwhile)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar
 
 from tenacity import (
@@ -58,46 +59,41 @@ def classify(exc: BaseException) -> str:
     return RAISE
 
 
-def retrying(
-    method: str,
-    *,
-    attempts: int = 4,
-    base_delay: float = 0.5,
-    max_delay: float = 8.0,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> AsyncRetrying:
+@dataclass(frozen=True)
+class RetryPolicy:
     """The retry policy of exchange calls: RETRY-class errors are tried again, `attempts`
     calls in all, after exponential pauses (base_delay * 2**n, capped at max_delay, plus up to
     half a base_delay of jitter so that many bots do not retry in lockstep). Every other error
     propagates as it is; when the attempts are used up, the last error becomes an
     ExchangeCallError."""
 
-    def exhausted(state: RetryCallState) -> NoReturn:
-        assert state.outcome is not None
-        exc = state.outcome.exception()
-        assert exc is not None
-        raise ExchangeCallError(method, type(exc).__name__, str(exc)) from exc
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
-    return AsyncRetrying(
-        retry=retry_if_exception(lambda exc: classify(exc) == RETRY),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(multiplier=base_delay, max=max_delay, jitter=base_delay / 2),
-        sleep=sleep,
-        retry_error_callback=exhausted,
-    )
+    def retrying(self, method: str) -> AsyncRetrying:
+        def exhausted(state: RetryCallState) -> NoReturn:
+            assert state.outcome is not None
+            exc = state.outcome.exception()
+            assert exc is not None
+            raise ExchangeCallError(method, type(exc).__name__, str(exc)) from exc
+
+        return AsyncRetrying(
+            retry=retry_if_exception(lambda exc: classify(exc) == RETRY),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential_jitter(
+                multiplier=self.base_delay, max=self.max_delay, jitter=self.base_delay / 2
+            ),
+            sleep=self.sleep,
+            retry_error_callback=exhausted,
+        )
 
 
 async def call_with_retry(
-    method: str,
-    fn: Callable[[], Awaitable[T]],
-    sink: ErrorSink,
-    *,
-    attempts: int = 4,
-    base_delay: float = 0.5,
-    max_delay: float = 8.0,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    method: str, fn: Callable[[], Awaitable[T]], sink: ErrorSink, policy: RetryPolicy
 ) -> T:
-    """Call `fn`, timing every attempt and retrying the network family (`retrying`);
+    """Call `fn`, timing every attempt and retrying the network family (`policy`);
     RECORD-class errors propagate unchanged (the caller turns them into an event), others
     become ExchangeCallError."""
 
@@ -118,8 +114,5 @@ async def call_with_retry(
         sink.exchange_request(method, time.monotonic() - started)
         return result
 
-    policy = retrying(
-        method, attempts=attempts, base_delay=base_delay, max_delay=max_delay, sleep=sleep
-    )
-    result: T = await policy(attempt)
+    result: T = await policy.retrying(method)(attempt)
     return result

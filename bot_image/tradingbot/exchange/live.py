@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from tradingbot.exchange.base import CANCELED, FILLED, OPEN, REJECTED, OrderResult
+from tradingbot.exchange.base import CANCELED, FILLED, OPEN, REJECTED, Gate, OrderResult
 from tradingbot.exchange.errors import (
     RAISE,
     RECORD,
     ErrorSink,
     ExchangeCallError,
+    RetryPolicy,
     call_with_retry,
     classify,
-    retrying,
 )
 from tradingbot.ledger import Execution, split_symbol
 from tradingbot_api.constants import ExchangeMode
@@ -119,8 +119,7 @@ class LiveExchange:
             **EXCHANGE_OPTIONS.get(exchange_id, {}),
             **(options or {}),
         }
-        self._attempts = attempts
-        self._base_delay = base_delay
+        self._retry = RetryPolicy(attempts=attempts, base_delay=base_delay)
         self._timeout_ms = timeout_ms
         self.client: Any = None
 
@@ -161,9 +160,7 @@ class LiveExchange:
             await client.close()
 
     async def _call(self, method: str, fn: Any) -> Any:
-        return await call_with_retry(
-            method, fn, self._sink, attempts=self._attempts, base_delay=self._base_delay
-        )
+        return await call_with_retry(method, fn, self._sink, self._retry)
 
     def amount_to_precision(self, symbol: str, amount: float) -> float:
         return float(self.client.amount_to_precision(symbol, amount))
@@ -173,16 +170,9 @@ class LiveExchange:
         return float(ticker.get("last") or ticker.get("close"))
 
     async def market_order(
-        self,
-        symbol: str,
-        side: str,
-        amount: float,
-        client_order_id: str,
-        *,
-        may_send: Callable[[], bool] | None = None,
+        self, symbol: str, side: str, amount: float, client_order_id: str, *, may_send: Gate = None
     ) -> OrderResult:
-        policy = retrying("create_order", attempts=self._attempts, base_delay=self._base_delay)
-        async for attempt in policy:
+        async for attempt in self._retry.retrying("create_order"):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     # The failed request may have reached the exchange: look before sending

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from decimal import ROUND_DOWN, Context, Decimal
 
-from tradingbot.exchange.base import FILLED, REJECTED, OrderResult
+from tradingbot.exchange.base import FILLED, REJECTED, Gate, OrderResult
 from tradingbot.ledger import Execution, split_symbol
 from tradingbot_api.constants import ExchangeMode
 from tradingbot_api.times import utc_now_iso
@@ -70,14 +70,9 @@ class PaperExchange:
         )
 
     async def market_order(
-        self,
-        symbol: str,
-        side: str,
-        amount: float,
-        client_order_id: str,
-        *,
-        may_send: Callable[[], bool] | None = None,  # one attempt only: nothing to ask
+        self, symbol: str, side: str, amount: float, client_order_id: str, *, may_send: Gate = None
     ) -> OrderResult:
+        # One attempt only: nothing to ask `may_send`.
         base, quote = split_symbol(symbol)
         price = self.prices.get(symbol)
         if price is None or price <= 0:
