@@ -8,7 +8,7 @@ an API change: pods, Leases, ConfigMaps and dashboards in running clusters use t
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 API_GROUP: Final = "trading.r7.dev"
 VERSION: Final = "v1alpha1"
@@ -324,6 +324,19 @@ DEFAULT_COALESCE_SECONDS: Final = 2
 DEFAULT_MAX_ATTEMPTS: Final = 5
 DEFAULT_GRACE_PERIOD_SECONDS: Final = 30
 DEFAULT_MAX_RESTARTS_PER_HOUR: Final = 10
+# The defaulted fields as a spec fragment: the config hash fills them in, so that a field
+# left out and the same field set to its default give one hash (changing them restarts bots).
+SPEC_DEFAULTS: Final[dict[str, Any]] = {
+    "exchange": {"mode": DEFAULT_EXCHANGE_MODE},
+    "state": {"backend": DEFAULT_STATE_BACKEND},
+    "suspend": False,
+    "restartPolicy": {
+        "coalesceSeconds": DEFAULT_COALESCE_SECONDS,
+        "maxAttempts": DEFAULT_MAX_ATTEMPTS,
+        "gracePeriodSeconds": DEFAULT_GRACE_PERIOD_SECONDS,
+        "maxRestartsPerHour": DEFAULT_MAX_RESTARTS_PER_HOUR,
+    },
+}
 # The state claim when spec.state.pvc is absent (the model requires it for backend pvc; kept
 # for objects written before it did).
 DEFAULT_STATE_PVC_SIZE: Final = "1Gi"

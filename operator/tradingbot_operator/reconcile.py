@@ -20,6 +20,7 @@ from tradingbot_api.constants import (
     ANNOTATION_CREDENTIALS_APPROVED,
     API_VERSION,
     KIND,
+    SPEC_DEFAULTS,
     BlockReason,
     Phase,
     lease_name,
@@ -42,7 +43,6 @@ from tradingbot_operator.identity import PolicyState, change_stamp
 from tradingbot_operator.kubeapi import ApiError, KubeApi, api_message
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.reconcile_gather import (
-    SPEC_DEFAULTS,
     ObservedBot,
     bot_facts,
     needs_new_config,

@@ -17,12 +17,7 @@ from tradingbot_api.constants import (
     ANNOTATION_HALT,
     ANNOTATION_RESTART_REASON,
     ANNOTATION_SUSPEND,
-    DEFAULT_COALESCE_SECONDS,
-    DEFAULT_EXCHANGE_MODE,
-    DEFAULT_GRACE_PERIOD_SECONDS,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_RESTARTS_PER_HOUR,
-    DEFAULT_STATE_BACKEND,
+    SPEC_DEFAULTS,
     SUSPEND_VALUE,
     HaltMode,
     effective_halt,
@@ -79,19 +74,6 @@ class ObservedBot:
     @property
     def resource_version(self) -> str | None:
         return self.meta.get("resourceVersion")
-
-
-SPEC_DEFAULTS: dict[str, Any] = {
-    "exchange": {"mode": DEFAULT_EXCHANGE_MODE},
-    "state": {"backend": DEFAULT_STATE_BACKEND},
-    "suspend": False,
-    "restartPolicy": {
-        "coalesceSeconds": DEFAULT_COALESCE_SECONDS,
-        "maxAttempts": DEFAULT_MAX_ATTEMPTS,
-        "gracePeriodSeconds": DEFAULT_GRACE_PERIOD_SECONDS,
-        "maxRestartsPerHour": DEFAULT_MAX_RESTARTS_PER_HOUR,
-    },
-}
 
 
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts:

@@ -24,16 +24,18 @@ from pydantic import BaseModel, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-import tradingbot_api as api
-from tradingbot_api import (
+from tradingbot_api import constants, models
+from tradingbot_api.constants import (
     ConditionStatus,
     ConditionType,
     ExchangeMode,
     Phase,
     Profile,
+    StateBackend,
+)
+from tradingbot_api.models import (
     RestartPolicySpec,
     RiskSpec,
-    StateBackend,
     TradingBot,
     TradingBotSpec,
     TradingBotStatus,
@@ -369,6 +371,22 @@ def test_crd_defaulting_and_model_defaulting_agree() -> None:
     assert defaulted_by_crd["suspend"] is False
 
 
+def _merged(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merged(base.get(k), v) for k, v in over.items()} | {
+            k: v for k, v in base.items() if k not in over
+        }
+    return over
+
+
+def test_the_hash_defaults_are_the_crds_defaults() -> None:
+    """A spec that leaves the defaulted fields out hashes as the API server stores it."""
+    minimal = {"profile": "stable", "exchange": {"id": "binance"}, "symbols": ["BTC/USDT"]}
+    crd_spec = normalize_crd(crd_root_schema(load_crd())["properties"]["spec"])
+    defaulted_by_crd = apply_crd_defaults(crd_spec, copy.deepcopy(minimal))
+    assert _merged(minimal, constants.SPEC_DEFAULTS) == _drop_empty(defaulted_by_crd)
+
+
 # The comparator must catch drift on either side; each mutation below is one such drift.
 
 
@@ -473,18 +491,18 @@ def test_comparator_catches_a_field_added_to_the_status_model() -> None:
 def test_crd_names_match_the_constants() -> None:
     crd = load_crd()
     assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
-    assert crd["metadata"]["name"] == api.CRD_NAME == "tradingbots.trading.r7.dev"
+    assert crd["metadata"]["name"] == constants.CRD_NAME == "tradingbots.trading.r7.dev"
     spec = crd["spec"]
-    assert spec["group"] == api.API_GROUP
+    assert spec["group"] == constants.API_GROUP
     assert spec["scope"] == "Namespaced"
     names = spec["names"]
-    assert names["kind"] == api.KIND
-    assert names["plural"] == api.PLURAL
-    assert names["singular"] == api.SINGULAR
-    assert tuple(names["shortNames"]) == api.SHORT_NAMES == ("tb", "tbot")
-    assert tuple(names["categories"]) == api.CATEGORIES == ("trading",)
+    assert names["kind"] == constants.KIND
+    assert names["plural"] == constants.PLURAL
+    assert names["singular"] == constants.SINGULAR
+    assert tuple(names["shortNames"]) == constants.SHORT_NAMES == ("tb", "tbot")
+    assert tuple(names["categories"]) == constants.CATEGORIES == ("trading",)
     (version,) = spec["versions"]
-    assert version["name"] == api.VERSION
+    assert version["name"] == constants.VERSION
     assert version["served"] is True and version["storage"] is True
     assert version["subresources"] == {"status": {}}
 
@@ -510,12 +528,12 @@ def test_crd_printer_columns() -> None:
 
 def test_crd_restricts_bot_names_as_the_constants_say() -> None:
     name = crd_root_schema(load_crd())["properties"]["metadata"]["properties"]["name"]
-    assert name["maxLength"] == api.MAX_BOT_NAME_LENGTH
-    assert name["pattern"] == api.BOT_NAME_PATTERN
+    assert name["maxLength"] == constants.MAX_BOT_NAME_LENGTH
+    assert name["pattern"] == constants.BOT_NAME_PATTERN
     # The longest name still yields a valid label value and valid derived names.
-    longest = "b" * api.MAX_BOT_NAME_LENGTH
-    assert len(api.lease_name(longest)) <= 63
-    assert len(api.state_configmap_name(longest)) <= 63
+    longest = "b" * constants.MAX_BOT_NAME_LENGTH
+    assert len(constants.lease_name(longest)) <= 63
+    assert len(constants.state_configmap_name(longest)) <= 63
 
 
 def _walk(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -628,11 +646,11 @@ def test_kustomization_lists_the_four_samples() -> None:
 def test_sample_parses_and_matches_its_profile(file_name: str) -> None:
     obj = load_samples()[file_name]
     bot = TradingBot.from_dict(obj)
-    assert obj["apiVersion"] == api.API_VERSION
-    assert obj["kind"] == api.KIND
+    assert obj["apiVersion"] == constants.API_VERSION
+    assert obj["kind"] == constants.KIND
     assert file_name == f"{bot.metadata.name}.yaml"
     assert bot.spec.profile == SAMPLE_PROFILES[bot.metadata.name]
-    assert re.fullmatch(api.BOT_NAME_PATTERN, bot.metadata.name)
+    assert re.fullmatch(constants.BOT_NAME_PATTERN, bot.metadata.name)
     assert bot.spec.exchange.id == "binance"
     assert bot.spec.exchange.mode == ExchangeMode.PAPER
     assert bot.spec.exchange.credentials_secret_ref is None
@@ -641,7 +659,7 @@ def test_sample_parses_and_matches_its_profile(file_name: str) -> None:
     assert all(s.endswith("/USDT") for s in bot.spec.symbols)
     # Defaults the samples leave out come from the models, equal to the CRD's.
     assert bot.spec.state.backend == StateBackend.CONFIGMAP
-    assert bot.spec.restart_policy.coalesce_seconds == api.DEFAULT_COALESCE_SECONDS
+    assert bot.spec.restart_policy.coalesce_seconds == constants.DEFAULT_COALESCE_SECONDS
     assert bot.status == TradingBotStatus()
 
 
@@ -717,7 +735,7 @@ def test_unknown_spec_fields_are_rejected_by_the_models() -> None:
 def test_spec_accepts_python_names_and_dumps_json_names() -> None:
     spec = TradingBotSpec(
         profile=Profile.MEME,
-        exchange=api.ExchangeSpec(id="binance"),
+        exchange=models.ExchangeSpec(id="binance"),
         symbols=["DOGE/USDT"],
         restart_policy=RestartPolicySpec(max_restarts_per_hour=3),
     )
@@ -730,15 +748,15 @@ def test_from_dict_takes_any_mapping_and_missing_status() -> None:
     from types import MappingProxyType
 
     obj = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
+        "apiVersion": constants.API_VERSION,
+        "kind": constants.KIND,
         "metadata": {
             "name": "bot-x",
             "namespace": "trading",
             "uid": "1234",
             "generation": 3,
             "resourceVersion": "77",
-            "annotations": {api.ANNOTATION_HALT: "true"},
+            "annotations": {constants.ANNOTATION_HALT: "true"},
             "labels": {},
             "managedFields": [{"manager": "kubectl"}],
         },
@@ -749,7 +767,7 @@ def test_from_dict_takes_any_mapping_and_missing_status() -> None:
     }
     bot = TradingBot.from_dict(MappingProxyType(obj))
     assert bot.metadata.resource_version == "77"
-    assert bot.metadata.annotations[api.ANNOTATION_HALT] == api.HALT_VALUE
+    assert bot.metadata.annotations[constants.ANNOTATION_HALT] == constants.HALT_VALUE
     assert bot.spec.symbols == ["BTC/USDT"]
     assert bot.status.phase is None
     assert bot.status.restarts.total == 0
@@ -862,16 +880,16 @@ def test_validation_messages_use_json_names() -> None:
 
 
 def test_stable_names() -> None:
-    assert api.LABEL_BOT == "trading.r7.dev/bot"
-    assert api.ANNOTATION_CONFIG_HASH == "trading.r7.dev/config-hash"
-    assert api.ANNOTATION_RESTARTED_AT == "trading.r7.dev/restartedAt"
-    assert api.KUBECTL_RESTARTED_AT == "kubectl.kubernetes.io/restartedAt"
-    assert api.ANNOTATION_RESTART_REASON == "trading.r7.dev/restart-reason"
-    assert api.ANNOTATION_HALT == "trading.r7.dev/halt"
-    assert api.STATE_KEY == "state.json"
-    assert api.STATE_PREV_KEY == "state.prev.json"
-    assert api.state_configmap_name("bot-meme") == "bot-meme-state"
-    assert api.lease_name("bot-meme") == "bot-meme-trader"
+    assert constants.LABEL_BOT == "trading.r7.dev/bot"
+    assert constants.ANNOTATION_CONFIG_HASH == "trading.r7.dev/config-hash"
+    assert constants.ANNOTATION_RESTARTED_AT == "trading.r7.dev/restartedAt"
+    assert constants.KUBECTL_RESTARTED_AT == "kubectl.kubernetes.io/restartedAt"
+    assert constants.ANNOTATION_RESTART_REASON == "trading.r7.dev/restart-reason"
+    assert constants.ANNOTATION_HALT == "trading.r7.dev/halt"
+    assert constants.STATE_KEY == "state.json"
+    assert constants.STATE_PREV_KEY == "state.prev.json"
+    assert constants.state_configmap_name("bot-meme") == "bot-meme-state"
+    assert constants.lease_name("bot-meme") == "bot-meme-trader"
     assert [p.value for p in Phase] == [
         "Pending",
         "Starting",
@@ -885,8 +903,8 @@ def test_stable_names() -> None:
 
 
 def test_every_api_key_derives_from_the_group() -> None:
-    keys = [v for k, v in vars(api).items() if k.startswith(("LABEL_", "ANNOTATION_"))]
-    assert keys and all(v.startswith(api.API_GROUP + "/") for v in keys)
+    keys = [v for k, v in vars(constants).items() if k.startswith(("LABEL_", "ANNOTATION_"))]
+    assert keys and all(v.startswith(constants.API_GROUP + "/") for v in keys)
 
 
 def test_the_crd_carries_exactly_the_rules_the_parameter_table_implies() -> None:

@@ -7,8 +7,9 @@ import copy
 import pytest
 
 from tests.integration.invalid_specs import VALID_BASE_SPEC
+from tradingbot_api.constants import SPEC_DEFAULTS
 from tradingbot_operator.hashing import changed_fields, config_hash, restart_token
-from tradingbot_operator.reconcile_gather import SPEC_DEFAULTS, spec_changes
+from tradingbot_operator.reconcile_gather import spec_changes
 
 
 def h(spec: dict, annotations: dict | None = None) -> str:
