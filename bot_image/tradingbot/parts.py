@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from tradingbot_api.constants import CheckpointReason, HaltMode
 
 
+# Positions by symbol, as a halt notice reports them.
+Held = dict[str, float]
+
+
 class RuntimeParts:
     settings: Settings
     api: KubeApi | None
@@ -136,12 +140,7 @@ class RuntimeParts:
         raise NotImplementedError
 
     def _notice_halt(
-        self,
-        action: str,
-        mode: HaltMode | None,
-        source: str,
-        positions: dict[str, float],
-        cancelled: int = 0,
+        self, action: str, mode: HaltMode | None, source: str, positions: Held, cancelled: int = 0
     ) -> None:
         raise NotImplementedError
 

@@ -24,7 +24,7 @@ from tradingbot.kube import tradingbot_path
 from tradingbot.ledger import equity, position_notional, unrealized_pnl
 from tradingbot.logsetup import REDACTOR
 from tradingbot.notices import NoticeSender, error_event, halt_event
-from tradingbot.parts import RuntimeParts
+from tradingbot.parts import Held, RuntimeParts
 from tradingbot.state.model import Fill
 from tradingbot.status import status_body
 from tradingbot_api.constants import HaltMode
@@ -38,12 +38,7 @@ MAX_EVENTS_IN_FLIGHT = 8
 
 class ReportingPart(RuntimeParts):
     def _notice_halt(
-        self,
-        action: str,
-        mode: HaltMode | None,
-        source: str,
-        positions: dict[str, float],
-        cancelled: int = 0,
+        self, action: str, mode: HaltMode | None, source: str, positions: Held, cancelled: int = 0
     ) -> None:
         if self.notices is None:
             return
