@@ -79,6 +79,30 @@ def _object(text: str) -> dict[str, Any]:
     return data
 
 
+# Which container of which pod: the fields a ShimRequest hands on to its ContainerRecord,
+# by attribute, with the JSON key and the parser of each.
+_CONTAINER_KEYS: dict[str, tuple[str, Callable[[dict[str, Any], str], Any]]] = {
+    "pod_uid": ("podUid", _name),
+    "namespace": ("namespace", _str),
+    "pod": ("pod", _str),
+    "container": ("container", _name),
+    "pod_ip": ("podIP", _str),
+    "grace_seconds": ("graceSeconds", _number),
+}
+
+
+def container_fields(source: Any) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in _CONTAINER_KEYS}
+
+
+def _container_json(source: Any) -> dict[str, Any]:
+    return {key: getattr(source, name) for name, (key, _) in _CONTAINER_KEYS.items()}
+
+
+def _parse_container(data: dict[str, Any]) -> dict[str, Any]:
+    return {name: parse(data, key) for name, (key, parse) in _CONTAINER_KEYS.items()}
+
+
 @dataclass(frozen=True)
 class ContainerRecord:
     """One container process this node started (or adopted)."""
@@ -101,12 +125,7 @@ class ContainerRecord:
         return json.dumps(
             {
                 "version": RECORD_VERSION,
-                "podUid": self.pod_uid,
-                "namespace": self.namespace,
-                "pod": self.pod,
-                "container": self.container,
-                "podIP": self.pod_ip,
-                "graceSeconds": self.grace_seconds,
+                **_container_json(self),
                 "startedAt": self.started_at,
                 "process": self.process.to_json(),
                 "shim": self.shim.to_json(),
@@ -118,12 +137,7 @@ class ContainerRecord:
     def parse(cls, text: str) -> ContainerRecord:
         data = _object(text)
         return cls(
-            pod_uid=_name(data, "podUid"),
-            namespace=_str(data, "namespace"),
-            pod=_str(data, "pod"),
-            container=_name(data, "container"),
-            pod_ip=_str(data, "podIP"),
-            grace_seconds=_number(data, "graceSeconds"),
+            **_parse_container(data),
             started_at=_str(data, "startedAt"),
             process=_identity(data, "process"),
             shim=_identity(data, "shim"),
@@ -201,12 +215,7 @@ class ShimRequest:
                 "cwd": self.cwd,
                 "logPath": self.log_path,
                 "recordsDir": self.records_dir,
-                "podUid": self.pod_uid,
-                "namespace": self.namespace,
-                "pod": self.pod,
-                "container": self.container,
-                "podIP": self.pod_ip,
-                "graceSeconds": self.grace_seconds,
+                **_container_json(self),
                 "anchors": [a.to_json() for a in self.anchors],
             }
         )
@@ -233,12 +242,7 @@ class ShimRequest:
             cwd=_str(data, "cwd"),
             log_path=_str(data, "logPath"),
             records_dir=_str(data, "recordsDir"),
-            pod_uid=_name(data, "podUid"),
-            namespace=_str(data, "namespace"),
-            pod=_str(data, "pod"),
-            container=_name(data, "container"),
-            pod_ip=_str(data, "podIP"),
-            grace_seconds=_number(data, "graceSeconds"),
+            **_parse_container(data),
             anchors=parsed_anchors,
         )
 

@@ -35,7 +35,14 @@ from typing import NoReturn
 
 from localkube import procfs
 from localkube.procfs import ProcessIdentity
-from localkube.records import ContainerRecord, ExitRecord, RecordError, ShimRequest, Slot
+from localkube.records import (
+    ContainerRecord,
+    ExitRecord,
+    RecordError,
+    ShimRequest,
+    Slot,
+    container_fields,
+)
 
 PR_SET_PDEATHSIG = 1
 # Without pidfds (or as a safety net) every anchor is looked at this often.
@@ -230,17 +237,7 @@ def main() -> int:
     os.close(err_write)
     child = procfs.identify(pid)  # an unreaped child keeps its /proc entry
     assert child is not None
-    record = ContainerRecord(
-        pod_uid=request.pod_uid,
-        namespace=request.namespace,
-        pod=request.pod,
-        container=request.container,
-        pod_ip=request.pod_ip,
-        grace_seconds=request.grace_seconds,
-        started_at=_now(),
-        process=child,
-        shim=me,
-    )
+    record = ContainerRecord(**container_fields(request), started_at=_now(), process=child, shim=me)
     try:
         slot.write_record(record)
     except OSError as err:

@@ -262,7 +262,11 @@ def test_drain_ends_flat_by_exits_alone_and_reports_it(bot_env: BotEnv) -> None:
             break  # it held something when it obeyed: the drain did the closing
         assert attempt < DRAIN_ATTEMPTS, "the bot was flat already at every drain"
         bot_env.annotate(**{ANNOTATION_HALT: None})
-        kube.wait_for(lambda: bot_env.kill_switch() is None, timeout=20, message="resumed")
+        kube.wait_for(
+            lambda: (bot_env.kill_switch() or ("", False))[0] == "" and bot.ready,
+            timeout=20,
+            message="resumed: no mode reported and ready",
+        )
     state = bot_env.state()
     assert state is not None and state.positions == {}
     late = fills_after(state, drained_at + ONE_SECOND)
