@@ -271,6 +271,13 @@ class JournalView(NamedTuple):
     checkpoint_seq: int
 
 
+def bot_events_client(
+    url: str, token: TokenSource, timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> AuditClient:
+    """The one client a bot posts its audit events with (fills and notices share it)."""
+    return AuditClient(url.rstrip("/") + BOT_EVENTS_PATH, token=token, timeout=timeout)
+
+
 class AuditReporter:
     """Sends unaudited fills to `{url}/v1/bot-events` until acknowledged.
 
@@ -281,16 +288,14 @@ class AuditReporter:
 
     def __init__(
         self,
-        url: str,
+        client: AuditClient,
         *,
         bot: str,
         namespace: str,
         metrics: BotMetrics,
         view: Callable[[], JournalView],
         on_acked: Callable[[set[int]], None],
-        token: TokenSource,
         redact: Callable[[str], str] | None = None,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,
         resend_interval: float = RESEND_INTERVAL_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
@@ -302,7 +307,7 @@ class AuditReporter:
         self._redact = redact
         self.resend_interval = resend_interval
         self.backoff_cap = backoff_cap
-        self._client = AuditClient(url.rstrip("/") + BOT_EVENTS_PATH, token=token, timeout=timeout)
+        self._client = client
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()

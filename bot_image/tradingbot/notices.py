@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from tradingbot.audit import (
+    BACKOFF_CAP_SECONDS,
     OUTCOME_ACKED,
     OUTCOME_REJECTED,
     OUTCOME_RETRY,
@@ -34,12 +35,7 @@ from tradingbot.audit import (
     stored_flags,
 )
 from tradingbot.metrics import BotMetrics
-from tradingbot_api.audit_http import (
-    BOT_EVENTS_PATH,
-    REQUEST_TIMEOUT_SECONDS,
-    AuditClient,
-    TokenSource,
-)
+from tradingbot_api.audit_http import AuditClient
 from tradingbot_api.constants import EventType, HaltMode, Severity
 
 log = logging.getLogger(__name__)
@@ -48,7 +44,6 @@ MAX_PENDING: Final = 200
 MAX_BATCH: Final = 50
 MAX_TEXT: Final = 300
 MAX_POSITIONS: Final = 100
-BACKOFF_CAP_SECONDS: Final = 30.0
 
 Redact = Callable[[str], str]
 
@@ -151,15 +146,14 @@ def enqueue(pending: deque[dict[str, Any]], event: dict[str, Any], limit: int) -
 
 
 class NoticeSender:
-    """Sends queued events to `{url}/v1/bot-events` in the background until settled."""
+    """Sends queued events through the bot's audit client (`bot_events_client`) in the
+    background until settled."""
 
     def __init__(
         self,
-        url: str,
+        client: AuditClient,
         *,
         metrics: BotMetrics,
-        token: TokenSource,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         limit: int = MAX_PENDING,
     ) -> None:
@@ -171,7 +165,7 @@ class NoticeSender:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._client = AuditClient(url.rstrip("/") + BOT_EVENTS_PATH, token=token, timeout=timeout)
+        self._client = client
         self._random = random.Random()
 
     def report(self, event: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from tradingbot.audit import (
     SHUTDOWN_FLUSH_SECONDS,
     AuditReporter,
     JournalView,
+    bot_events_client,
     events_per_fill,
     mark_audited,
     unaudited_removed,
@@ -115,17 +116,17 @@ class ReportingPart(RuntimeParts):
                 "authenticate to the audit sidecar with"
             )
             return
+        client = bot_events_client(s.audit_url, token)
         self.audit = AuditReporter(
-            s.audit_url,
+            client,
             bot=s.bot_name,
             namespace=s.namespace,
             metrics=self.metrics,
             view=self._audit_view,
             on_acked=self._audit_acked,
-            token=token,
             redact=REDACTOR.redact,
         )
-        self.notices = NoticeSender(s.audit_url, metrics=self.metrics, token=token)
+        self.notices = NoticeSender(client, metrics=self.metrics)
         self.notices.start()
         log.info(
             "reporting fills, halts and errors to the audit sidecar",

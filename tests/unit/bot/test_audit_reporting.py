@@ -21,6 +21,7 @@ from tradingbot.audit import (
     AuditReporter,
     JournalView,
     backoff_delay,
+    bot_events_client,
     build_events,
     classify_status,
     events_per_fill,
@@ -425,13 +426,12 @@ def reporter(
     **kwargs: Any,
 ) -> AuditReporter:
     return AuditReporter(
-        sidecar.url,
+        bot_events_client(sidecar.url, token),
         bot=BOT,
         namespace=NS,
         metrics=metrics,
         view=journal.view,
         on_acked=journal.acked,
-        token=token,
         **kwargs,
     )
 

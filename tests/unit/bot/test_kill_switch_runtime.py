@@ -360,6 +360,9 @@ async def test_errors_and_halts_reach_the_audit_rate_limited(
     )
     runtime = bot.runtime
     await until(lambda: audited(sidecar, "error"))
+    # Fills and notices go through one client: one keep-alive connection per bot.
+    assert runtime.audit is not None and runtime.notices is not None
+    assert runtime.audit._client is runtime.notices._client
     store.fail_writes = True
     await until(lambda: runtime.write_failing)
     await asyncio.sleep(0.5)  # many more failed orders and writes

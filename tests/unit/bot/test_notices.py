@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.unit.bot.test_audit_reporting import FakeSidecar
+from tradingbot.audit import bot_events_client
 from tradingbot.metrics import BotMetrics
 from tradingbot.notices import MAX_TEXT, NoticeSender, enqueue, error_event, halt_event
 from tradingbot_audit.handlers import prepare_bot_event
@@ -128,7 +129,7 @@ async def until_true(predicate: Any, limit: float = 5.0) -> None:
 async def test_events_are_retried_until_the_sidecar_stores_them(sidecar: FakeSidecar) -> None:
     sidecar.statuses = [503, 503]
     sender = NoticeSender(
-        sidecar.url, metrics=BotMetrics(BOT), token=lambda: "tok", backoff_cap=0.05
+        bot_events_client(sidecar.url, lambda: "tok"), metrics=BotMetrics(BOT), backoff_cap=0.05
     )
     sender.start()
     try:
@@ -142,7 +143,7 @@ async def test_events_are_retried_until_the_sidecar_stores_them(sidecar: FakeSid
 
 
 async def test_refused_events_are_dropped_not_retried(sidecar: FakeSidecar) -> None:
-    sender = NoticeSender(sidecar.url, metrics=BotMetrics(BOT), token=lambda: "tok")
+    sender = NoticeSender(bot_events_client(sidecar.url, lambda: "tok"), metrics=BotMetrics(BOT))
     sender.start()
     try:
         event = error()
@@ -157,7 +158,9 @@ async def test_refused_events_are_dropped_not_retried(sidecar: FakeSidecar) -> N
 
 async def test_reporting_never_waits_for_the_network() -> None:
     # Port 9 (discard) on loopback: nothing answers, every send fails.
-    sender = NoticeSender("http://127.0.0.1:9", metrics=BotMetrics(BOT), token=lambda: "tok")
+    sender = NoticeSender(
+        bot_events_client("http://127.0.0.1:9", lambda: "tok"), metrics=BotMetrics(BOT)
+    )
     sender.start()
     try:
         for _ in range(1000):
