@@ -107,20 +107,13 @@ class AuditServer(AuditApi):
     """The two HTTP applications around one SerialWriter, which it opens and closes, and the
     chain head it checks and publishes. Build it with `AuditServer.create`."""
 
-    def __init__(
-        self,
-        log_dir: Path,
-        writer: SerialWriter,
-        authorizer: Authorizer,
-        registry: CollectorRegistry,
-        *,
-        clock: Callable[[], datetime] = utc_now,
-        head: HeadSettings | None = None,
-    ) -> None:
-        super().__init__(log_dir, writer, authorizer, registry, clock=clock)
+    head: HeadSettings | None = None
+    publisher: HeadPublisher | None = None
+    head_metrics: HeadMetrics
+
+    def _keep_head(self, head: HeadSettings | None) -> None:
         self.head = head
-        self.head_metrics = HeadMetrics.create(registry)
-        self.publisher: HeadPublisher | None = None
+        self.head_metrics = HeadMetrics.create(self.registry)
         if head is not None:
             store = head.store
             self.publisher = HeadPublisher(
@@ -130,7 +123,7 @@ class AuditServer(AuditApi):
                 on_written=lambda new_head: self.head_metrics.written(new_head.seq),
                 name=f"chain head in configmap {store.ref}",
             )
-            writer.on_head = self.publisher.offer
+            self.writer.on_head = self.publisher.offer
 
     @classmethod
     def create(
@@ -168,7 +161,9 @@ class AuditServer(AuditApi):
 
         opener = open_log or open_real
         writer = SerialWriter(lambda: opener(hooks), on_failure=prometheus.write_failed)
-        return cls(path, writer, authorizer, registry, clock=clock, head=head)
+        server = cls(path, writer, authorizer, registry, clock=clock)
+        server._keep_head(head)
+        return server
 
     async def start(self) -> None:
         """Open the writer; with a head store, check the log against the recorded head.
