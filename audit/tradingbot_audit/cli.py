@@ -203,21 +203,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeOptions, run
 
     configure_logging(args.log_level)
-    options = ServeOptions(
-        log_dir=args.log_dir,
-        ingest_listen=args.ingest_listen,
-        listen=args.listen,
-        kubeconfig=args.kubeconfig,
-        max_file_bytes=args.max_file_bytes,
-        retention_days=args.retention_days,
-        tls_cert_file=args.tls_cert_file,
-        tls_key_file=args.tls_key_file,
-        auth_cache_seconds=args.auth_cache_seconds,
-        shutdown_timeout=args.shutdown_timeout,
-        head_configmap=args.head_configmap,
-        head_interval=args.head_interval,
-        accept_head_mismatch=args.accept_head_mismatch,
-    )
+    options = ServeOptions.from_args(args)
     asyncio.run(run(options))
     return 0
 

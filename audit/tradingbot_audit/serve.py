@@ -10,13 +10,14 @@ finishes in-flight writes and closes the writer.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
 import signal
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Final
 
@@ -75,6 +76,11 @@ class ServeOptions:
     head_configmap: str | None = None
     head_interval: float = DEFAULT_MIN_INTERVAL
     accept_head_mismatch: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeOptions:
+        """The options of `serve`, named alike on the command line (`--head-interval`)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 @dataclass

@@ -42,7 +42,7 @@ from tradingbot_audit.auth import (
 from tradingbot_audit.cli import build_parser
 from tradingbot_audit.files import list_log_files
 from tradingbot_audit.ingest import SerialWriter
-from tradingbot_audit.serve import is_loopback, parse_listen, start_server
+from tradingbot_audit.serve import ServeOptions, is_loopback, parse_listen, start_server
 from tradingbot_audit.server import AuditServer
 
 from .conftest import build_event
@@ -863,3 +863,17 @@ def test_serve_command_line() -> None:
     )
     defaults = build_parser().parse_args(["--log-dir", "/var/audit", "serve"])
     assert (defaults.ingest_listen, defaults.listen) == ("127.0.0.1:8900", "0.0.0.0:8901")
+
+
+def test_every_serve_option_comes_from_the_command_line() -> None:
+    """`ServeOptions.from_args` reads each field by name: a field without its flag fails."""
+    line = "--log-dir /var/audit serve --head-configmap ns/head --head-interval 0.5"
+    args = build_parser().parse_args(
+        [*line.split(), "--accept-head-mismatch", "--retention-days", "7"]
+    )
+    options = ServeOptions.from_args(args)
+    assert options.log_dir == Path("/var/audit") and options.head_configmap == "ns/head"
+    assert (options.head_interval, options.accept_head_mismatch) == (0.5, True)
+    assert options.retention_days == 7
+    defaults = ServeOptions.from_args(build_parser().parse_args(["--log-dir", "/a", "serve"]))
+    assert defaults == ServeOptions(log_dir=Path("/a"), listen="0.0.0.0:8901")
