@@ -25,15 +25,7 @@ from tradingbot_api.audit_http import EVENTS_PATH, SUMMARY_PATH, VERIFY_PATH
 from tradingbot_audit.head import ChainHead, head_from_data, parse_configmap_ref
 from tradingbot_audit.tables import audit_table
 from tradingbot_plugin.commands import Context
-from tradingbot_plugin.core import (
-    EXIT_FAILED,
-    EXIT_FORBIDDEN,
-    EXIT_OK,
-    EXIT_USAGE,
-    PluginError,
-    _number,
-    user_agent,
-)
+from tradingbot_plugin.core import ExitCode, PluginError, _number, user_agent
 from tradingbot_plugin.format import dump, render_summary, summary_from_local
 
 AUDIT_URL_ENV: Final = "TRADINGBOT_AUDIT_URL"
@@ -123,7 +115,7 @@ class HttpAuditSource:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise PluginError(AUDIT_FORBIDDEN_MESSAGE, EXIT_FORBIDDEN) from None
+                raise PluginError(AUDIT_FORBIDDEN_MESSAGE, ExitCode.FORBIDDEN) from None
             raise PluginError(
                 f"the audit API answered HTTP {exc.code} to GET {path}: {_error_text(exc)}"
             ) from None
@@ -201,7 +193,7 @@ class LocalAuditSource:
                 until=query.until,
             )
         except ValueError as exc:
-            raise PluginError(str(exc), EXIT_USAGE) from None
+            raise PluginError(str(exc), ExitCode.USAGE) from None
 
     def events(self, query: AuditQuery, limit: int) -> list[dict[str, Any]]:
         from tradingbot_audit import query as run_query
@@ -239,10 +231,10 @@ def _audit_source(ctx: Context) -> AuditSource:
         raise PluginError(
             f"audit: give --audit-url URL (or set ${AUDIT_URL_ENV}) for the audit sidecar, "
             "or --log-dir DIR for a local log",
-            EXIT_USAGE,
+            ExitCode.USAGE,
         )
     if not url.startswith(("http://", "https://")):
-        raise PluginError(f"--audit-url {url!r} is not an http(s) URL", EXIT_USAGE)
+        raise PluginError(f"--audit-url {url!r} is not an http(s) URL", ExitCode.USAGE)
     try:
         token = ctx.token()
     except PluginError:
@@ -264,7 +256,7 @@ def _audit_query(ctx: Context) -> AuditQuery:
         try:
             return parse_time_arg(value, now)
         except ValueError as exc:
-            raise PluginError(str(exc), EXIT_USAGE) from None
+            raise PluginError(str(exc), ExitCode.USAGE) from None
 
     return AuditQuery(
         event_type=getattr(args, "event_type", None),
@@ -287,7 +279,7 @@ def _audit_head(ctx: Context) -> ChainHead | None:
     try:
         namespace, name = parse_configmap_ref(ref)
     except ValueError as exc:
-        raise PluginError(f"--head-configmap: {exc}", EXIT_USAGE) from None
+        raise PluginError(f"--head-configmap: {exc}", ExitCode.USAGE) from None
     data = ctx.kube.read_configmap(namespace, name)
     try:
         head = head_from_data(data)
@@ -310,12 +302,12 @@ def cmd_audit(ctx: Context) -> int:
             ctx.out.write(dump(result, "json"))
         else:
             ctx.out.write(f"{result.get('summary') or ('ok' if result.get('ok') else 'FAILED')}\n")
-        return EXIT_OK if result.get("ok") is True else EXIT_FAILED
+        return ExitCode.OK if result.get("ok") is True else ExitCode.FAILED
     query = _audit_query(ctx)
     if action == "summary":
         result = _audit_source(ctx).summary(query)
         ctx.out.write(dump(result, "json") if output == "json" else render_summary(result))
-        return EXIT_OK
+        return ExitCode.OK
     if action == "export":
         source = _audit_source(ctx)
         if args.file == "-":
@@ -331,10 +323,10 @@ def cmd_audit(ctx: Context) -> int:
             finally:
                 tmp.unlink(missing_ok=True)
             ctx.err.write(f"exported {count} events to {target}\n")
-        return EXIT_OK
+        return ExitCode.OK
     limit = getattr(args, "limit", DEFAULT_AUDIT_LIMIT)
     if limit < 0:
-        raise PluginError("--limit must be >= 0 (0 for all)", EXIT_USAGE)
+        raise PluginError("--limit must be >= 0 (0 for all)", ExitCode.USAGE)
     events = _audit_source(ctx).events(query, limit)
     if output == "json":
         ctx.out.write(dump(events, "json"))
@@ -342,4 +334,4 @@ def cmd_audit(ctx: Context) -> int:
         ctx.out.write(audit_table(events) + "\n")
     else:
         ctx.err.write("no matching events\n")
-    return EXIT_OK
+    return ExitCode.OK

@@ -47,14 +47,7 @@ from tradingbot_plugin.commands import (
     cmd_stop,
     cmd_unhalt,
 )
-from tradingbot_plugin.core import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    PROG,
-    Clock,
-    PluginError,
-)
+from tradingbot_plugin.core import PROG, Clock, ExitCode, PluginError
 
 # The chart's fleet switch for release `tb` in `tradingbot-system` (make deploy's defaults).
 DEFAULT_FLEET_SWITCH: Final = "tradingbot-system/tb-tradingbot-operator-fleet-switch"
@@ -297,7 +290,7 @@ def main(
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         # argparse exits 2 on bad usage and 0 after --help.
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+        return int(exc.code) if isinstance(exc.code, int) else ExitCode.USAGE
     ctx = Context(args, out, err, clock)
     try:
         return COMMANDS[args.command](ctx)
@@ -305,7 +298,7 @@ def main(
         err.write(f"error: {exc.message}\n")
         return exc.code
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): not an error worth a traceback. Point stdout at
         # /dev/null so the interpreter's final flush does not fail again.
@@ -313,6 +306,6 @@ def main(
             with contextlib.suppress(OSError, ValueError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return ExitCode.OK
     finally:
         ctx.close()

@@ -23,17 +23,7 @@ from tradingbot_api.constants import (
     StateBackend,
     state_configmap_name,
 )
-from tradingbot_plugin.core import (
-    EXIT_FAILED,
-    EXIT_FORBIDDEN,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_USAGE,
-    PROG,
-    Clock,
-    PluginError,
-    _mapping,
-)
+from tradingbot_plugin.core import PROG, Clock, ExitCode, PluginError, _mapping
 from tradingbot_plugin.format import (
     _no_bots_message,
     _render_status,
@@ -126,9 +116,9 @@ def _targets(ctx: Context, verb: str) -> list[dict[str, Any]]:
     selector = getattr(args, "selector", None)
     chosen = sum(1 for x in (bot, every, selector) if x)
     if chosen != 1:
-        raise PluginError(f"{verb}: name one BOT, or use --all or -l SELECTOR", EXIT_USAGE)
+        raise PluginError(f"{verb}: name one BOT, or use --all or -l SELECTOR", ExitCode.USAGE)
     if getattr(args, "all_namespaces", False) and bot:
-        raise PluginError(f"{verb}: -A goes with --all or -l, not with a BOT name", EXIT_USAGE)
+        raise PluginError(f"{verb}: -A goes with --all or -l, not with a BOT name", ExitCode.USAGE)
     if bot:
         return [ctx.kube.get_bot(ctx.namespace, bot)]
     namespace = ctx.list_namespace
@@ -149,7 +139,7 @@ def _label(bot: Mapping[str, Any], with_namespace: bool) -> str:
 
 
 # Most telling last: a forbidden patch explains more than a vanished bot.
-_EXIT_RANK: Final = (EXIT_OK, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_FORBIDDEN)
+_EXIT_RANK: Final = (ExitCode.OK, ExitCode.FAILED, ExitCode.NOT_FOUND, ExitCode.FORBIDDEN)
 
 
 def _exit_rank(code: int) -> int:
@@ -167,7 +157,7 @@ def _apply_each(
     code is the most telling failure (not allowed > not found > other).
     """
     with_namespace = bool(getattr(ctx.args, "all_namespaces", False))
-    worst = EXIT_OK
+    worst: int = ExitCode.OK
     for bot in bots:
         meta = _mapping(bot.get("metadata"))
         body, message = plan(bot)
@@ -185,7 +175,7 @@ def _apply_each(
 def cmd_status(ctx: Context) -> int:
     args = ctx.args
     if args.bot and (args.all_namespaces or args.selector):
-        raise PluginError("status: a BOT name goes without -A and -l", EXIT_USAGE)
+        raise PluginError("status: a BOT name goes without -A and -l", ExitCode.USAGE)
     if args.watch:
         stop = threading.Event()
         namespace = ctx.list_namespace
@@ -205,26 +195,26 @@ def cmd_status(ctx: Context) -> int:
             )
         except KeyboardInterrupt:
             stop.set()
-            return EXIT_OK
+            return ExitCode.OK
     if args.bot:
         bot = ctx.kube.get_bot(ctx.namespace, args.bot)
         if args.output != "table":
             ctx.out.write(dump(strip_server_fields(bot), args.output))
-            return EXIT_OK
+            return ExitCode.OK
         bots = [bot]
     else:
         namespace = ctx.list_namespace
         bots = list(ctx.kube.list_bots(namespace, args.selector).get("items") or [])
         if args.output != "table":
             ctx.out.write(dump(as_list(bots), args.output))
-            return EXIT_OK
+            return ExitCode.OK
         if not bots:
             ctx.err.write(_no_bots_message(namespace) + "\n")
-            return EXIT_OK
+            return ExitCode.OK
     ctx.out.write(
         _render_status(bots, ctx.clock(), with_namespace=ctx.list_namespace is None) + "\n"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_restart(ctx: Context) -> int:
@@ -289,10 +279,10 @@ def _confirm(ctx: Context, question: str) -> None:
     if getattr(ctx.args, "yes", False):
         return
     if not sys.stdin.isatty():
-        raise PluginError(f"{question}: add --yes to confirm (no terminal to ask)", EXIT_USAGE)
+        raise PluginError(f"{question}: add --yes to confirm (no terminal to ask)", ExitCode.USAGE)
     answer = input(f"{question} [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
-        raise PluginError("cancelled; nothing was changed", EXIT_USAGE)
+        raise PluginError("cancelled; nothing was changed", ExitCode.USAGE)
 
 
 def cmd_halt(ctx: Context) -> int:
@@ -333,7 +323,7 @@ def _set_fleet_switch(ctx: Context, mode: HaltMode | None, reason: str | None) -
     ctx.out.write(
         f"configmap {namespace}/{name}: {what}" + (f" ({reason})" if reason else "") + "\n"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def load_state(kube: Kube, bot: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -350,12 +340,12 @@ def load_state(kube: Kube, bot: Mapping[str, Any]) -> tuple[dict[str, Any] | Non
     try:
         data = kube.read_state(namespace, name)
     except PluginError as exc:
-        if exc.code == EXIT_FORBIDDEN:
+        if exc.code == ExitCode.FORBIDDEN:
             return None, (
                 f"not allowed to read configmap {configmap} in namespace "
                 f"{namespace}; showing the status only"
             )
-        if exc.code == EXIT_NOT_FOUND:
+        if exc.code == ExitCode.NOT_FOUND:
             return None, (
                 f"no state ConfigMap {configmap} yet (the bot has not saved state); "
                 "showing the status only"
@@ -392,6 +382,6 @@ def cmd_positions(ctx: Context) -> int:
             "note": note,
         }
         ctx.out.write(dump(document, "json"))
-        return EXIT_OK
+        return ExitCode.OK
     ctx.out.write(render_positions(bot, state, note))
-    return EXIT_OK
+    return ExitCode.OK

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from enum import IntEnum
 from importlib import metadata
 from typing import Any, Final
 
@@ -20,12 +21,16 @@ from typing import Any, Final
 PROG: Final = "kubectl tradingbot"
 USER_AGENT_PRODUCT: Final = "kubectl-tradingbot"
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_FORBIDDEN: Final = 3
-EXIT_NOT_FOUND: Final = 4
-EXIT_INTERRUPTED: Final = 130
+
+class ExitCode(IntEnum):
+    """What the plugin exits with (`kubectl tradingbot --help` lists them)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    FORBIDDEN = 3  # RBAC or credentials
+    NOT_FOUND = 4  # the tradingbot
+    INTERRUPTED = 130
 
 
 def plugin_version() -> str:
@@ -43,7 +48,7 @@ def user_agent() -> str:
 class PluginError(Exception):
     """A failure to report as one line on stderr with a given exit code."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, code: int = ExitCode.FAILED) -> None:
         super().__init__(message)
         self.message = message
         self.code = code

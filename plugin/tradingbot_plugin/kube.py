@@ -17,14 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tradingbot_api.constants import API_GROUP, PLURAL, VERSION, state_configmap_name
-from tradingbot_plugin.core import (
-    EXIT_FAILED,
-    EXIT_FORBIDDEN,
-    EXIT_NOT_FOUND,
-    PluginError,
-    _mapping,
-    user_agent,
-)
+from tradingbot_plugin.core import ExitCode, PluginError, _mapping, user_agent
 
 FIELD_MANAGER: Final = "kubectl-tradingbot"
 RESOURCE: Final = f"{PLURAL}.{API_GROUP}"
@@ -77,24 +70,26 @@ def api_error(
         if status == 401:
             return PluginError(
                 f"the API server did not accept the kubeconfig's credentials ({message})",
-                EXIT_FORBIDDEN,
+                ExitCode.FORBIDDEN,
             )
         if status == 403:
             target = f"{resource} {name}" if name else resource
-            return PluginError(f"not allowed to {verb} {target} {where}: {message}", EXIT_FORBIDDEN)
+            return PluginError(
+                f"not allowed to {verb} {target} {where}: {message}", ExitCode.FORBIDDEN
+            )
         if status == 404:
             if name and resource == RESOURCE and _is_resource_not_found(exc):
                 return PluginError(
-                    f"tradingbot {name} not found in namespace {namespace}", EXIT_NOT_FOUND
+                    f"tradingbot {name} not found in namespace {namespace}", ExitCode.NOT_FOUND
                 )
             if resource == RESOURCE:
                 return PluginError(
                     f"the API server does not serve {RESOURCE}/{VERSION}: are the TradingBot "
                     "CRDs installed?",
-                    EXIT_FAILED,
+                    ExitCode.FAILED,
                 )
             return PluginError(
-                f"{resource} {name or ''} not found {where}".replace("  ", " "), EXIT_NOT_FOUND
+                f"{resource} {name or ''} not found {where}".replace("  ", " "), ExitCode.NOT_FOUND
             )
         if status in (400, 409, 422):
             target = f"{resource} {name}" if name else resource

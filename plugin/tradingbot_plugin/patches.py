@@ -23,7 +23,7 @@ from tradingbot_api.constants import (
 )
 from tradingbot_api.times import kube_time, micro_time
 from tradingbot_audit.schema import MAX_TEXT_LENGTH
-from tradingbot_plugin.core import EXIT_USAGE, PluginError
+from tradingbot_plugin.core import ExitCode, PluginError
 
 # The restart reason ends up in the audit record, whose text fields are bounded; refusing a
 # longer reason here beats silently truncating the one thing that explains the restart.
@@ -36,13 +36,13 @@ def validate_reason(reason: str | None, *, required: bool) -> str | None:
     if not text:
         if required:
             raise PluginError(
-                "--reason must not be empty: say why, it goes to the audit log", EXIT_USAGE
+                "--reason must not be empty: say why, it goes to the audit log", ExitCode.USAGE
             )
         return None
     if len(text) > MAX_REASON_LENGTH:
         raise PluginError(
             f"--reason is {len(text)} characters; at most {MAX_REASON_LENGTH} fit the audit log",
-            EXIT_USAGE,
+            ExitCode.USAGE,
         )
     return text
 

@@ -13,7 +13,7 @@ from typing import Any, Final, TextIO
 
 from tradingbot_api.constants import API_GROUP, PLURAL, VERSION
 from tradingbot_api.times import kube_time, utc_now
-from tradingbot_plugin.core import EXIT_OK, Clock, _mapping
+from tradingbot_plugin.core import Clock, ExitCode, _mapping
 from tradingbot_plugin.format import (
     _no_bots_message,
     _render_status,
@@ -259,4 +259,4 @@ def watch_status(
         stop.set()
         watcher.interrupt()
         watcher.join(timeout=5)
-    return EXIT_OK
+    return ExitCode.OK

@@ -24,7 +24,7 @@ from kubernetes import client
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tradingbot_plugin.cli import main
-from tradingbot_plugin.core import EXIT_FORBIDDEN, EXIT_NOT_FOUND, EXIT_OK
+from tradingbot_plugin.core import ExitCode
 from tradingbot_plugin.kube import (
     FIELD_MANAGER,
     Kube,
@@ -104,7 +104,11 @@ def test_restart_sets_both_annotations_owned_by_the_plugin(
     make_bot("stable")
     before = datetime.now(UTC).replace(microsecond=0)
     code, out, err = run("restart", "stable", "--reason", "deploy v2")
-    assert (code, out, err) == (EXIT_OK, "tradingbot.trading.r7.dev/stable restart requested\n", "")
+    assert (code, out, err) == (
+        ExitCode.OK,
+        "tradingbot.trading.r7.dev/stable restart requested\n",
+        "",
+    )
     bot = get_bot("stable")
     annotations = bot["metadata"]["annotations"]
     assert annotations[REASON] == "deploy v2"
@@ -114,7 +118,7 @@ def test_restart_sets_both_annotations_owned_by_the_plugin(
     assert f"f:{RESTARTED_AT}" in owned and f"f:{REASON}" in owned
 
     # A second restart in the same second still changes the value, so it is not lost.
-    assert run("restart", "stable", "--reason", "again")[0] == EXIT_OK
+    assert run("restart", "stable", "--reason", "again")[0] == ExitCode.OK
     assert get_bot("stable")["metadata"]["annotations"][RESTARTED_AT] != (annotations[RESTARTED_AT])
 
 
@@ -122,12 +126,12 @@ def test_stop_and_resume_set_and_remove_the_suspend_annotation_not_the_spec(
     run: Run, make_bot: MakeBot, get_bot: Callable[[str], dict]
 ) -> None:
     make_bot("stable")
-    assert run("stop", "stable")[0] == EXIT_OK
+    assert run("stop", "stable")[0] == ExitCode.OK
     bot = get_bot("stable")
     assert bot["metadata"]["annotations"][SUSPEND] == "true"
     assert bot["spec"]["suspend"] is False  # spec.suspend belongs to whoever owns the spec
     assert f"f:{SUSPEND}" in plugin_fields(bot)["f:metadata"]["f:annotations"]
-    assert run("resume", "stable", "--reason", "maintenance over")[0] == EXIT_OK
+    assert run("resume", "stable", "--reason", "maintenance over")[0] == ExitCode.OK
     bot = get_bot("stable")
     assert SUSPEND not in bot["metadata"]["annotations"]
     assert bot["metadata"]["annotations"][REASON] == "maintenance over"
@@ -139,7 +143,7 @@ def test_halt_sets_the_kill_switch_and_unhalt_removes_it(
     make_bot("stable")
     make_bot("meme", profile="meme")
     code, out, _err = run("halt", "--all", "--reason", "exchange outage", "--yes")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert out.splitlines() == [
         "tradingbot.trading.r7.dev/meme halt requested (kill switch set)",
         "tradingbot.trading.r7.dev/stable halt requested (kill switch set)",
@@ -148,7 +152,7 @@ def test_halt_sets_the_kill_switch_and_unhalt_removes_it(
         annotations = get_bot(name)["metadata"]["annotations"]
         assert (annotations[HALT], annotations[REASON]) == ("true", "exchange outage")
         assert f"f:{HALT}" in plugin_fields(get_bot(name))["f:metadata"]["f:annotations"]
-    assert run("unhalt", "meme")[0] == EXIT_OK
+    assert run("unhalt", "meme")[0] == ExitCode.OK
     assert HALT not in (get_bot("meme")["metadata"].get("annotations") or {})
     assert get_bot("stable")["metadata"]["annotations"][HALT] == "true"
 
@@ -160,7 +164,7 @@ def test_restart_by_selector_touches_only_matching_bots(
     make_bot("b", labels={"app": "y"})
     make_bot("c", labels={"app": "x"})
     code, out, _err = run("restart", "-l", "app=x", "--reason", "r")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert out.splitlines() == [
         "tradingbot.trading.r7.dev/a restart requested",
         "tradingbot.trading.r7.dev/c restart requested",
@@ -199,7 +203,7 @@ def test_status_lists_the_bots_as_json_and_as_a_table(
         },
     )
     code, out, _err = run("status", "-o", "json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     listed = json.loads(out)
     assert [i["metadata"]["name"] for i in listed["items"]] == ["meme", "stable"]
     assert listed["items"][1]["status"]["phase"] == "Running"
@@ -209,12 +213,12 @@ def test_status_lists_the_bots_as_json_and_as_a_table(
     assert "Running" in rows["stable"] and "+5.50" in rows["stable"]
     assert "restart deferred until 2999-01-01T00:00:00Z" in rows["stable"]
     code, out, _err = run("status", "stable", "-o", "yaml")
-    assert code == EXIT_OK and "name: stable" in out
+    assert code == ExitCode.OK and "name: stable" in out
 
 
 def test_status_of_a_missing_bot_exits_4(run: Run, apply_crds: list[str], namespace: str) -> None:
     assert run("status", "ghost") == (
-        EXIT_NOT_FOUND,
+        ExitCode.NOT_FOUND,
         "",
         f"error: tradingbot ghost not found in namespace {namespace}\n",
     )
@@ -253,7 +257,7 @@ def test_positions_reads_the_state_configmap(
         ),
     )
     code, out, _err = run("positions", "stable")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert "BTC/USDT" in out and "+10.00" in out and "9400" in out
     assert "note:" not in out
 
@@ -264,13 +268,13 @@ def test_a_service_account_without_rbac_gets_a_clear_403(
     make_bot("stable")
     nobody = runner(sa_kubeconfig(namespace, "nobody"), namespace)
     code, out, err = nobody("restart", "stable", "--reason", "r")
-    assert (code, out) == (EXIT_FORBIDDEN, "")
+    assert (code, out) == (ExitCode.FORBIDDEN, "")
     assert err.startswith(
         f"error: not allowed to get tradingbots.trading.r7.dev stable in namespace {namespace}:"
     )
     assert f"system:serviceaccount:{namespace}:nobody" in err
     code, _out, err = nobody("status")
-    assert code == EXIT_FORBIDDEN
+    assert code == ExitCode.FORBIDDEN
     assert err.startswith(
         f"error: not allowed to list tradingbots.trading.r7.dev in namespace {namespace}:"
     )
@@ -309,15 +313,15 @@ def test_a_reader_may_look_but_not_restart_and_positions_notes_the_hidden_state(
         ],
     )
     reader = runner(sa_kubeconfig(namespace, "reader"), namespace)
-    kube.wait_for(lambda: reader("status")[0] == EXIT_OK, message="the Role to take effect")
+    kube.wait_for(lambda: reader("status")[0] == ExitCode.OK, message="the Role to take effect")
     code, _out, err = reader("halt", "stable")
-    assert code == EXIT_FORBIDDEN
+    assert code == ExitCode.FORBIDDEN
     assert err.startswith(
         f"error: not allowed to patch tradingbots.trading.r7.dev stable in namespace {namespace}"
     )
     assert HALT not in (get_bot("stable")["metadata"].get("annotations") or {})
     code, out, _err = reader("positions", "stable")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert f"note: not allowed to read configmap stable-state in namespace {namespace}" in out
 
 
@@ -341,13 +345,13 @@ def test_watch_redraws_when_a_bot_changes(
         )
         make_bot("stable")
         kube.wait_for(lambda: "stable" in out.getvalue(), message="the new bot in the table")
-        assert run("halt", "stable")[0] == EXIT_OK
+        assert run("halt", "stable")[0] == ExitCode.OK
         kube.wait_for(lambda: "halt requested" in out.getvalue(), message="the halt in the table")
     finally:
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
-    assert result == [EXIT_OK]
+    assert result == [ExitCode.OK]
     assert err.getvalue() == ""
 
 
@@ -363,7 +367,7 @@ def test_the_console_script_runs_as_kubectl_would(
         timeout=60,
         check=False,
     )
-    assert done.returncode == EXIT_OK, done.stderr
+    assert done.returncode == ExitCode.OK, done.stderr
     assert [i["metadata"]["name"] for i in json.loads(done.stdout)["items"]] == ["stable"]
     missing = subprocess.run(
         [str(script), "--kubeconfig", str(kubeconfig), "-n", namespace, "stop", "ghost"],
@@ -373,6 +377,6 @@ def test_the_console_script_runs_as_kubectl_would(
         check=False,
     )
     assert (missing.returncode, missing.stderr) == (
-        EXIT_NOT_FOUND,
+        ExitCode.NOT_FOUND,
         f"error: tradingbot ghost not found in namespace {namespace}\n",
     )

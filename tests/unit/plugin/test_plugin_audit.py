@@ -21,14 +21,7 @@ from tests.unit.plugin.fakes import AUDIT_EVENTS, TOKEN, FakeAuditApi, FakeKubeA
 from tradingbot_audit import open_writer
 from tradingbot_plugin.audit import AUDIT_FORBIDDEN_MESSAGE, AuditQuery, HttpAuditSource
 from tradingbot_plugin.cli import main as plugin_main
-from tradingbot_plugin.core import (
-    EXIT_FAILED,
-    EXIT_FORBIDDEN,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_USAGE,
-    user_agent,
-)
+from tradingbot_plugin.core import ExitCode, user_agent
 
 NOW = datetime(2025, 1, 1, 12, 30, tzinfo=UTC)
 
@@ -81,7 +74,7 @@ def test_query_sends_filters_token_and_user_agent_and_prints_a_table(
         "--limit",
         "5",
     )
-    assert (code, err) == (EXIT_OK, "")
+    assert (code, err) == (ExitCode.OK, "")
     (request,) = fake_audit.requests
     assert request.path == "/v1/events"
     assert request.query == {
@@ -104,7 +97,7 @@ def test_query_sends_filters_token_and_user_agent_and_prints_a_table(
 
 
 def test_without_n_the_query_spans_every_namespace(run: Run, fake_audit: FakeAuditApi) -> None:
-    assert run("audit", "--audit-url", fake_audit.url, "-o", "json")[0] == EXIT_OK
+    assert run("audit", "--audit-url", fake_audit.url, "-o", "json")[0] == ExitCode.OK
     assert fake_audit.requests[0].query == {"limit": ["100"]}
 
 
@@ -113,7 +106,7 @@ def test_the_url_may_come_from_the_environment(
 ) -> None:
     monkeypatch.setenv("TRADINGBOT_AUDIT_URL", fake_audit.url + "/")
     code, out, _err = run("audit", "-o", "json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out) == AUDIT_EVENTS
 
 
@@ -121,19 +114,19 @@ def test_summary_and_verify_follow_the_contract(run: Run, fake_audit: FakeAuditA
     code, out, _err = run(
         "audit", "summary", "--audit-url", fake_audit.url, "--bot", "stable", "-o", "json"
     )
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out)["by_type"] == {"halt": 1, "restart": 1, "config_change": 1}
     assert fake_audit.requests[-1].path == "/v1/summary"
     assert fake_audit.requests[-1].query == {"bot": ["stable"]}
     code, out, _err = run("audit", "summary", "--audit-url", fake_audit.url)
     assert out.startswith("3 events\n") and "SEVERITY" in out
     assert run("audit", "verify", "--audit-url", fake_audit.url)[:2] == (
-        EXIT_OK,
+        ExitCode.OK,
         "ok: 3 events in 1 files, last seq 3\n",
     )
     fake_audit.verify_ok = False
     code, out, _err = run("audit", "verify", "--audit-url", fake_audit.url, "-o", "json")
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert json.loads(out)["error"]["reason"] == "hash mismatch"
 
 
@@ -142,7 +135,7 @@ def test_export_writes_every_event_as_a_json_array_in_chain_order(
 ) -> None:
     target = tmp_path / "audit.json"
     code, _out, err = run("audit", "export", str(target), "--audit-url", fake_audit.url)
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert err == f"exported 3 events to {target}\n"
     assert [e["seq"] for e in json.loads(target.read_text())] == [1, 2, 3]
     assert fake_audit.requests[-1].query == {"limit": ["0"]}
@@ -155,28 +148,28 @@ def test_a_refused_read_exits_3_with_the_rbac_hint(
 ) -> None:
     fake_audit.status_override = status
     code, out, err = run("audit", "--audit-url", fake_audit.url)
-    assert (code, out, err) == (EXIT_FORBIDDEN, "", f"error: {AUDIT_FORBIDDEN_MESSAGE}\n")
+    assert (code, out, err) == (ExitCode.FORBIDDEN, "", f"error: {AUDIT_FORBIDDEN_MESSAGE}\n")
 
 
 def test_a_client_certificate_user_sends_no_token(run: Run, fake_audit: FakeAuditApi) -> None:
     code, _out, err = run("audit", "--audit-url", fake_audit.url, token=None, cert_user=True)
     assert "Authorization" not in fake_audit.requests[0].headers
     # This server insists on a token, so the read is refused.
-    assert (code, err) == (EXIT_FORBIDDEN, f"error: {AUDIT_FORBIDDEN_MESSAGE}\n")
+    assert (code, err) == (ExitCode.FORBIDDEN, f"error: {AUDIT_FORBIDDEN_MESSAGE}\n")
 
 
 def test_a_failed_export_leaves_no_file(run: Run, fake_audit: FakeAuditApi, tmp_path: Path) -> None:
     fake_audit.status_override = 500
     target = tmp_path / "audit.json"
     code, _out, err = run("audit", "export", str(target), "--audit-url", fake_audit.url)
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert "HTTP 500" in err and "nope" in err
     assert list(tmp_path.iterdir()) == [tmp_path / "kubeconfig"]
 
 
 def test_an_unreachable_audit_api_is_one_line(run: Run) -> None:
     code, _out, err = run("audit", "--audit-url", "http://127.0.0.1:9")
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert err.startswith("error: cannot reach the audit API at http://127.0.0.1:9")
 
 
@@ -235,7 +228,7 @@ def log_dir(tmp_path: Path) -> Path:
 
 def test_log_dir_query_is_newest_first_and_filters(run: Run, log_dir: Path) -> None:
     code, out, _err = run("audit", "--log-dir", str(log_dir), "-o", "json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert [e["event_type"] for e in json.loads(out)] == ["halt", "restart", "config_change"]
     out = run(
         "audit", "--log-dir", str(log_dir), "--bot", "stable", "--since", "45m", "-o", "json"
@@ -251,7 +244,7 @@ def test_log_dir_query_is_newest_first_and_filters(run: Run, log_dir: Path) -> N
 
 def test_log_dir_summary_has_the_api_shape(run: Run, log_dir: Path) -> None:
     code, out, _err = run("audit", "summary", "--log-dir", str(log_dir), "-o", "json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out) == {
         "total": 3,
         "by_type": {"config_change": 1, "halt": 1, "restart": 1},
@@ -265,14 +258,14 @@ def test_log_dir_summary_has_the_api_shape(run: Run, log_dir: Path) -> None:
 
 def test_log_dir_export_and_verify(run: Run, log_dir: Path, tmp_path: Path) -> None:
     target = tmp_path / "export.json"
-    assert run("audit", "export", str(target), "--log-dir", str(log_dir))[0] == EXIT_OK
+    assert run("audit", "export", str(target), "--log-dir", str(log_dir))[0] == ExitCode.OK
     exported = json.loads(target.read_text())
     assert [e["seq"] for e in exported] == [1, 2, 3]
     code, out, _err = run("audit", "export", "-", "--log-dir", str(log_dir), "--type", "halt")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert [e["seq"] for e in json.loads(out)] == [3]
     assert run("audit", "verify", "--log-dir", str(log_dir)) == (
-        EXIT_OK,
+        ExitCode.OK,
         "ok: 3 events in 1 files, last seq 3\n",
         "",
     )
@@ -282,7 +275,7 @@ def test_log_dir_verify_fails_on_an_edited_line(run: Run, log_dir: Path) -> None
     (log_file,) = [p for p in log_dir.iterdir() if p.suffix == ".jsonl"]
     log_file.write_text(log_file.read_text().replace('"bob"', '"eve"'))
     code, out, _err = run("audit", "verify", "--log-dir", str(log_dir), "-o", "json")
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     result = json.loads(out)
     assert result["ok"] is False
     assert result["error"]["line"] == 1
@@ -291,7 +284,7 @@ def test_log_dir_verify_fails_on_an_edited_line(run: Run, log_dir: Path) -> None
 
 def test_log_dir_must_exist(run: Run, tmp_path: Path) -> None:
     code, _out, err = run("audit", "--log-dir", str(tmp_path / "missing"))
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert "is not a directory" in err
 
 
@@ -342,7 +335,7 @@ def test_log_dir_verify_against_the_head_configmap_catches_a_truncated_tail(
     code, out, _err = run_kube(
         "audit", "verify", "--log-dir", str(log_dir), "--head-configmap", HEAD_REF
     )
-    assert code == EXIT_OK, out
+    assert code == ExitCode.OK, out
     assert "(seq 3) matches" in out
     assert (
         fake_kube.requests[-1].path == f"/api/v1/namespaces/{HEAD_NAMESPACE}/configmaps/{HEAD_NAME}"
@@ -350,11 +343,11 @@ def test_log_dir_verify_against_the_head_configmap_catches_a_truncated_tail(
 
     (log_file,) = [p for p in log_dir.iterdir() if p.suffix == ".jsonl"]
     log_file.write_text("".join(log_file.read_text().splitlines(keepends=True)[:-1]))
-    assert run_kube("audit", "verify", "--log-dir", str(log_dir))[0] == EXIT_OK
+    assert run_kube("audit", "verify", "--log-dir", str(log_dir))[0] == ExitCode.OK
     code, out, _err = run_kube(
         "audit", "verify", "--log-dir", str(log_dir), "--head-configmap", HEAD_REF, "-o", "json"
     )
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     result = json.loads(out)
     assert result["ok"] is False
     assert result["error"]["reason"].startswith(
@@ -371,7 +364,7 @@ def test_http_verify_sends_the_head_to_the_sidecar(
     code, out, _err = run_kube(
         "audit", "verify", "--audit-url", fake_audit.url, "--head-configmap", HEAD_REF
     )
-    assert code == EXIT_OK, out
+    assert code == ExitCode.OK, out
     (request,) = fake_audit.requests
     assert (request.path, request.query) == ("/v1/verify", {"head": [f"3:{digest}"]})
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -380,11 +373,16 @@ def test_http_verify_sends_the_head_to_the_sidecar(
 @pytest.mark.parametrize(
     ("setup", "ref", "code", "message"),
     [
-        ("missing", HEAD_REF, EXIT_NOT_FOUND, f"configmap {HEAD_NAME} not found"),
-        ("forbidden", HEAD_REF, EXIT_FORBIDDEN, "not allowed to get configmap"),
-        ("empty", HEAD_REF, EXIT_FAILED, "holds no chain head"),
-        ("garbage", HEAD_REF, EXIT_FAILED, "holds no valid chain head"),
-        ("missing", "no-slash", EXIT_USAGE, "--head-configmap: 'no-slash' is not NAMESPACE/NAME"),
+        ("missing", HEAD_REF, ExitCode.NOT_FOUND, f"configmap {HEAD_NAME} not found"),
+        ("forbidden", HEAD_REF, ExitCode.FORBIDDEN, "not allowed to get configmap"),
+        ("empty", HEAD_REF, ExitCode.FAILED, "holds no chain head"),
+        ("garbage", HEAD_REF, ExitCode.FAILED, "holds no valid chain head"),
+        (
+            "missing",
+            "no-slash",
+            ExitCode.USAGE,
+            "--head-configmap: 'no-slash' is not NAMESPACE/NAME",
+        ),
     ],
 )
 def test_head_configmap_problems_are_one_line(

@@ -20,15 +20,7 @@ import pytest
 from tests.unit.plugin.fakes import TOKEN, FakeKubeApi
 from tradingbot_api.constants import HaltMode
 from tradingbot_plugin.cli import build_parser, main
-from tradingbot_plugin.core import (
-    EXIT_FAILED,
-    EXIT_FORBIDDEN,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_USAGE,
-    PluginError,
-    user_agent,
-)
+from tradingbot_plugin.core import ExitCode, PluginError, user_agent
 from tradingbot_plugin.kube import FIELD_MANAGER
 from tradingbot_plugin.patches import (
     fleet_switch_patch,
@@ -95,8 +87,8 @@ def test_bad_usage_exits_2_without_touching_the_cluster(argv: list[str]) -> None
     err = io.StringIO()
     with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(err):
         build_parser().parse_args(argv)
-    assert exited.value.code == EXIT_USAGE
-    assert main(argv, stdout=io.StringIO(), stderr=io.StringIO()) == EXIT_USAGE
+    assert exited.value.code == ExitCode.USAGE
+    assert main(argv, stdout=io.StringIO(), stderr=io.StringIO()) == ExitCode.USAGE
 
 
 @pytest.mark.parametrize(
@@ -160,7 +152,7 @@ def test_invalid_requests_are_refused_with_exit_2(
     monkeypatch.delenv("TRADINGBOT_AUDIT_URL", raising=False)
     fake_kube.add_bot("trading", "stable")
     code, _out, err = run(*argv)
-    assert (code, message in err) == (EXIT_USAGE, True), err
+    assert (code, message in err) == (ExitCode.USAGE, True), err
     assert fake_kube.writes() == []
 
 
@@ -253,7 +245,7 @@ def test_restart_sends_a_merge_patch_with_the_field_manager_and_user_agent(
 ) -> None:
     fake_kube.add_bot("trading", "stable")
     code, out, err = run("restart", "stable", "--reason", "deploy v2")
-    assert (code, err) == (EXIT_OK, "")
+    assert (code, err) == (ExitCode.OK, "")
     assert out == "tradingbot.trading.r7.dev/stable restart requested\n"
     (patch,) = fake_kube.writes()
     assert patch.method == "PATCH"
@@ -273,29 +265,29 @@ def test_the_namespace_comes_from_n_then_the_context_then_default(
 ) -> None:
     for namespace in ("trading", "other", "default"):
         fake_kube.add_bot(namespace, "stable")
-    assert run("stop", "stable")[0] == EXIT_OK
-    assert run("stop", "stable", "-n", "other")[0] == EXIT_OK
-    assert run("--context", "other", "stop", "stable")[0] == EXIT_OK
+    assert run("stop", "stable")[0] == ExitCode.OK
+    assert run("stop", "stable", "-n", "other")[0] == ExitCode.OK
+    assert run("--context", "other", "stop", "stable")[0] == ExitCode.OK
     assert [w.path.split("/")[5] for w in fake_kube.writes()] == ["trading", "other", "default"]
 
 
 def test_stop_resume_halt_unhalt_flip_the_right_fields(run: Run, fake_kube: FakeKubeApi) -> None:
     fake_kube.add_bot("trading", "stable")
     assert run("stop", "stable", "--reason", "maintenance")[:2] == (
-        EXIT_OK,
+        ExitCode.OK,
         "tradingbot.trading.r7.dev/stable stop requested (trading.r7.dev/suspend)\n",
     )
     bot = fake_kube.bots[("trading", "stable")]
     assert bot["metadata"]["annotations"]["trading.r7.dev/suspend"] == "true"
     assert bot["spec"]["suspend"] is False  # the declarative field is left to its owner
-    assert run("resume", "stable")[0] == EXIT_OK
+    assert run("resume", "stable")[0] == ExitCode.OK
     bot = fake_kube.bots[("trading", "stable")]
     assert "trading.r7.dev/suspend" not in bot["metadata"]["annotations"]
-    assert run("halt", "stable", "--reason", "exchange outage")[0] == EXIT_OK
+    assert run("halt", "stable", "--reason", "exchange outage")[0] == ExitCode.OK
     annotations = fake_kube.bots[("trading", "stable")]["metadata"]["annotations"]
     assert annotations["trading.r7.dev/halt"] == "true"
     assert annotations["trading.r7.dev/restart-reason"] == "exchange outage"
-    assert run("unhalt", "stable")[0] == EXIT_OK
+    assert run("unhalt", "stable")[0] == ExitCode.OK
     assert (
         "trading.r7.dev/halt"
         not in fake_kube.bots[("trading", "stable")]["metadata"]["annotations"]
@@ -336,7 +328,7 @@ def test_resuming_a_halted_bot_says_the_kill_switch_is_still_set(
         metadata={"annotations": {"trading.r7.dev/halt": "true"}},
     )
     code, out, _err = run("resume", "stable")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert "kubectl tradingbot unhalt stable" in out
 
 
@@ -347,7 +339,7 @@ def test_restart_by_selector_touches_only_matching_bots_one_line_each(
     fake_kube.add_bot("trading", "b", metadata={"labels": {"app": "y"}})
     fake_kube.add_bot("trading", "c", metadata={"labels": {"app": "x"}})
     code, out, _err = run("restart", "-l", "app=x", "--reason", "r")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert out.splitlines() == [
         "tradingbot.trading.r7.dev/a restart requested",
         "tradingbot.trading.r7.dev/c restart requested",
@@ -362,7 +354,7 @@ def test_halt_all_namespaces_names_the_namespace_of_each_bot(
     fake_kube.add_bot("a", "one")
     fake_kube.add_bot("b", "two")
     code, out, _err = run("halt", "--all", "-A", "--yes")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert out.splitlines() == [
         "tradingbot.trading.r7.dev/one (namespace a) halt requested (kill switch set)",
         "tradingbot.trading.r7.dev/two (namespace b) halt requested (kill switch set)",
@@ -372,12 +364,12 @@ def test_halt_all_namespaces_names_the_namespace_of_each_bot(
 
 def test_no_matching_bots_is_a_failure(run: Run, fake_kube: FakeKubeApi) -> None:
     code, _out, err = run("restart", "--all", "--reason", "r")
-    assert (code, err) == (EXIT_FAILED, "error: no tradingbots found in namespace trading\n")
+    assert (code, err) == (ExitCode.FAILED, "error: no tradingbots found in namespace trading\n")
 
 
 def test_a_missing_bot_is_named_with_its_namespace(run: Run, fake_kube: FakeKubeApi) -> None:
     code, out, err = run("restart", "ghost", "--reason", "r")
-    assert (code, out) == (EXIT_NOT_FOUND, "")
+    assert (code, out) == (ExitCode.NOT_FOUND, "")
     assert err == "error: tradingbot ghost not found in namespace trading\n"
 
 
@@ -387,7 +379,7 @@ def test_a_forbidden_patch_names_verb_and_resource_and_exits_3(
     fake_kube.add_bot("trading", "stable")
     fake_kube.forbidden.add("patch")
     code, _out, err = run("halt", "stable")
-    assert code == EXIT_FORBIDDEN
+    assert code == ExitCode.FORBIDDEN
     assert err.startswith(
         "error: not allowed to patch tradingbots.trading.r7.dev stable in namespace trading: "
     )
@@ -408,7 +400,7 @@ def test_one_forbidden_bot_does_not_stop_the_others_but_sets_the_exit_code(
 
     fake_kube.handle = forbid_a  # type: ignore[method-assign]
     code, out, err = run("restart", "--all", "--reason", "r")
-    assert code == EXIT_FORBIDDEN
+    assert code == ExitCode.FORBIDDEN
     assert out == "tradingbot.trading.r7.dev/b restart requested\n"
     assert "not allowed to patch tradingbots.trading.r7.dev a" in err
 
@@ -418,7 +410,7 @@ def test_a_missing_api_says_the_crds_are_not_installed(run: Run, fake_kube: Fake
     fake_kube.handle = lambda *a: (404, "404 page not found")  # type: ignore[method-assign]
     code, _out, err = run("status")
     fake_kube.handle = original  # type: ignore[method-assign]
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert "are the TradingBot CRDs installed?" in err
 
 
@@ -428,7 +420,7 @@ def test_an_unreachable_api_server_is_one_line_not_a_traceback(
     path = kubeconfig_for("http://127.0.0.1:9")  # discard port: nothing listens
     err = io.StringIO()
     code = main(["--kubeconfig", str(path), "status"], stdout=io.StringIO(), stderr=err)
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert err.getvalue().startswith("error: cannot reach the API server")
     assert len(err.getvalue().splitlines()) == 1
 
@@ -439,7 +431,7 @@ def test_a_missing_kubeconfig_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
     code = main(
         ["--kubeconfig", str(tmp_path / "nope"), "status"], stdout=io.StringIO(), stderr=err
     )
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert err.getvalue().startswith(f"error: cannot load the kubeconfig {tmp_path / 'nope'}")
 
 
@@ -447,7 +439,7 @@ def test_status_outputs_table_json_and_yaml(run: Run, fake_kube: FakeKubeApi) ->
     fake_kube.add_bot("trading", "stable", status={"phase": "Running"})
     fake_kube.add_bot("trading", "meme", spec={"profile": "meme"})
     code, table, _err = run("status")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert table.splitlines()[0].split() == [
         "NAME",
         "PROFILE",
@@ -472,7 +464,7 @@ def test_status_outputs_table_json_and_yaml(run: Run, fake_kube: FakeKubeApi) ->
 
 
 def test_status_of_an_empty_namespace_says_so_on_stderr(run: Run) -> None:
-    assert run("status") == (EXIT_OK, "", "No tradingbots found in namespace trading.\n")
+    assert run("status") == (ExitCode.OK, "", "No tradingbots found in namespace trading.\n")
 
 
 def test_positions_reads_the_state_configmap(run: Run, fake_kube: FakeKubeApi) -> None:
@@ -489,7 +481,7 @@ def test_positions_reads_the_state_configmap(run: Run, fake_kube: FakeKubeApi) -
         "data": {"state.json": json.dumps(state)},
     }
     code, out, _err = run("positions", "stable")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert "BTC/USDT" in out and "+5.00" in out and "USDT" in out
     document = json.loads(run("positions", "stable", "-o", "json")[1])
     assert document["positions"][0]["symbol"] == "BTC/USDT"
@@ -534,7 +526,7 @@ def test_positions_without_readable_state_still_shows_the_status(
     if setup == "garbage":
         fake_kube.configmaps[("trading", "stable-state")] = {"data": {"state.json": "{oops"}}
     code, out, _err = run("positions", "stable")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert "ETH/USDT" in out
     assert f"note: {note}" in out
 
@@ -543,9 +535,9 @@ def test_halting_many_bots_asks_first_unless_yes(run: Run, fake_kube: FakeKubeAp
     fake_kube.add_bot("trading", "a")
     fake_kube.add_bot("trading", "b")
     code, _out, err = run("halt", "--all")  # no terminal here to ask
-    assert code == EXIT_USAGE and "--yes" in err
+    assert code == ExitCode.USAGE and "--yes" in err
     assert fake_kube.writes() == []
-    assert run("halt", "--all", "--mode", "flatten", "--yes")[0] == EXIT_OK
+    assert run("halt", "--all", "--mode", "flatten", "--yes")[0] == ExitCode.OK
     assert {
         w.body["metadata"]["annotations"]["trading.r7.dev/halt"] for w in fake_kube.writes()
     } == {"flatten"}
