@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,8 +79,19 @@ def _object(text: str) -> dict[str, Any]:
     return data
 
 
-# Which container of which pod: the fields a ShimRequest hands on to its ContainerRecord,
-# by attribute, with the JSON key and the parser of each.
+@dataclass(frozen=True)
+class ContainerRef:
+    """Which container of which pod: what a ShimRequest hands on to its ContainerRecord."""
+
+    pod_uid: str
+    namespace: str
+    pod: str
+    container: str
+    pod_ip: str
+    grace_seconds: float
+
+
+# The JSON key and the parser of each ContainerRef field.
 _CONTAINER_KEYS: dict[str, tuple[str, Callable[[dict[str, Any], str], Any]]] = {
     "pod_uid": ("podUid", _name),
     "namespace": ("namespace", _str),
@@ -91,11 +102,11 @@ _CONTAINER_KEYS: dict[str, tuple[str, Callable[[dict[str, Any], str], Any]]] = {
 }
 
 
-def container_fields(source: Any) -> dict[str, Any]:
-    return {name: getattr(source, name) for name in _CONTAINER_KEYS}
+def container_fields(source: ContainerRef) -> dict[str, Any]:
+    return {f.name: getattr(source, f.name) for f in fields(ContainerRef)}
 
 
-def _container_json(source: Any) -> dict[str, Any]:
+def _container_json(source: ContainerRef) -> dict[str, Any]:
     return {key: getattr(source, name) for name, (key, _) in _CONTAINER_KEYS.items()}
 
 
@@ -104,15 +115,9 @@ def _parse_container(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ContainerRecord:
+class ContainerRecord(ContainerRef):
     """One container process this node started (or adopted)."""
 
-    pod_uid: str
-    namespace: str
-    pod: str
-    container: str
-    pod_ip: str
-    grace_seconds: float
     started_at: str
     process: ProcessIdentity
     shim: ProcessIdentity
@@ -188,7 +193,7 @@ def exit_code(returncode: int) -> int:
 
 
 @dataclass(frozen=True)
-class ShimRequest:
+class ShimRequest(ContainerRef):
     """What the node hands a shim on its stdin: the container to run and how to record it.
     The environment travels this way, never on a command line or in a file, because it holds
     the pod's secrets."""
@@ -198,12 +203,6 @@ class ShimRequest:
     cwd: str
     log_path: str
     records_dir: str
-    pod_uid: str
-    namespace: str
-    pod: str
-    container: str
-    pod_ip: str
-    grace_seconds: float
     anchors: list[ProcessIdentity] = field(default_factory=list)
 
     def encode(self) -> str:

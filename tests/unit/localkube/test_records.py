@@ -15,6 +15,7 @@ from localkube.records import (
     RecordError,
     RecordStore,
     ShimRequest,
+    container_fields,
     exit_code,
 )
 
@@ -141,3 +142,21 @@ def test_the_store_finds_records_skips_foreign_files_and_retires_seen_exits(
     store.remove_pod(RECORD.pod_uid)
     assert store.load() == ([], [])
     assert not list(tmp_path.glob("containers/*/.tmp-*"))
+
+
+def test_a_shim_request_hands_its_container_on_to_the_record_whole() -> None:
+    request = ShimRequest(
+        argv=["/bin/true"],
+        env={},
+        cwd="/",
+        log_path="/tmp/log",
+        records_dir="/tmp/records",
+        **container_fields(RECORD),
+    )
+    record = ContainerRecord(
+        **container_fields(request), started_at="t", process=PROCESS, shim=SHIM
+    )
+    assert container_fields(record) == container_fields(RECORD)
+    # The round trips fail for a ContainerRef field that has no JSON key.
+    assert ShimRequest.parse(request.encode()) == request
+    assert ContainerRecord.parse(record.encode()) == record
