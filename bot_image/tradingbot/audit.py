@@ -278,7 +278,71 @@ def bot_events_client(
     return AuditClient(url.rstrip("/") + BOT_EVENTS_PATH, token=token, timeout=timeout)
 
 
-class AuditReporter:
+class AuditSender:
+    """What the fill reporter and the notice sender share: the bot's one audit client, the
+    wake/stop events of a background sender, the back-off after failures, and how each
+    delivery outcome is counted and logged."""
+
+    def __init__(self, client: AuditClient, metrics: BotMetrics, backoff_cap: float) -> None:
+        self._client = client
+        self.metrics = metrics
+        self.backoff_cap = backoff_cap
+        self.failures = 0
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._random = random.Random()
+
+    async def stop(self, flush_budget: float = 0.0) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self.stop()
+        with contextlib.suppress(Exception):
+            await self._client.close()
+
+    async def _pause(self, least: float = 0.0) -> None:
+        """The back-off after `failures` failed attempts, cut short by `stop`."""
+        delay = backoff_delay(self.failures, cap=self.backoff_cap, jitter=self._random.random())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(delay, least))
+
+    def _delivered(self, count: int, duplicates: int | None = None) -> None:
+        """`duplicates`: how many of them the sidecar had stored already, when it says."""
+        self.metrics.audit_sent("ok", count - (duplicates or 0))
+        if duplicates is not None:
+            self.metrics.audit_sent("duplicate", duplicates)
+        if self.failures:
+            log.info(
+                "audit delivery works again",
+                extra={"failed_attempts": self.failures, "events": count},
+            )
+        self.failures = 0
+
+    def _retrying(self, answer: Answer, count: int) -> None:
+        self.metrics.audit_sent("error", count)
+        self.failures += 1
+        extra = {
+            "status": answer.status,
+            "error": answer.problem,
+            "events": count,
+            "failed_attempts": self.failures,
+        }
+        if self.failures == 1:
+            log.warning("audit events not delivered; retrying with back-off", extra=extra)
+        else:
+            log.debug("audit events still not delivered", extra=extra)
+
+    def _refused(self, answer: Answer, count: int, **lost: Any) -> None:
+        """Refused for good: resending the same events cannot succeed; the log line keeps
+        what was lost."""
+        self.metrics.audit_sent("rejected", count)
+        log.error(
+            "audit sidecar refused events; dropping them",
+            extra={"status": answer.status, "error": answer.problem, "events": count, **lost},
+        )
+
+
+class AuditReporter(AuditSender):
     """Sends unaudited fills to `{url}/v1/bot-events` until acknowledged.
 
     `view` reads the runtime's journal; `on_acked(seqs)` marks fills audited in the runtime's
@@ -299,20 +363,14 @@ class AuditReporter:
         resend_interval: float = RESEND_INTERVAL_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
+        super().__init__(client, metrics, backoff_cap)
         self.bot = bot
         self.namespace = namespace
-        self.metrics = metrics
         self._view = view
         self._on_acked = on_acked
         self._redact = redact
         self.resend_interval = resend_interval
-        self.backoff_cap = backoff_cap
-        self._client = client
         self._sender: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self.failures = 0
-        self._random = random.Random()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -351,11 +409,6 @@ class AuditReporter:
             except Exception as exc:
                 log.warning("audit flush at shutdown failed", extra={"error": str(exc)})
 
-    async def close(self) -> None:
-        await self.stop()
-        with contextlib.suppress(Exception):
-            await self._client.close()
-
     # -- sending ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -374,9 +427,7 @@ class AuditReporter:
                 delivered = False
             if delivered:
                 continue
-            delay = backoff_delay(self.failures, cap=self.backoff_cap, jitter=self._random.random())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            await self._pause()
             self._wake.set()  # retry after the pause whether or not a fill came meanwhile
 
     async def flush(self, *, background: bool = False) -> bool:
@@ -417,48 +468,19 @@ class AuditReporter:
                 outcome = OUTCOME_RETRY
                 answer = Answer(200, None, "HTTP 200 without one stored entry per event")
             else:
-                duplicates = sum(flags)
-                self.metrics.audit_sent("ok", len(events) - duplicates)
-                self.metrics.audit_sent("duplicate", duplicates)
+                self._delivered(len(events), duplicates=sum(flags))
                 self._on_acked(seqs)
-                if self.failures:
-                    log.info(
-                        "audit delivery works again",
-                        extra={"failed_attempts": self.failures, "events": len(events)},
-                    )
-                self.failures = 0
                 return True
         if outcome == OUTCOME_RETRY:
-            self.metrics.audit_sent("error", len(events))
-            self.failures += 1
-            extra = {
-                "status": answer.status,
-                "error": answer.problem,
-                "events": len(events),
-                "failed_attempts": self.failures,
-            }
-            if self.failures == 1:
-                log.warning("audit events not delivered; retrying with back-off", extra=extra)
-            else:
-                log.debug("audit events still not delivered", extra=extra)
+            self._retrying(answer, len(events))
             return False
         if outcome == OUTCOME_SPLIT and len(fills) > 1:
             half = len(fills) // 2
             return await self._deliver(fills[:half], checkpoint_seq) and await self._deliver(
                 fills[half:], checkpoint_seq
             )
-        # Refused for good: resending the same events cannot succeed. Marked audited so
-        # they are not offered again; the log line keeps what was lost.
-        self.metrics.audit_sent("rejected", len(events))
-        log.error(
-            "audit sidecar refused events; dropping them",
-            extra={
-                "status": answer.status,
-                "error": answer.problem,
-                "events": len(events),
-                "trade_seqs": sorted(seqs),
-            },
-        )
+        # Marked audited so they are not offered again.
+        self._refused(answer, len(events), trade_seqs=sorted(seqs))
         self._on_acked(seqs)
         return True
 

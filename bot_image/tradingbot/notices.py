@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ from tradingbot.audit import (
     OUTCOME_ACKED,
     OUTCOME_REJECTED,
     OUTCOME_RETRY,
-    backoff_delay,
+    AuditSender,
     classify_status,
     stored_flags,
 )
@@ -145,7 +144,7 @@ def enqueue(pending: deque[dict[str, Any]], event: dict[str, Any], limit: int) -
     return True
 
 
-class NoticeSender:
+class NoticeSender(AuditSender):
     """Sends queued events through the bot's audit client (`bot_events_client`) in the
     background until settled."""
 
@@ -157,16 +156,10 @@ class NoticeSender:
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         limit: int = MAX_PENDING,
     ) -> None:
-        self.metrics = metrics
-        self.backoff_cap = backoff_cap
+        super().__init__(client, metrics, backoff_cap)
         self.limit = limit
         self.pending: deque[dict[str, Any]] = deque()
-        self.failures = 0
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._client = client
-        self._random = random.Random()
 
     def report(self, event: dict[str, Any]) -> None:
         if not enqueue(self.pending, event, self.limit):
@@ -190,11 +183,6 @@ class NoticeSender:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._send_batch(), flush_budget)
 
-    async def close(self) -> None:
-        await self.stop()
-        with contextlib.suppress(Exception):
-            await self._client.close()
-
     async def _run(self) -> None:
         while not self._stop.is_set():
             await self._wake.wait()
@@ -206,11 +194,7 @@ class NoticeSender:
                     log.exception("audit event delivery failed")
                     settled = False
                 if not settled:
-                    delay = backoff_delay(
-                        self.failures, cap=self.backoff_cap, jitter=self._random.random()
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), max(delay, 0.1))
+                    await self._pause(least=0.1)
 
     async def _send_batch(self) -> bool:
         """Send the oldest queued events; True when they are settled."""
@@ -222,30 +206,19 @@ class NoticeSender:
         if outcome == OUTCOME_ACKED and stored_flags(answer.payload, len(batch)) is None:
             outcome = OUTCOME_RETRY
         if outcome == OUTCOME_RETRY:
-            self.failures += 1
-            self.metrics.audit_sent("error", len(batch))
-            if self.failures == 1:
-                log.warning(
-                    "audit events not delivered; retrying with back-off",
-                    extra={"status": answer.status, "error": answer.problem},
-                )
+            self._retrying(answer, len(batch))
             return False
         for event in batch:
             with contextlib.suppress(ValueError):
                 self.pending.remove(event)
         if outcome == OUTCOME_ACKED:
-            self.metrics.audit_sent("ok", len(batch))
-            self.failures = 0
+            self._delivered(len(batch))
             return True
         # Refused for good (or one event spoils the batch): resending cannot help.
-        self.metrics.audit_sent("rejected", len(batch))
-        log.error(
-            "audit sidecar refused events; dropping them",
-            extra={
-                "status": answer.status,
-                "error": answer.problem,
-                "event_types": sorted({e["event_type"] for e in batch}),
-                "outcome": OUTCOME_REJECTED,
-            },
+        self._refused(
+            answer,
+            len(batch),
+            event_types=sorted({e["event_type"] for e in batch}),
+            outcome=OUTCOME_REJECTED,
         )
         return True
