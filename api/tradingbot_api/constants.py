@@ -304,6 +304,21 @@ class RestartTrigger(StrEnum):
     RESTART_REQUEST = "restart_request"
 
 
+class TolerationOperator(StrEnum):
+    """Operators of a pod toleration."""
+
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    """Taint effects a toleration may name."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
 class CheckpointReason(StrEnum):
     """The bot state's ``reason``: why it was saved. ``order`` records a live order intent
     before it is sent, so a crash between submit and fill can be reconciled on restore;

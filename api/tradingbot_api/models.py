@@ -19,7 +19,6 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -52,6 +51,8 @@ from tradingbot_api.constants import (
     ExchangeMode,
     Profile,
     StateBackend,
+    TaintEffect,
+    TolerationOperator,
 )
 from tradingbot_api.errors import validation_messages  # noqa: F401 - part of this API
 from tradingbot_api.exchanges import EXCHANGE_IDS
@@ -369,21 +370,6 @@ def _label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
             )
         _short_prefix(key)
     return labels
-
-
-class TolerationOperator(StrEnum):
-    """Operators of a pod toleration."""
-
-    EXISTS = "Exists"
-    EQUAL = "Equal"
-
-
-class TaintEffect(StrEnum):
-    """Taint effects a toleration may name."""
-
-    NO_SCHEDULE = "NoSchedule"
-    PREFER_NO_SCHEDULE = "PreferNoSchedule"
-    NO_EXECUTE = "NoExecute"
 
 
 class Toleration(_SpecModel):
