@@ -42,7 +42,7 @@ def object_key(obj: Mapping[str, Any]) -> Key:
 
 
 def _version(obj: Mapping[str, Any] | None) -> int | None:
-    raw = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    raw = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
     try:
         return int(raw)
     except (TypeError, ValueError):
