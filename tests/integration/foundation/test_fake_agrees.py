@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fakeapi import FakeApiServer
+from tradingbot_api.informer import Informer
 from tradingbot_api.kubeclient import APPLY_PATCH, MERGE_PATCH, KubeClient, KubeError
 
 Requester = Any  # KubeClient or FakeApiServer: the same request/stream face
@@ -154,7 +155,38 @@ async def watch_rules(api: Requester, ns: str) -> list[Any]:
     return events
 
 
-SCRIPTS = [configmap_rules, status_rules, watch_rules]
+async def informer_rules(api: Requester, ns: str) -> list[Any]:
+    """What an informer over labelled ConfigMaps sees of creates, changes and a delete."""
+    path = CONFIGMAPS.format(ns=ns)
+    await api.request("POST", path, body=configmap("before", app="i"))
+    await api.request("POST", path, body=configmap("unlabelled"))
+    changes: list[tuple[str, str | None]] = []
+    informer = Informer(
+        api,
+        path,
+        query={"labelSelector": "app=i"},
+        on_change=lambda key, obj: changes.append(
+            (key[1], None if obj is None else (obj.get("data") or {}).get("k"))
+        ),
+    )
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 10)
+        await api.request("POST", path, body=configmap("after", app="i"))
+        patch = {"data": {"k": "changed"}}
+        await api.request("PATCH", f"{path}/before", body=patch, content_type=MERGE_PATCH)
+        await api.request("DELETE", f"{path}/after")
+        for _ in range(500):
+            if len(changes) >= 4:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return [changes, sorted(key[1] for key in informer.store.objects)]
+
+
+SCRIPTS = [configmap_rules, status_rules, watch_rules, informer_rules]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
