@@ -1,10 +1,10 @@
-"""kopf wiring only: watch events wake bot loops; the loops and `decide` do the work."""
+"""kopf wiring only: kopf runs one loop per TradingBot (and its finalizer); the fleet cache's
+watches wake the loops; the loops and `decide` do the work."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -12,11 +12,11 @@ import kopf
 from tradingbot_api.constants import (
     API_GROUP,
     FINALIZER,
-    LABEL_BOT,
     PLURAL,
     VERSION,
     Phase,
 )
+from tradingbot_operator.cache import FleetCache
 from tradingbot_operator.guards import PolicyWatch
 from tradingbot_operator.kubeapi import KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
@@ -29,6 +29,7 @@ from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, cancel
 log = logging.getLogger(__name__)
 
 STARTUP_BACKOFF_SECONDS = 2.0
+CACHE_SYNC_SECONDS = 60.0
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
@@ -113,8 +114,17 @@ async def _start_fleet(
     for bot in await api.list_bots(operator_settings.namespace):
         if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:
             fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
+    fleet.cache = FleetCache(api.client, operator_settings.namespace, lambda key: fleet.wake(*key))
+    tasks = fleet.cache.start()
+    try:
+        # Nothing is decided before both lists are in: a pod missing from the cache must
+        # mean a pod that does not exist.
+        await asyncio.wait_for(fleet.cache.synced(), CACHE_SYNC_SECONDS)
+    except BaseException:
+        await cancel(tasks)
+        raise
     memo["fleet"] = fleet
-    memo["tasks"] = start_watches(fleet, operator_settings)
+    memo["tasks"] = tasks + start_watches(fleet, operator_settings)
     log.info(
         "tradingbot operator started (namespace: %s, max concurrent restarts: %s)",
         operator_settings.namespace or "all",
@@ -148,16 +158,6 @@ async def bot_loop(
     namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
 ) -> None:
     await BotReconciler(memo["fleet"], str(namespace), name).run(stopped)
-
-
-@kopf.on.event(API_GROUP, VERSION, PLURAL)
-def bot_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    memo["fleet"].wake(str(namespace), name)
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_BOT: kopf.PRESENT})
-def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    memo["fleet"].wake(str(namespace), labels[LABEL_BOT])
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL)

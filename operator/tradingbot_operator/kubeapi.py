@@ -128,8 +128,9 @@ class KubeApi:
             )
         )
 
-    async def delete_pod(self, namespace: str, name: str, uid: str, grace: int) -> None:
-        """Delete exactly this pod (uid precondition), with its grace period."""
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace: int) -> dict[str, Any]:
+        """Delete exactly this pod (uid precondition), with its grace period; the pod as the
+        API server answered (being deleted), or {} when it was gone already."""
         body = {
             "kind": "DeleteOptions",
             "apiVersion": "v1",
@@ -137,11 +138,14 @@ class KubeApi:
             "preconditions": {"uid": uid},
         }
         try:
-            await self.client.request("DELETE", _path("", "v1", namespace, "pods", name), body=body)
+            answer = await self.client.request(
+                "DELETE", _path("", "v1", namespace, "pods", name), body=body
+            )
         except ApiError as err:
             if err.not_found or err.conflict:  # already gone, or a different pod by now
-                return
+                return {}
             raise
+        return dict(answer or {})
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply of an object the operator owns."""

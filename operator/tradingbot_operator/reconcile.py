@@ -27,6 +27,7 @@ from tradingbot_api.constants import (
 )
 from tradingbot_api.models import TradingBotSpec
 from tradingbot_api.times import utc_now
+from tradingbot_operator.cache import FleetCache
 from tradingbot_operator.decide import Decision, decide
 from tradingbot_operator.decide_facts import Blocker, OperatorLimits, PodFacts
 from tradingbot_operator.decide_outcome import CreatePod, DeletePod
@@ -77,6 +78,8 @@ class Fleet:
     recorder: AuditRecorder
     metrics: OperatorMetrics
     policies: PolicyWatch | None = None
+    # The watches' picture of bots and pods; None: every pass reads the API server.
+    cache: FleetCache | None = None
     nodes: NodeHeartbeats | None = None
     fleet_switch: FleetSwitch | None = None
     restart_slots: set[tuple[str, str]] = field(default_factory=set)
@@ -138,6 +141,12 @@ class BotReconciler:
                         # Someone wrote the bot between our read and our status write:
                         # expected, not an error; decide again on the fresh object.
                         log.debug("%s/%s changed during reconcile; again", *self.key)
+                        try:
+                            await self._read_bot(live=True)
+                        except _Gone:
+                            return
+                        except Exception as again:  # the next pass reads it once more
+                            log.debug("%s/%s not read again: %s", *self.key, again)
                         continue
                     failures += 1
                     self.fleet.metrics.reconcile_errors.labels(error_type=type(err).__name__).inc()
@@ -167,17 +176,9 @@ class BotReconciler:
 
     async def reconcile_once(self, *, deleting: bool = False) -> Decision:
         started = time.perf_counter()
-        api = self.fleet.api
-        try:
-            body = await api.get_bot(self.namespace, self.name)
-        except ApiError as err:
-            if err.not_found:
-                self.fleet.restart_slots.discard(self.key)
-                self.fleet.metrics.set_bot_state(self.namespace, self.name, None, False)
-                raise _Gone() from None
-            raise
+        body = await self._read_bot()
         observed = ObservedBot.parse(body)
-        raw_pods = await api.list_bot_pods(self.namespace, self.name)
+        raw_pods = await self._read_pods()
         pods = await self._with_lost_nodes([pod_facts(p) for p in raw_pods])
         policies = await self._policies(body)
         fleet_halt = self.fleet.fleet_switch.mode if self.fleet.fleet_switch else None
@@ -192,6 +193,41 @@ class BotReconciler:
         await self.apply(observed, decision)
         self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return decision
+
+    async def _read_bot(self, *, live: bool = False) -> dict[str, Any]:
+        """The TradingBot from the cache; from the API server when asked, without a cache,
+        or when the cache has not seen it (yet, or any more); _Gone when it does not exist."""
+        cache = self.fleet.cache
+        cached = cache.bot(self.key) if cache is not None and not live else None
+        if cached is not None:
+            return cached
+        try:
+            body = await self.fleet.api.get_bot(self.namespace, self.name)
+        except ApiError as err:
+            if err.not_found:
+                self.fleet.restart_slots.discard(self.key)
+                self.fleet.metrics.set_bot_state(self.namespace, self.name, None, False)
+                raise _Gone() from None
+            raise
+        if cache is not None:
+            cache.observe_bot(body)
+        return body
+
+    async def _read_pods(self) -> list[dict[str, Any]]:
+        cache = self.fleet.cache
+        if cache is not None:
+            return cache.pods_of(self.key)
+        return await self.fleet.api.list_bot_pods(self.namespace, self.name)
+
+    def _observed(self, obj: Mapping[str, Any]) -> None:
+        """Our own write's answer, into the cache at once (read your writes)."""
+        cache = self.fleet.cache
+        if cache is None or not obj.get("metadata"):
+            return
+        if obj.get("kind") == "Pod":
+            cache.observe_pod(dict(obj))
+        elif obj.get("kind") == KIND:
+            cache.observe_bot(dict(obj))
 
     async def _with_lost_nodes(self, pods: list[PodFacts]) -> list[PodFacts]:
         """Mark the pods whose node stopped heartbeating while their bot's Lease expired
@@ -331,6 +367,7 @@ class BotReconciler:
                 patched = await api.patch_bot_status(
                     self.namespace, self.name, decision.status, resource_version
                 )
+                self._observed(patched)
                 resource_version = patched["metadata"]["resourceVersion"]
         except BaseException:
             if held:
@@ -355,9 +392,10 @@ class BotReconciler:
         )
         for action in decision.actions:
             if isinstance(action, DeletePod):
-                await api.delete_pod(
+                deleted = await api.delete_pod(
                     self.namespace, action.name, action.uid, action.grace_period_seconds
                 )
+                self._observed(deleted)
                 failpoint("after-pod-deleted")
             elif isinstance(action, CreatePod):
                 spec = observed.spec
@@ -373,12 +411,16 @@ class BotReconciler:
                     restart_token(observed.annotations),
                 )
                 try:
-                    await api.create(pod)
+                    self._observed(await api.create(pod))
                 except ApiError as err:
                     if not err.conflict:  # same name = same hash: created by an earlier pass
                         # e.g. its ServiceAccount was deleted by hand: re-apply next time
                         self.fleet.ensured.pop(self.key, None)
                         raise
+                    if self.fleet.cache is not None:  # one the cache has not seen yet
+                        self._observed(
+                            await api.get("Pod", self.namespace, pod["metadata"]["name"])
+                        )
                 failpoint("after-pod-created")
         involved = InvolvedObject(
             API_VERSION,
@@ -392,9 +434,10 @@ class BotReconciler:
         if outbox:
             if await self.fleet.recorder.deliver(outbox, involved):
                 try:
-                    await api.patch_bot_status(
+                    cleared = await api.patch_bot_status(
                         self.namespace, self.name, {"auditOutbox": None}, resource_version
                     )
+                    self._observed(cleared)
                 except ApiError as err:
                     if not err.conflict:  # changed meanwhile: the next pass delivers again
                         raise
