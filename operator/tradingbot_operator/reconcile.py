@@ -1,8 +1,8 @@
 """One bot's reconcile loop: gather facts, call `decide`, apply the decision, wait.
 
-Level-triggered: watch events only wake the loop; every pass reads the TradingBot and its
-pods afresh from the API server (quorum reads), so a missed or reordered event cannot make
-it act on a stale picture. Intent is written to status before it is acted on, so a crash
+Level-triggered: watch events update the fleet cache and wake the loop; a pass decides from
+the cache (see `cache` for why a stale picture cannot make it act wrongly: preconditions on
+every write, own writes read back at once, a quorum list before a pod is created). Intent is written to status before it is acted on, so a crash
 between the two is finished by the next pass (see `decide`).
 """
 
@@ -219,6 +219,20 @@ class BotReconciler:
             return cache.pods_of(self.key)
         return await self.fleet.api.list_bot_pods(self.namespace, self.name)
 
+    async def _pods_unseen(self) -> bool:
+        """Before a pod is created on the cache's word that there is none: a quorum list of
+        the bot's pods (served by the API server's watch cache once it confirmed it is
+        current). Pods it shows that the cache lacks go into the cache; True if any."""
+        cache = self.fleet.cache
+        if cache is None:
+            return False  # this pass listed them itself
+        listed = await self.fleet.api.list_bot_pods(self.namespace, self.name)
+        known = {p["metadata"]["uid"] for p in cache.pods_of(self.key)}
+        unseen = [p for p in listed if p["metadata"].get("uid") not in known]
+        for pod in unseen:
+            cache.observe_pod(pod)
+        return bool(unseen)
+
     def _observed(self, obj: Mapping[str, Any]) -> None:
         """Our own write's answer, into the cache at once (read your writes)."""
         cache = self.fleet.cache
@@ -401,6 +415,9 @@ class BotReconciler:
                 spec = observed.spec
                 if spec is None:  # decide never asks for a pod while the spec is blocked
                     raise AssertionError("a pod for a spec that does not parse")
+                if await self._pods_unseen():
+                    decision.requeue_after = 0  # decide again with them in the cache
+                    continue
                 await self.ensure_bot_objects(bot, spec)
                 pod = render_bot_pod(
                     bot,

@@ -24,7 +24,7 @@ from tests.unit.operator.test_reconcile import (
     status,
     user_patch,
 )
-from tradingbot_api.constants import ANNOTATION_APPLIED_SPEC
+from tradingbot_api.constants import ANNOTATION_APPLIED_SPEC, LABEL_BOT
 from tradingbot_api.kubeclient import KubeError
 from tradingbot_operator.cache import FleetCache
 from tradingbot_operator.kubeapi import KubeApi
@@ -151,3 +151,24 @@ async def test_a_restart_on_the_cache_never_has_two_pods(
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     assert "ETH/USDT" in new["metadata"]["annotations"][ANNOTATION_APPLIED_SPEC]
     assert status(server)["phase"] == "Restarting"
+
+
+async def test_a_pod_the_cache_missed_stops_the_create_it_would_have_caused(
+    cached: tuple[Fleet, list[Any]], server: FakeApiServer
+) -> None:
+    """A pod made by someone else just now (its event not in yet): the quorum list before
+    the create finds it, so no second pod is made; the cache learns of it."""
+    fleet, _ = cached
+    server.freeze_watches = True
+    server.put(
+        {
+            "kind": "Pod",
+            "metadata": {"name": "by-hand", "namespace": NS, "labels": {LABEL_BOT: BOT}},
+            "spec": {"containers": [{"name": "bot", "image": "x"}]},
+        }
+    )
+    decision = await reconciler(fleet).reconcile_once()
+    assert [p["metadata"]["name"] for p in pods(server)] == ["by-hand"]
+    assert decision.requeue_after == 0
+    assert fleet.cache is not None
+    assert [p["metadata"]["name"] for p in fleet.cache.pods_of((NS, BOT))] == ["by-hand"]
