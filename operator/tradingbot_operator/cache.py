@@ -7,7 +7,8 @@ derived from the config hash on create), so a stale cache can only cost a refuse
 another pass; and the controller reads its own writes: what a status patch, a pod create
 or a pod delete answers goes into the cache at once (see `tradingbot_api.informer.Store`),
 so the next pass never misses a pod it made. A pod missing from a synced cache was made by
-someone else (a user, another process) and is seen as soon as its watch event arrives.
+someone else (a user, another process); it is seen when its watch event arrives, and before
+any pod is created a quorum list of the bot's pods looks for exactly such a pod.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Level-triggered: watch events update the fleet cache and wake the loop; a pass decides from
 the cache (see `cache` for why a stale picture cannot make it act wrongly: preconditions on
-every write, own writes read back at once, a quorum list before a pod is created). Intent is written to status before it is acted on, so a crash
-between the two is finished by the next pass (see `decide`).
+every write, own writes read back at once, a quorum list before a pod is created). Intent
+is written to status before it is acted on, so a crash between the two is finished by the
+next pass (see `decide`).
 """
 
 from __future__ import annotations
