@@ -42,6 +42,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         (),
     ),
     "scale": ("benchmarks.scale_bench", "Scale: 1,000 TradingBots on one operator", ()),
+    "scale-compare": (
+        "benchmarks.scale_compare",
+        "Scale against the controller before the fleet cache, side by side",
+        (),
+    ),
     "audit": (
         "benchmarks.audit_bench",
         "Audit log: durable appends, queries and verify on 1,000,000 events",
