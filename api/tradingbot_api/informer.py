@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -34,6 +35,7 @@ WATCH_SECONDS: Final = 240
 # long means a dead connection.
 READ_TIMEOUT_SECONDS: Final = 90.0
 BACKOFF_SECONDS: Final = (0.5, 1.0, 2.0, 5.0, 10.0)
+MAX_TOMBSTONES: Final = 10_000
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -62,9 +64,14 @@ def is_older(candidate: Mapping[str, Any], held: Mapping[str, Any] | None) -> bo
 
 @dataclass
 class Store:
-    """The objects of one collection by key, as the list, the watch and own writes say."""
+    """The objects of one collection by key, as the list, the watch and own writes say.
+
+    The uids of objects seen deleted are remembered (the newest `MAX_TOMBSTONES`), so that
+    an own write's answer that arrives after the object's DELETED event cannot bring it back.
+    """
 
     objects: dict[Key, Object] = field(default_factory=dict)
+    tombstones: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def get(self, key: Key) -> Object | None:
         return self.objects.get(key)
@@ -78,6 +85,8 @@ class Store:
         held = self.objects.get(key)
         if held is not None and (is_older(obj, held) or held == obj):
             return False
+        if _uid(obj) in self.tombstones:
+            return False
         self.objects[key] = obj
         return True
 
@@ -85,10 +94,19 @@ class Store:
         """Drop the object `obj` names (its key and uid), unless a later one took its key."""
         key = object_key(obj)
         held = self.objects.get(key)
+        self._bury(_uid(obj))
         if held is None or is_older(obj, held) or (_uid(obj) and _uid(held) != _uid(obj)):
             return False
         del self.objects[key]
         return True
+
+    def _bury(self, uid: str) -> None:
+        if not uid:
+            return
+        self.tombstones[uid] = None
+        self.tombstones.move_to_end(uid)
+        while len(self.tombstones) > MAX_TOMBSTONES:
+            self.tombstones.popitem(last=False)
 
     def apply(self, event: Mapping[str, Any]) -> Key | None:
         """One watch event (ADDED, MODIFIED, DELETED); the key it changed, if any."""
@@ -108,7 +126,7 @@ class Store:
         snapshot = {"metadata": {"resourceVersion": list_version}}
         for key in [k for k in self.objects if k not in listed]:
             if not is_older(snapshot, self.objects[key]):  # gone before the list was taken
-                del self.objects[key]
+                self._bury(_uid(self.objects.pop(key)))
                 changed.add(key)
         return changed
 

@@ -58,6 +58,15 @@ def test_a_deleted_event_removes_only_the_object_it_names() -> None:
     assert store.get((NS, "a")) is None
 
 
+def test_an_own_write_answered_after_the_delete_event_does_not_bring_it_back() -> None:
+    store = Store()
+    store.observe(obj("a", 5, uid="u1"))
+    store.apply({"type": "DELETED", "object": obj("a", 7, uid="u1")})
+    assert not store.observe(obj("a", 6, uid="u1", phase="Terminating"))  # the delete's answer
+    assert store.get((NS, "a")) is None
+    assert store.observe(obj("a", 9, uid="u2"))  # a new object under the name is welcome
+
+
 def test_a_repeated_event_is_no_change_and_bookmarks_change_nothing() -> None:
     store = Store()
     assert store.apply({"type": "ADDED", "object": obj("a", 3)}) == (NS, "a")
