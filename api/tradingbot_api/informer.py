@@ -62,6 +62,14 @@ def is_older(candidate: Mapping[str, Any], held: Mapping[str, Any] | None) -> bo
     return new is not None and old is not None and new < old
 
 
+def without_managed_fields(obj: Object) -> Object:
+    """`obj` without `metadata.managedFields` (often half of an object's size)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 @dataclass
 class Store:
     """The objects of one collection by key, as the list, the watch and own writes say.
@@ -72,6 +80,8 @@ class Store:
 
     objects: dict[Key, Object] = field(default_factory=dict)
     tombstones: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # What is kept of each object (e.g. `without_managed_fields`, to hold less memory).
+    transform: Callable[[Object], Object] | None = None
 
     def get(self, key: Key) -> Object | None:
         return self.objects.get(key)
@@ -83,11 +93,14 @@ class Store:
         """Hold `obj` unless the store holds a later state; True when it changed."""
         key = object_key(obj)
         held = self.objects.get(key)
-        if held is not None and (is_older(obj, held) or held == obj):
+        kept = self.transform(obj) if self.transform is not None else obj
+        if held is not None and (is_older(obj, held) or held == kept):
             return False
+        if held is not None and _version(obj) is not None and _version(held) == _version(obj):
+            return False  # the same state (an own write's answer and its watch event)
         if _uid(obj) in self.tombstones:
             return False
-        self.objects[key] = obj
+        self.objects[key] = kept
         return True
 
     def forget(self, obj: Mapping[str, Any]) -> bool:
@@ -146,6 +159,7 @@ class Informer:
         watch_seconds: int = WATCH_SECONDS,
         read_timeout: float = READ_TIMEOUT_SECONDS,
         backoff: tuple[float, ...] = BACKOFF_SECONDS,
+        transform: Callable[[Object], Object] | None = None,
     ) -> None:
         self.client = client
         self.path = path
@@ -154,7 +168,7 @@ class Informer:
         self.watch_seconds = watch_seconds
         self.read_timeout = read_timeout
         self.backoff = backoff
-        self.store = Store()
+        self.store = Store(transform=transform)
         self.synced = asyncio.Event()
         self.resource_version = ""
         self.lists = 0  # how many lists it took (a relist after 410 or a failure counts)

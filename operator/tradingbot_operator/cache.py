@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
-from tradingbot_api.informer import Informer, Key, Object, object_key
+from tradingbot_api.informer import Informer, Key, Object, object_key, without_managed_fields
 from tradingbot_api.kubeclient import KubeClient
 
 BotKey = tuple[str, str]  # (namespace, name) of a TradingBot
@@ -50,6 +50,7 @@ class FleetCache:
             client,
             _collection(f"/apis/{API_GROUP}/{VERSION}", namespace, PLURAL),
             on_change=lambda key, _: on_bot(key),
+            transform=without_managed_fields,
             **informer_options,
         )
         self.pods = Informer(
@@ -57,6 +58,7 @@ class FleetCache:
             _collection("/api/v1", namespace, "pods"),
             query={"labelSelector": LABEL_BOT},
             on_change=self._pod_changed,
+            transform=without_managed_fields,
             **informer_options,
         )
         self._pods_of: dict[BotKey, set[Key]] = {}

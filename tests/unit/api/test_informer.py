@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.fakeapi import FakeApiServer
-from tradingbot_api.informer import Informer, Key, Store, is_older
+from tradingbot_api.informer import Informer, Key, Store, is_older, without_managed_fields
 
 NS = "fleet"
 PODS = f"/api/v1/namespaces/{NS}/pods"
@@ -65,6 +65,16 @@ def test_an_own_write_answered_after_the_delete_event_does_not_bring_it_back() -
     assert not store.observe(obj("a", 6, uid="u1", phase="Terminating"))  # the delete's answer
     assert store.get((NS, "a")) is None
     assert store.observe(obj("a", 9, uid="u2"))  # a new object under the name is welcome
+
+
+def test_what_is_kept_leaves_managed_fields_out() -> None:
+    store = Store(transform=without_managed_fields)
+    managed = obj("a", 3)
+    managed["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    assert store.observe(managed)
+    assert store.get((NS, "a")) == obj("a", 3)
+    assert managed["metadata"]["managedFields"]  # the caller's object is left alone
+    assert not store.observe(managed)  # the same state again: no change
 
 
 def test_a_repeated_event_is_no_change_and_bookmarks_change_nothing() -> None:
