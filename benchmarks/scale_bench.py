@@ -19,6 +19,7 @@ from typing import Any
 from kubernetes import client, config
 
 from benchmarks.report import summarize
+from benchmarks.scale_floor import floor_seconds
 from localkube import binaries, product
 from localkube.cluster import LocalCluster
 from tests.integration.invalid_specs import VALID_BASE_SPEC
@@ -28,6 +29,7 @@ NAME = "scale"
 TITLE = "Scale: 1,000 TradingBots on one operator"
 BOTS = 1000
 NAMESPACE = "scale"
+FLOOR_NAMESPACE = "scale-floor"
 CHURN = 50
 
 
@@ -45,39 +47,57 @@ def _phases(custom: client.CustomObjectsApi) -> dict[str, str]:
     return {b["metadata"]["name"]: (b.get("status") or {}).get("phase", "") for b in items}
 
 
+def _store_bots(
+    api: client.ApiClient,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    bots: int,
+    spec: dict[str, Any],
+) -> None:
+    product.ensure_namespace(api, namespace)
+    product.apply_objects(
+        api,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "default", "namespace": namespace},
+            }
+        ],
+    )
+    for i in range(bots):
+        custom.create_namespaced_custom_object(
+            "trading.r7.dev",
+            "v1alpha1",
+            namespace,
+            "tradingbots",
+            {
+                "apiVersion": "trading.r7.dev/v1alpha1",
+                "kind": "TradingBot",
+                "metadata": {"name": f"bot-{i:04d}"},
+                "spec": spec,
+            },
+        )
+
+
 def run(bots: int = BOTS) -> str:
     binaries.ensure()
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp) / "kube") as cluster:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         custom = client.CustomObjectsApi(api)
         product.install_crds(api)
-        product.ensure_namespace(api, NAMESPACE)
-        product.apply_objects(
-            api,
-            [
-                {
-                    "apiVersion": "v1",
-                    "kind": "ServiceAccount",
-                    "metadata": {"name": "default", "namespace": NAMESPACE},
-                }
-            ],
-        )
         spec: dict[str, Any] = copy.deepcopy(VALID_BASE_SPEC)
         spec["restartPolicy"].update(coalesceSeconds=1, maxRestartsPerHour=100)
+        # The floor first, in a namespace of its own, the operator's run after it.
+        _store_bots(api, custom, FLOOR_NAMESPACE, bots, spec)
+        floor_kubelet = Kubelet(api, FLOOR_NAMESPACE, delay=0.0, poll=0.5)
+        floor_kubelet.start()
+        try:
+            floor = floor_seconds(cluster.kubeconfig, FLOOR_NAMESPACE, bots)
+        finally:
+            floor_kubelet.stop()
         created = time.perf_counter()
-        for i in range(bots):
-            custom.create_namespaced_custom_object(
-                "trading.r7.dev",
-                "v1alpha1",
-                NAMESPACE,
-                "tradingbots",
-                {
-                    "apiVersion": "trading.r7.dev/v1alpha1",
-                    "kind": "TradingBot",
-                    "metadata": {"name": f"bot-{i:04d}"},
-                    "spec": spec,
-                },
-            )
+        _store_bots(api, custom, NAMESPACE, bots, spec)
         create_seconds = time.perf_counter() - created
         kubelet = Kubelet(api, NAMESPACE, delay=0.0, poll=0.5)
         kubelet.start()
@@ -137,12 +157,17 @@ def run(bots: int = BOTS) -> str:
     churn = summarize(durations) if durations else None
     lines = [
         f"{bots} TradingBots created before the operator starts ({create_seconds:.0f} s to "
-        "create); a stand-in kubelet marks pods Ready within 0.5 s (no bot processes run).",
+        "create); a stand-in kubelet marks pods Ready within 0.5 s (no bot processes run). "
+        "The floor (`benchmarks.scale_floor`) ran first on the same API server, with its own "
+        f"{bots} bots in another namespace (left in place).",
         "",
         "| measurement | result |",
         "|---|---|",
+        f"| floor: a plain async script makes the same objects, until all pods Ready | "
+        f"{floor:.0f} s |",
         f"| cold start: operator start until all {bots} bots Running | {cold:.0f} s "
         f"({running} Running) |",
+        f"| cold start / floor | {cold / floor:.1f} |",
         f"| operator RSS after cold start / peak | {steady_rss:.0f} MiB / {peak[0]:.0f} MiB |",
     ]
     if churn:
