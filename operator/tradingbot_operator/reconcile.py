@@ -10,6 +10,7 @@ next pass (see `decide`).
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import time
@@ -201,7 +202,7 @@ class BotReconciler:
         cache = self.fleet.cache
         cached = cache.bot(self.key) if cache is not None and not live else None
         if cached is not None:
-            return cached
+            return copy.deepcopy(cached)  # a pass never changes what the cache holds
         try:
             body = await self.fleet.api.get_bot(self.namespace, self.name)
         except ApiError as err:
@@ -217,7 +218,7 @@ class BotReconciler:
     async def _read_pods(self) -> list[dict[str, Any]]:
         cache = self.fleet.cache
         if cache is not None:
-            return cache.pods_of(self.key)
+            return copy.deepcopy(cache.pods_of(self.key))
         return await self.fleet.api.list_bot_pods(self.namespace, self.name)
 
     async def _pods_unseen(self) -> bool:

@@ -172,3 +172,14 @@ async def test_a_pod_the_cache_missed_stops_the_create_it_would_have_caused(
     assert decision.requeue_after == 0
     assert fleet.cache is not None
     assert [p["metadata"]["name"] for p in fleet.cache.pods_of((NS, BOT))] == ["by-hand"]
+
+
+async def test_what_a_pass_reads_is_its_own_copy(
+    cached: tuple[Fleet, list[Any]], server: FakeApiServer
+) -> None:
+    fleet, _ = cached
+    assert fleet.cache is not None
+    body = await reconciler(fleet)._read_bot()
+    body["metadata"]["annotations"] = {"changed": "by a pass"}
+    held = fleet.cache.bot((NS, BOT))
+    assert held is not None and "changed" not in (held["metadata"].get("annotations") or {})
