@@ -110,10 +110,6 @@ async def _start_fleet(
         metrics=metrics,
         policies=PolicyWatch(api),
     )
-    # Bots caught mid-restart by an operator restart still hold their restart slots.
-    for bot in await api.list_bots(operator_settings.namespace):
-        if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:
-            fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
     fleet.cache = FleetCache(api.client, operator_settings.namespace, lambda key: fleet.wake(*key))
     tasks = fleet.cache.start()
     try:
@@ -123,6 +119,10 @@ async def _start_fleet(
     except BaseException:
         await cancel(tasks)
         raise
+    # Bots caught mid-restart by an operator restart still hold their restart slots.
+    for bot in fleet.cache.bots.store.values():
+        if (bot.get("status") or {}).get("phase") == Phase.RESTARTING:
+            fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
     memo["fleet"] = fleet
     memo["tasks"] = tasks + start_watches(fleet, operator_settings)
     log.info(
@@ -163,7 +163,5 @@ async def bot_loop(
 @kopf.on.delete(API_GROUP, VERSION, PLURAL)
 async def bot_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """The finalizer: stop the bot gracefully, keep its state, then let the object go."""
-    reconciler = BotReconciler(memo["fleet"], str(namespace), name)
-    decision = await reconciler.reconcile_once(deleting=True)
-    if not decision.finalize:
+    if not await BotReconciler(memo["fleet"], str(namespace), name).finalize_once():
         raise kopf.TemporaryError("waiting for the bot to stop gracefully", delay=1)

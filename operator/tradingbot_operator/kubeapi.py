@@ -78,10 +78,6 @@ class KubeApi:
             await self.client.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL, name))
         )
 
-    async def list_bots(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        result = await self.client.request("GET", _path(API_GROUP, VERSION, namespace, PLURAL))
-        return list(result.get("items") or [])
-
     async def patch_bot_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str | None
     ) -> dict[str, Any]:

@@ -65,6 +65,8 @@ from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, lease_expir
 log = logging.getLogger(__name__)
 
 MAX_OUTBOX = 200
+# Passes of the finalizer in one call when its status write meets a newer object.
+CONFLICT_ATTEMPTS = 3
 ERROR_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
 
 
@@ -195,6 +197,18 @@ class BotReconciler:
         await self.apply(observed, decision)
         self.fleet.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return decision
+
+    async def finalize_once(self) -> bool:
+        """One pass of the finalizer; True when the bot has stopped and may go. A refused
+        status write (the cache was behind the object) reads it afresh and tries again."""
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                return (await self.reconcile_once(deleting=True)).finalize
+            except ApiError as err:
+                if not err.conflict or attempt == CONFLICT_ATTEMPTS - 1:
+                    raise
+                await self._read_bot(live=True)
+        return False
 
     async def _read_bot(self, *, live: bool = False) -> dict[str, Any]:
         """The TradingBot from the cache; from the API server when asked, without a cache,

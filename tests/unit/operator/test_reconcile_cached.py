@@ -183,3 +183,20 @@ async def test_what_a_pass_reads_is_its_own_copy(
     body["metadata"]["annotations"] = {"changed": "by a pass"}
     held = fleet.cache.bot((NS, BOT))
     assert held is not None and "changed" not in (held["metadata"].get("annotations") or {})
+
+
+async def test_the_finalizer_on_a_stale_cache_reads_again_instead_of_failing(
+    cached: tuple[Fleet, list[Any]], server: FakeApiServer
+) -> None:
+    """kopf retries a failed finalizer only after a minute: a conflict must not fail it."""
+    fleet, _ = cached
+    await reconciler(fleet).reconcile_once()
+    make_ready(server)
+    await settle(fleet, server)
+    await reconciler(fleet).reconcile_once()
+    await settle(fleet, server)
+    server.freeze_watches = True
+    server.annotate("TradingBot", NS, BOT, touched="by someone")  # the cache is behind now
+    assert await reconciler(fleet).finalize_once() is False  # stopping the bot first
+    assert pods(server) == [] or pods(server)[0]["metadata"].get("deletionTimestamp")
+    assert status(server)["phase"] == "Stopping"
