@@ -4,7 +4,8 @@ It lists once, so the store holds what the server held at that resourceVersion, 
 watches from there; each event replaces or removes one object. The server ending a watch
 after its timeout is followed by a watch from the newest resourceVersion seen (bookmarks
 keep it fresh); 410 Gone (the server no longer keeps history that old), an ERROR event or a
-broken connection is followed by a new list, after a capped back-off when it failed.
+broken connection is followed by a new list, after a capped back-off when it failed; a watch
+that goes silent (a dead connection) is opened again from the newest resourceVersion seen.
 
 Writers read their own writes: `observe` puts the object an API call returned into the
 store at once. Nothing older replaces what the store holds: resourceVersions of one
@@ -233,6 +234,10 @@ class Informer:
             if err.gone:
                 return False
             raise
+        except TimeoutError:
+            # Silent past read_timeout: a dead connection. Watching again from the newest
+            # version seen loses nothing (the server answers 410 if it is too old by now).
+            log.info("watch of %s went silent; watching again", self.path)
         return True
 
     def _tell(self, keys: Iterable[Key]) -> None:

@@ -180,3 +180,16 @@ async def test_gone_and_a_broken_watch_are_followed_by_a_new_list() -> None:
         api.fail_next(500, method="WATCH")
         api.put(pod("p2"))
         await until(lambda: informer.lists >= 3 and names(informer) == ["p1", "p2"])
+
+
+async def test_a_silent_watch_is_opened_again_without_a_new_list() -> None:
+    api = FakeApiServer()
+    informer = Informer(api, PODS, read_timeout=0.2)  # type: ignore[arg-type]
+    async with Running(informer):
+        api.freeze_watches = True  # the open watch goes dead
+        await until(lambda: api.watches_opened >= 2)
+        api.freeze_watches = False
+        await until(lambda: api.watches_opened >= 3)
+        api.put(pod("after"))
+        await until(lambda: names(informer) == ["after"])
+    assert informer.lists == 1
