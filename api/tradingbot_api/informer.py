@@ -75,12 +75,14 @@ def without_managed_fields(obj: Object) -> Object:
 class Store:
     """The objects of one collection by key, as the list, the watch and own writes say.
 
-    The uids of objects seen deleted are remembered (the newest `MAX_TOMBSTONES`), so that
-    an own write's answer that arrives after the object's DELETED event cannot bring it back.
+    The uids of objects seen deleted are remembered with the version they went at (the
+    newest `MAX_TOMBSTONES`), so that an own write's answer that arrives after the object's
+    DELETED event cannot bring it back; a later state of that uid (a pod labelled again
+    after it left a label-selected collection) is taken.
     """
 
     objects: dict[Key, Object] = field(default_factory=dict)
-    tombstones: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    tombstones: OrderedDict[str, int | None] = field(default_factory=OrderedDict)
     # What is kept of each object (e.g. `without_managed_fields`, to hold less memory).
     transform: Callable[[Object], Object] | None = None
 
@@ -99,7 +101,7 @@ class Store:
             return False
         if held is not None and _version(obj) is not None and _version(held) == _version(obj):
             return False  # the same state (an own write's answer and its watch event)
-        if _uid(obj) in self.tombstones:
+        if self._buried(obj):
             return False
         self.objects[key] = kept
         return True
@@ -108,19 +110,27 @@ class Store:
         """Drop the object `obj` names (its key and uid), unless a later one took its key."""
         key = object_key(obj)
         held = self.objects.get(key)
-        self._bury(_uid(obj))
+        self._bury(_uid(obj), _version(obj))
         if held is None or is_older(obj, held) or (_uid(obj) and _uid(held) != _uid(obj)):
             return False
         del self.objects[key]
         return True
 
-    def _bury(self, uid: str) -> None:
+    def _bury(self, uid: str, version: int | None) -> None:
         if not uid:
             return
-        self.tombstones[uid] = None
+        self.tombstones[uid] = version
         self.tombstones.move_to_end(uid)
         while len(self.tombstones) > MAX_TOMBSTONES:
             self.tombstones.popitem(last=False)
+
+    def _buried(self, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` is a state of a deleted object from before it went."""
+        uid = _uid(obj)
+        if uid not in self.tombstones:
+            return False
+        went, version = self.tombstones[uid], _version(obj)
+        return went is None or version is None or version <= went
 
     def apply(self, event: Mapping[str, Any]) -> Key | None:
         """One watch event (ADDED, MODIFIED, DELETED); the key it changed, if any."""
@@ -140,7 +150,7 @@ class Store:
         snapshot = {"metadata": {"resourceVersion": list_version}}
         for key in [k for k in self.objects if k not in listed]:
             if not is_older(snapshot, self.objects[key]):  # gone before the list was taken
-                self._bury(_uid(self.objects.pop(key)))
+                self._bury(_uid(self.objects.pop(key)), _version(snapshot))
                 changed.add(key)
         return changed
 

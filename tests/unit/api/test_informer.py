@@ -67,6 +67,15 @@ def test_an_own_write_answered_after_the_delete_event_does_not_bring_it_back() -
     assert store.observe(obj("a", 9, uid="u2"))  # a new object under the name is welcome
 
 
+def test_an_object_back_in_a_label_selected_collection_is_taken_again() -> None:
+    """A label-selected watch says DELETED when a pod loses the label; labelled again, the
+    same uid comes back with a later version."""
+    store = Store()
+    store.observe(obj("a", 5, uid="u1"))
+    store.apply({"type": "DELETED", "object": obj("a", 7, uid="u1")})
+    assert store.apply({"type": "ADDED", "object": obj("a", 9, uid="u1")}) == (NS, "a")
+
+
 def test_what_is_kept_leaves_managed_fields_out() -> None:
     store = Store(transform=without_managed_fields)
     managed = obj("a", 3)
