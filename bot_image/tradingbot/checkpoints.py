@@ -10,10 +10,10 @@ import logging
 import time
 from dataclasses import replace
 
-from tradingbot.fencing import LeaseLostError
 from tradingbot.parts import RuntimeParts
 from tradingbot.state.stores import StateConflictError, StateWriteError
 from tradingbot_api.constants import CheckpointReason
+from tradingbot_api.lease import LeaseLostError
 
 log = logging.getLogger("tradingbot")
 

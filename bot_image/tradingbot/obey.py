@@ -13,7 +13,6 @@ import logging
 
 from tradingbot.control import SILENCE_FACTOR, ControlWatcher
 from tradingbot.engine import OrderIntent
-from tradingbot.fencing import LeaseLostError
 from tradingbot.killswitch import (
     ControlState,
     GateFacts,
@@ -27,6 +26,7 @@ from tradingbot.killswitch import (
 )
 from tradingbot.parts import RuntimeParts
 from tradingbot_api.constants import CheckpointReason, HaltMode
+from tradingbot_api.lease import LeaseLostError
 from tradingbot_api.times import utc_now, utc_now_iso
 
 log = logging.getLogger("tradingbot")

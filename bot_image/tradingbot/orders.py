@@ -24,7 +24,6 @@ from tradingbot.exchange.base import (
     OrderResult,
 )
 from tradingbot.exchange.errors import ExchangeCallError
-from tradingbot.fencing import LeaseLostError
 from tradingbot.killswitch import OrderKind, flatten_intents, manages_exits, order_kind
 from tradingbot.ledger import (
     apply_fill,
@@ -39,6 +38,7 @@ from tradingbot.parts import RuntimeParts
 from tradingbot.risk import check_exit_order, daily_loss_pct
 from tradingbot.state.model import OpenOrder
 from tradingbot_api.constants import CheckpointReason, ExchangeMode, HaltMode
+from tradingbot_api.lease import LeaseLostError
 from tradingbot_api.times import utc_now_iso
 
 log = logging.getLogger("tradingbot")

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from tradingbot.control import ControlWatcher
     from tradingbot.credentials import Credentials
     from tradingbot.engine import OrderIntent
-    from tradingbot.fencing import LeaseFence
     from tradingbot.health import HealthState
     from tradingbot.killswitch import GateVerdict, OrderKind
     from tradingbot.kube import EventRecorder, KubeApi
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from tradingbot.throttle import ErrorThrottle
     from tradingbot_api.audit_http import TokenSource
     from tradingbot_api.constants import CheckpointReason, HaltMode
+    from tradingbot_api.lease import LeaseFence
 
 
 # Positions by symbol, as a halt notice reports them.

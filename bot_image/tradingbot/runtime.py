@@ -52,7 +52,6 @@ from tradingbot.config import BotConfig, ConfigError, Settings
 from tradingbot.control import ControlWatcher
 from tradingbot.credentials import Credentials
 from tradingbot.exchange.base import FeedUnavailableError
-from tradingbot.fencing import LeaseFence, LeaseLostError
 from tradingbot.health import HealthServer, HealthState
 from tradingbot.kube import EventRecorder, KubeApi
 from tradingbot.ledger import mark
@@ -73,6 +72,7 @@ from tradingbot.strategy import Strategy
 from tradingbot.throttle import ErrorThrottle
 from tradingbot_api.audit_http import TokenSource
 from tradingbot_api.constants import CheckpointReason, ExchangeMode, HaltMode
+from tradingbot_api.lease import LeaseFence, LeaseLostError
 from tradingbot_api.times import utc_now
 
 log = logging.getLogger("tradingbot")

@@ -15,7 +15,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type,
 
 from tradingbot.config import ConfigError, parse_tradingbot
 from tradingbot.credentials import read_credentials
-from tradingbot.fencing import LeaseFence
 from tradingbot.kube import EventRecorder, KubeApi, KubeError, tradingbot_path
 from tradingbot.logsetup import REDACTOR
 from tradingbot.orders import STARTUP_RETRY_SECONDS
@@ -23,7 +22,8 @@ from tradingbot.parts import RuntimeParts
 from tradingbot.state.model import StateCorruptError
 from tradingbot.state.stores import ConfigMapStateStore, FileStateStore
 from tradingbot.strategy import Strategy
-from tradingbot_api.constants import ExchangeMode, StateBackend, lease_name
+from tradingbot_api.constants import LABEL_BOT, ExchangeMode, StateBackend, lease_name
+from tradingbot_api.lease import LeaseFence
 
 log = logging.getLogger("tradingbot")
 
@@ -77,11 +77,11 @@ class StartupPart(RuntimeParts):
                 self.store = ConfigMapStateStore(self._api(), s.namespace, s.bot_name)
         duration = s.lease_duration_seconds
         self.fence = LeaseFence(
-            self._api(),
+            self._api().transport,
             s.namespace,
             lease_name(s.bot_name),
             s.identity,
-            bot=s.bot_name,
+            labels={LABEL_BOT: s.bot_name},
             duration_seconds=duration,
             renew_interval=duration / 3,
             renew_deadline=duration * 2 / 3,

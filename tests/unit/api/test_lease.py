@@ -10,7 +10,8 @@ import pytest
 
 from tests.fakeapi import Call, FakeApiServer
 from tradingbot.config import Settings
-from tradingbot.fencing import (
+from tradingbot_api.constants import LABEL_BOT
+from tradingbot_api.lease import (
     LeaseFence,
     LeaseLostError,
     LeaseView,
@@ -19,7 +20,6 @@ from tradingbot.fencing import (
     may_acquire,
     observe,
 )
-from tradingbot.kube import KubeApi
 
 NS = "bots"
 GV = "coordination.k8s.io/v1"
@@ -35,11 +35,11 @@ class Clock:
 
 def fence(kube: Any, identity: str, clock: Clock) -> LeaseFence:
     return LeaseFence(
-        KubeApi(kube),
+        kube,
         NS,
         "alpha-trader",
         identity,
-        bot="alpha",
+        labels={LABEL_BOT: "alpha"},
         duration_seconds=15,
         renew_interval=5,
         renew_deadline=10,
@@ -206,7 +206,7 @@ async def test_acquire_waits_and_returns_false_on_stop() -> None:
 def test_timing_must_leave_room() -> None:
     with pytest.raises(ValueError):
         LeaseFence(
-            KubeApi(FakeApiServer()),
+            FakeApiServer(),
             NS,
             "x",
             "y",

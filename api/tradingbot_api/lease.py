@@ -1,14 +1,15 @@
-"""Fencing: at most one process trades for a bot, by holding the Lease `<bot>-trader`.
+"""Fencing by a Lease (coordination.k8s.io/v1): at most one process acts for a thing.
 
-A process trades only while it holds the Lease (coordination.k8s.io/v1). Its holder identity
-is unique per process (pod name, pod uid and a random nonce drawn at start), so a second
-process started with the same pod name and uid is another contender, never "already ours".
-It renews every `renew_interval` seconds. The Lease counts as valid, by this process's own
-monotonic clock, for `renew_deadline` seconds (the lease duration minus a margin) after the
-last renewal was *sent*: the API server stored it no earlier, so nobody else can judge it
-expired before then. Before every order and every state write the runtime asks `held`; a
-process that was frozen (SIGSTOP, a stalled VM) past that window finds it false the moment
-it runs again, places nothing, writes nothing, and `keep_renewed` reports the Lease lost
+A bot trades only while it holds the Lease `<bot>-trader`; an operator replica reconciles
+its shard only while it holds the shard's leader Lease. The holder identity is unique per
+process (pod name, pod uid and a random nonce drawn at start), so a second process started
+with the same pod name and uid is another contender, never "already ours". It renews every
+`renew_interval` seconds. The Lease counts as valid, by this process's own monotonic clock,
+for `renew_deadline` seconds (the lease duration minus a margin) after the last renewal was
+*sent*: the API server stored it no earlier, so nobody else can judge it expired before
+then. Before every order and every state write (the bot), or every pass (the operator), it
+asks `held`; a process that was frozen (SIGSTOP, a stalled VM) past that window finds it
+false the moment it runs again, acts on nothing, and `keep_renewed` reports the Lease lost
 without trying to renew it.
 
 Another process takes the Lease only when it is absent, released (no holder), or expired.
@@ -28,13 +29,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tradingbot.kube import KubeApi, KubeError, namespaced_path
-from tradingbot_api.constants import LABEL_BOT
+from tradingbot_api.kubeclient import KubeClient, KubeError
 from tradingbot_api.times import micro_time
 
 log = logging.getLogger(__name__)
 
 LEASE_GROUP_VERSION = "coordination.k8s.io/v1"
+
+
+def lease_path(namespace: str, name: str = "") -> str:
+    path = f"/apis/{LEASE_GROUP_VERSION}/namespaces/{namespace}/leases"
+    return f"{path}/{name}" if name else path
 
 
 @dataclass(frozen=True)
@@ -102,18 +107,19 @@ def lease_valid(
 
 
 class LeaseLostError(Exception):
-    """The Lease is no longer ours: stop trading now."""
+    """The Lease is no longer ours: stop acting now."""
 
 
 class LeaseFence:
     def __init__(
         self,
-        api: KubeApi,
+        client: KubeClient,
         namespace: str,
         name: str,
         identity: str,
         *,
-        bot: str = "",
+        labels: dict[str, str] | None = None,
+        purpose: str = "trader lease",
         duration_seconds: int = 15,
         renew_interval: float = 5.0,
         renew_deadline: float = 10.0,
@@ -122,11 +128,12 @@ class LeaseFence:
     ) -> None:
         if not renew_interval < renew_deadline < duration_seconds:
             raise ValueError("need renew_interval < renew_deadline < duration_seconds")
-        self.api = api
+        self.client = client
         self.namespace = namespace
         self.name = name
         self.identity = identity
-        self.bot = bot
+        self.labels = dict(labels or {})
+        self.purpose = purpose
         self.duration_seconds = duration_seconds
         self.renew_interval = renew_interval
         self.renew_deadline = renew_deadline
@@ -134,7 +141,7 @@ class LeaseFence:
         self.clock = clock
         # A request must give up before the deadline it is racing against.
         self.request_timeout = max(1.0, renew_deadline - renew_interval)
-        self.path = namespaced_path(LEASE_GROUP_VERSION, namespace, "leases", name)
+        self.path = lease_path(namespace, name)
         self.lost = asyncio.Event()
         self._acquired = False
         self._last_renewed = 0.0
@@ -144,7 +151,7 @@ class LeaseFence:
 
     @property
     def held(self) -> bool:
-        """True while this process may trade: acquired, not lost, renewed recently."""
+        """True while this process may act: acquired, not lost, renewed recently."""
         return lease_valid(
             acquired=self._acquired,
             lost=self.lost.is_set(),
@@ -164,7 +171,18 @@ class LeaseFence:
         }
 
     async def _read(self) -> dict[str, Any] | None:
-        return await self.api.get_or_none(self.path, timeout=self.request_timeout)
+        try:
+            found = await self.client.request("GET", self.path, timeout=self.request_timeout)
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+        return dict(found)
+
+    async def _write(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            await self.client.request(method, path, body=body, timeout=self.request_timeout)
+        )
 
     async def try_acquire(self) -> bool:
         """One attempt; True when this process now holds the Lease."""
@@ -178,7 +196,7 @@ class LeaseFence:
             view, self.identity, self._observation, now, self.duration_seconds
         )
         if not allowed:
-            log.info("waiting for the trader lease", extra={"lease": self.name, "why": why})
+            log.info(f"waiting for the {self.purpose}", extra={"lease": self.name, "why": why})
             return False
         self._acquire_time = (
             micro_time()
@@ -197,21 +215,17 @@ class LeaseFence:
                     "metadata": {
                         "name": self.name,
                         "namespace": self.namespace,
-                        "labels": {LABEL_BOT: self.bot} if self.bot else {},
+                        "labels": self.labels,
                     },
                     "spec": self._spec(transitions=transitions),
                 }
-                result = await self.api.create(
-                    namespaced_path(LEASE_GROUP_VERSION, self.namespace, "leases"),
-                    body,
-                    timeout=self.request_timeout,
-                )
+                result = await self._write("POST", lease_path(self.namespace), body)
             else:
                 body = {**obj, "spec": self._spec(transitions=transitions)}
-                result = await self.api.replace(self.path, body, timeout=self.request_timeout)
+                result = await self._write("PUT", self.path, body)
         except KubeError as exc:
             if exc.conflict:
-                log.info("lost the race for the trader lease", extra={"lease": self.name})
+                log.info(f"lost the race for the {self.purpose}", extra={"lease": self.name})
                 return False
             raise
         self._object = result
@@ -219,7 +233,7 @@ class LeaseFence:
         self._last_renewed = sent
         self.lost.clear()
         log.info(
-            "acquired the trader lease",
+            f"acquired the {self.purpose}",
             extra={"lease": self.name, "why": why, "identity": self.identity},
         )
         return True
@@ -254,7 +268,7 @@ class LeaseFence:
             "spec": {**self._spec(transitions=int(spec.get("leaseTransitions") or 0))},
         }
         try:
-            self._object = await self.api.replace(self.path, body, timeout=self.request_timeout)
+            self._object = await self._write("PUT", self.path, body)
         except KubeError as exc:
             if not (exc.not_found or exc.conflict):
                 raise
@@ -272,7 +286,7 @@ class LeaseFence:
             await asyncio.sleep(self.renew_interval)
             if not self.held:
                 log.error(
-                    "trader lease expired by this process's clock (was it frozen?)",
+                    f"{self.purpose} expired by this process's clock (was it frozen?)",
                     extra={"lease": self.name, "valid_for": self.renew_deadline},
                 )
                 self.lost.set()
@@ -280,14 +294,14 @@ class LeaseFence:
             try:
                 await self.renew_once()
             except LeaseLostError as exc:
-                log.error("trader lease lost", extra={"lease": self.name, "error": str(exc)})
+                log.error(f"{self.purpose} lost", extra={"lease": self.name, "error": str(exc)})
                 self.lost.set()
                 return
             except Exception as exc:
                 log.warning("lease renewal failed", extra={"lease": self.name, "error": str(exc)})
             if self.clock() - self._last_renewed >= self.renew_deadline:
                 log.error(
-                    "trader lease not renewed within the deadline",
+                    f"{self.purpose} not renewed within the deadline",
                     extra={"lease": self.name, "deadline": self.renew_deadline},
                 )
                 self.lost.set()
@@ -308,10 +322,10 @@ class LeaseFence:
             # client-go releases with a 1 s duration so that readers agree it is over.
             spec["leaseDurationSeconds"] = 1
             spec.pop("acquireTime", None)
-            await self.api.replace(self.path, {**obj, "spec": spec}, timeout=self.request_timeout)
-            log.info("released the trader lease", extra={"lease": self.name})
+            await self._write("PUT", self.path, {**obj, "spec": spec})
+            log.info(f"released the {self.purpose}", extra={"lease": self.name})
         except Exception as exc:
             log.warning(
-                "could not release the trader lease; it will expire",
+                f"could not release the {self.purpose}; it will expire",
                 extra={"lease": self.name, "error": str(exc)},
             )
