@@ -85,6 +85,8 @@ class Store:
     tombstones: OrderedDict[str, int | None] = field(default_factory=OrderedDict)
     # What is kept of each object (e.g. `without_managed_fields`, to hold less memory).
     transform: Callable[[Object], Object] | None = None
+    # Which objects are held at all (e.g. those of this operator's shard); None: every one.
+    keep: Callable[[Mapping[str, Any]], bool] | None = None
 
     def get(self, key: Key) -> Object | None:
         return self.objects.get(key)
@@ -94,6 +96,8 @@ class Store:
 
     def observe(self, obj: Object) -> bool:
         """Hold `obj` unless the store holds a later state; True when it changed."""
+        if self.keep is not None and not self.keep(obj):
+            return False
         key = object_key(obj)
         held = self.objects.get(key)
         kept = self.transform(obj) if self.transform is not None else obj
@@ -171,6 +175,7 @@ class Informer:
         read_timeout: float = READ_TIMEOUT_SECONDS,
         backoff: tuple[float, ...] = BACKOFF_SECONDS,
         transform: Callable[[Object], Object] | None = None,
+        keep: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
         self.client = client
         self.path = path
@@ -179,7 +184,7 @@ class Informer:
         self.watch_seconds = watch_seconds
         self.read_timeout = read_timeout
         self.backoff = backoff
-        self.store = Store(transform=transform)
+        self.store = Store(transform=transform, keep=keep)
         self.synced = asyncio.Event()
         self.resource_version = ""
         self.lists = 0  # how many lists it took (a relist after 410 or a failure counts)

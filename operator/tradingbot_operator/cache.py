@@ -14,7 +14,7 @@ any pod is created a quorum list of the bot's pods looks for exactly such a pod.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tradingbot_api.constants import API_GROUP, LABEL_BOT, PLURAL, VERSION
@@ -28,7 +28,7 @@ def _collection(prefix: str, namespace: str | None, plural: str) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
-def bot_of(pod: Object) -> BotKey | None:
+def bot_of(pod: Mapping[str, Any]) -> BotKey | None:
     meta = pod.get("metadata") or {}
     bot = (meta.get("labels") or {}).get(LABEL_BOT)
     return (str(meta.get("namespace") or ""), str(bot)) if bot else None
@@ -43,14 +43,17 @@ class FleetCache:
         client: KubeClient,
         namespace: str | None,
         on_bot: Callable[[BotKey], None],
+        owns: Callable[[str, str], bool] | None = None,
         **informer_options: Any,
     ) -> None:
         self.on_bot = on_bot
+        self.owns = owns
         self.bots = Informer(
             client,
             _collection(f"/apis/{API_GROUP}/{VERSION}", namespace, PLURAL),
             on_change=lambda key, _: on_bot(key),
             transform=without_managed_fields,
+            keep=self._owned_bot if owns else None,
             **informer_options,
         )
         self.pods = Informer(
@@ -59,10 +62,19 @@ class FleetCache:
             query={"labelSelector": LABEL_BOT},
             on_change=self._pod_changed,
             transform=without_managed_fields,
+            keep=self._owned_pod if owns else None,
             **informer_options,
         )
         self._pods_of: dict[BotKey, set[Key]] = {}
         self._bot_of_pod: dict[Key, BotKey] = {}
+
+    def _owned_bot(self, bot: Mapping[str, Any]) -> bool:
+        meta = bot.get("metadata") or {}
+        return self.owns is None or self.owns(str(meta.get("namespace")), str(meta.get("name")))
+
+    def _owned_pod(self, pod: Mapping[str, Any]) -> bool:
+        key = bot_of(pod)
+        return key is not None and (self.owns is None or self.owns(*key))
 
     def start(self) -> list[asyncio.Task[None]]:
         return [

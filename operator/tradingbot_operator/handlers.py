@@ -1,10 +1,12 @@
-"""kopf wiring only: kopf runs one loop per TradingBot (and its finalizer); the fleet cache's
-watches wake the loops; the loops and `decide` do the work."""
+"""kopf wiring only: kopf runs one loop per TradingBot of this shard (and its finalizer); the
+fleet cache's watches wake the loops; the loops and `decide` do the work. With leader
+election the loops wait until this replica leads its shard (`leadership`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -19,6 +21,7 @@ from tradingbot_api.constants import (
 from tradingbot_operator.cache import FleetCache
 from tradingbot_operator.guards import PolicyWatch
 from tradingbot_operator.kubeapi import KubeApi
+from tradingbot_operator.leadership import exit_now, lead, leader_fence
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.reconcile import BotReconciler, Fleet
 from tradingbot_operator.recorder import AuditRecorder
@@ -74,21 +77,47 @@ def configure_webhook_server(
 @kopf.on.startup(backoff=STARTUP_BACKOFF_SECONDS)
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator_settings: OperatorSettings = memo.get("settings") or OperatorSettings.from_env()
+    memo["settings"] = operator_settings
     configure_kopf(settings, operator_settings)
     configure_webhook_server(settings, operator_settings)
     metrics: OperatorMetrics = memo.get("metrics") or OperatorMetrics()
     memo["metrics"] = metrics
     metrics.serve(operator_settings.metrics_port, operator_settings.metrics_host)
     api = KubeApi.from_environment()
-    try:
-        await _start_fleet(memo, operator_settings, api, metrics)
-    except BaseException:
-        await api.close()
-        raise
+    # kopf gives each object a shallow copy of the memo: the fleet that a leader builds later
+    # reaches the loops through this one shared future.
+    memo["ready"] = asyncio.get_running_loop().create_future()
+    if not operator_settings.leader_election:
+        try:
+            await _start_fleet(memo, operator_settings, api, metrics)
+        except BaseException:
+            await api.close()
+            raise
+        return
+    # The standby serves the deletion webhook at once and builds nothing until it leads.
+    fence = leader_fence(
+        api.client,
+        operator_settings.leader_namespace or "default",
+        operator_settings.shard_rule,
+    )
+    memo["fence"] = fence
+    memo["standby_api"] = api  # closed on stop when this replica never led
+    memo["leaving"] = asyncio.Event()
+
+    async def start_leading() -> None:
+        await _start_fleet(memo, operator_settings, api, metrics, may_act=lambda: fence.held)
+
+    memo["leading"] = asyncio.create_task(
+        lead(fence, start_leading, memo["leaving"], exit_now), name="leader-election"
+    )
 
 
 async def _start_fleet(
-    memo: kopf.Memo, operator_settings: OperatorSettings, api: KubeApi, metrics: OperatorMetrics
+    memo: kopf.Memo,
+    operator_settings: OperatorSettings,
+    api: KubeApi,
+    metrics: OperatorMetrics,
+    may_act: Callable[[], bool] | None = None,
 ) -> None:
     recorder = AuditRecorder(
         durable=[audit_log_sink(operator_settings.audit_url)]
@@ -110,7 +139,15 @@ async def _start_fleet(
         metrics=metrics,
         policies=PolicyWatch(api),
     )
-    fleet.cache = FleetCache(api.client, operator_settings.namespace, lambda key: fleet.wake(*key))
+    if may_act is not None:
+        fleet.may_act = may_act
+    shard = operator_settings.shard_rule
+    fleet.cache = FleetCache(
+        api.client,
+        operator_settings.namespace,
+        lambda key: fleet.wake(*key),
+        owns=shard.owns if shard.count > 1 else None,
+    )
     tasks = fleet.cache.start()
     try:
         # Nothing is decided before both lists are in: a pod missing from the cache must
@@ -125,9 +162,11 @@ async def _start_fleet(
             fleet.restart_slots.add((bot["metadata"]["namespace"], bot["metadata"]["name"]))
     memo["fleet"] = fleet
     memo["tasks"] = tasks + start_watches(fleet, operator_settings)
+    memo["ready"].set_result(fleet)
     log.info(
-        "tradingbot operator started (namespace: %s, max concurrent restarts: %s)",
+        "tradingbot operator started (namespace: %s, shard %s, max concurrent restarts: %s)",
         operator_settings.namespace or "all",
+        shard,
         operator_settings.max_concurrent_restarts or "unlimited",
     )
 
@@ -147,21 +186,48 @@ def start_watches(fleet: Fleet, settings: OperatorSettings) -> list[asyncio.Task
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    if "leaving" in memo:
+        memo["leaving"].set()
+        await cancel([memo["leading"]])
     await cancel(memo.get("tasks") or [])
+    if "fence" in memo:
+        await memo["fence"].release()  # the standby takes over now, not after expiry
     fleet: Fleet | None = memo.get("fleet")
     if fleet is not None:
         await fleet.api.close()  # after the daemons: kopf stops them before cleanup
+    elif "standby_api" in memo:
+        await memo["standby_api"].close()
 
 
-@kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+def in_shard(namespace: str | None, name: str | None, memo: Any, **_: Any) -> bool:
+    settings: OperatorSettings = memo["settings"]
+    return settings.shard_rule.owns(str(namespace), str(name))
+
+
+async def _led_fleet(memo: Any) -> Fleet:
+    """The fleet once this replica leads (at once without leader election)."""
+    fleet: Fleet = await asyncio.shield(memo["ready"])
+    return fleet
+
+
+@kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0, when=in_shard)
 async def bot_loop(
     namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
 ) -> None:
-    await BotReconciler(memo["fleet"], str(namespace), name).run(stopped)
+    led = asyncio.ensure_future(_led_fleet(memo))
+    stopping = asyncio.ensure_future(stopped.wait())
+    await asyncio.wait({led, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not led.done():  # a standby being stopped
+        led.cancel()
+        return
+    await BotReconciler(led.result(), str(namespace), name).run(stopped)
 
 
-@kopf.on.delete(API_GROUP, VERSION, PLURAL)
+@kopf.on.delete(API_GROUP, VERSION, PLURAL, when=in_shard)
 async def bot_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """The finalizer: stop the bot gracefully, keep its state, then let the object go."""
-    if not await BotReconciler(memo["fleet"], str(namespace), name).finalize_once():
+    """The finalizer: stop the bot gracefully, keep its state, then let the object go. A
+    standby waits here (writing nothing) until it leads or the leader removes the finalizer."""
+    fleet = await _led_fleet(memo)
+    if not await BotReconciler(fleet, str(namespace), name).finalize_once():
         raise kopf.TemporaryError("waiting for the bot to stop gracefully", delay=1)

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,10 @@ CONFLICT_ATTEMPTS = 3
 ERROR_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
 
 
+class NotLeaderError(Exception):
+    """This replica no longer holds its shard's leader Lease (it exits at once)."""
+
+
 # -- the loop -------------------------------------------------------------------------------
 
 
@@ -98,6 +102,8 @@ class Fleet:
 
     # The node each bot's pods were last seen on, to wake the bots of a node that goes quiet.
     pod_nodes: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    # False once this replica's leader Lease is past its renew deadline: no pass may act.
+    may_act: Callable[[], bool] = field(default=lambda: True)
 
     def wake(self, namespace: str, name: str) -> None:
         event = self.wakeups.get((namespace, name))
@@ -179,6 +185,8 @@ class BotReconciler:
                 waiter.cancel()
 
     async def reconcile_once(self, *, deleting: bool = False) -> Decision:
+        if not self.fleet.may_act():
+            raise NotLeaderError(f"{self.namespace}/{self.name}: the leader Lease is not held")
         started = time.perf_counter()
         body = await self._read_bot()
         observed = ObservedBot.parse(body)

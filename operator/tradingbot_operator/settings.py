@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tradingbot_operator.sharding import Shard
+
 ENV_PREFIX = "TRADINGBOT_OPERATOR_"
 
 Words = Annotated[tuple[str, ...], NoDecode]
@@ -88,6 +90,20 @@ class OperatorSettings(BaseSettings):
         "stopped heartbeating, whose bot holds no Lease, is removed and replaced.",
     )
     node_poll_seconds: float = Field(default=2.0, gt=0, description="Node Lease poll period.")
+    shard: str = Field(
+        default="",
+        description="i/N: handle only the bots whose namespace/name hashes to shard i of N "
+        "(every replica and shard applies the same rule); empty: every bot.",
+    )
+    leader_election: bool = Field(
+        default=False,
+        description="Contend for the shard's leader Lease and act only while holding it "
+        "(set for more than one replica).",
+    )
+    leader_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the leader Lease (the operator's own; the chart sets it).",
+    )
     watch_server_timeout: int = Field(default=300, gt=0)
     watch_client_timeout: int = Field(default=310, gt=0)
 
@@ -95,6 +111,16 @@ class OperatorSettings(BaseSettings):
     def images(self) -> tuple[str, ...]:
         """Every image a bot pod may run."""
         return (self.bot_image, *(i for i in self.allowed_images if i != self.bot_image))
+
+    @property
+    def shard_rule(self) -> Shard:
+        return Shard.parse(self.shard)
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str) -> str:
+        Shard.parse(value)
+        return value.strip()
 
     @field_validator("bot_command", "bot_env", "allowed_images", mode="before")
     @classmethod

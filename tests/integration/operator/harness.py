@@ -44,8 +44,10 @@ class OperatorProcess:
         self.args = args
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pod_name = ""  # POD_NAME, the prefix of its leader Lease identity
 
     def start(self, **env: str) -> OperatorProcess:
+        self.pod_name = env.get("POD_NAME", "")
         environ = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env, **env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -1,0 +1,167 @@
+"""Shards and leader election on the real API server: two shards of two replicas each,
+operators as separate processes. Every bot is handled by the leader of its shard alone; a
+leader SIGKILLed mid-restart leaves the restart to its standby, and a leader frozen past its
+Lease finds, when it runs again, that it must exit without acting. A census of pods watches
+throughout: never two pods for one bot."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+from collections.abc import Callable
+
+from kubernetes import client
+
+from tests import kube
+from tests.integration.invalid_specs import VALID_BASE_SPEC
+from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
+from tradingbot_operator.leadership import EXIT_LEADERSHIP_LOST
+from tradingbot_operator.sharding import Shard
+
+BOTS = 24
+RECONCILES = "tradingbot_operator_reconcile_duration_seconds_count"
+
+
+def replicas(
+    start_operator: Callable[..., OperatorProcess], namespace: str, shards: int
+) -> dict[str, list[OperatorProcess]]:
+    """Two replicas per shard, named by shard and replica (the Lease holder's prefix)."""
+    found: dict[str, list[OperatorProcess]] = {}
+    for index in range(shards):
+        for replica in range(2):
+            name = f"op-s{index}-r{replica}"
+            found.setdefault(str(Shard(index, shards)), []).append(
+                start_operator(
+                    POD_NAME=name,
+                    TRADINGBOT_OPERATOR_LEADER_ELECTION="true",
+                    TRADINGBOT_OPERATOR_LEADER_NAMESPACE=namespace,
+                    TRADINGBOT_OPERATOR_SHARD=f"{index}/{shards}" if shards > 1 else "",
+                )
+            )
+    return found
+
+
+def holder(api_client: client.ApiClient, namespace: str, shard: Shard) -> str:
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease(shard.lease_name, namespace)
+    return str(lease.spec.holder_identity or "")
+
+
+def leader_of(
+    api_client: client.ApiClient, namespace: str, shard: Shard, procs: list[OperatorProcess]
+) -> tuple[OperatorProcess, OperatorProcess]:
+    """(leader, standby) once the shard's Lease names one of them."""
+
+    def found() -> tuple[OperatorProcess, OperatorProcess] | None:
+        try:
+            who = holder(api_client, namespace, shard)
+        except client.ApiException:
+            return None
+        for proc in procs:
+            if who.startswith(f"{proc.pod_name}_"):
+                return proc, next(p for p in procs if p is not proc)
+        return None
+
+    return kube.wait_for(found, timeout=30, message=f"a leader for shard {shard}")
+
+
+def restarted(bots: Bots, name: str, old_hash: str) -> dict:
+    """The bot's status once it runs a config other than `old_hash`."""
+
+    def done() -> dict | None:
+        status = bots.wait_running_with(name, timeout=90)
+        return status if status["configHash"] != old_hash else None
+
+    return dict(kube.wait_for(done, timeout=90, message=f"{name} restarted"))
+
+
+def spec(max_open: int = 3) -> dict:
+    body = copy.deepcopy(VALID_BASE_SPEC)
+    body["restartPolicy"]["coalesceSeconds"] = 0
+    body["risk"]["maxOpenPositions"] = max_open
+    return body
+
+
+def test_two_shards_of_two_replicas_hand_over_a_restart_with_never_two_pods(
+    api_client: client.ApiClient,
+    namespace: str,
+    bots: Bots,
+    start_operator: Callable[..., OperatorProcess],
+    kubelet: Kubelet,
+    census: PodCensus,
+) -> None:
+    procs = replicas(start_operator, namespace, shards=2)
+    shards = [Shard(0, 2), Shard(1, 2)]
+    names = [f"bot-{i}" for i in range(BOTS)]
+    for name in names:
+        bots.create(name, spec())
+    first = {name: bots.wait_running_with(name, timeout=60) for name in names}
+    leaders = {str(s): leader_of(api_client, namespace, s, procs[str(s)]) for s in shards}
+    # Only the leader of a bot's shard wrote its status: its restarts are its own.
+    for shard in shards:
+        leader, standby = leaders[str(shard)]
+        owned = [n for n in names if shard.owns(namespace, n)]
+        assert owned, "the hash gives each shard some of the bots"
+        assert leader.metric(RECONCILES) > 0
+        assert standby.metric(RECONCILES) == 0
+
+    for name in names:
+        bots.patch(name, {"spec": {"risk": {"maxOpenPositions": 4}}})
+    time.sleep(0.3)  # mid-restart for some bots of shard 0
+    doomed, standby = leaders[str(shards[0])]
+    doomed.kill()
+
+    for name in names:
+        status = restarted(bots, name, first[name]["configHash"])
+        assert status["restarts"]["total"] == 1, (name, status["restarts"])
+        assert len(bots.pods(name)) == 1
+    assert max(census.max_per_bot.values()) == 1, census.max_per_bot
+    assert holder(api_client, namespace, shards[0]).startswith(f"{standby.pod_name}_")
+    assert standby.metric(RECONCILES) > 0
+
+
+def test_a_stopped_leader_releases_and_a_frozen_one_exits_without_acting(
+    api_client: client.ApiClient,
+    namespace: str,
+    bots: Bots,
+    start_operator: Callable[..., OperatorProcess],
+    kubelet: Kubelet,
+    census: PodCensus,
+) -> None:
+    shard = Shard()
+    procs = replicas(start_operator, namespace, shards=1)[str(shard)]
+    bots.create("bot-a", spec())
+    bots.wait_running_with("bot-a", timeout=60)
+    leader, standby = leader_of(api_client, namespace, shard, procs)
+
+    # A graceful stop gives the Lease up: the standby need not wait for it to expire.
+    leader.stop()
+    assert leader.exited() is not None
+    who = holder(api_client, namespace, shard)
+    assert who == "" or who.startswith(f"{standby.pod_name}_"), who
+    leader, standby = leader_of(api_client, namespace, shard, procs)
+    assert leader.pod_name == "op-s0-r1"
+
+    # Frozen past the Lease: the other replica (started again) takes over and restarts the bot.
+    start_operator(
+        POD_NAME="op-s0-r2",
+        TRADINGBOT_OPERATOR_LEADER_ELECTION="true",
+        TRADINGBOT_OPERATOR_LEADER_NAMESPACE=namespace,
+    )
+    assert leader.proc is not None
+    leader.proc.send_signal(signal.SIGSTOP)
+    try:
+        kube.wait_for(
+            lambda: holder(api_client, namespace, shard).startswith("op-s0-r2_"),
+            timeout=40,
+            message="the fresh replica to take the Lease of the frozen one",
+        )
+        before = bots.status("bot-a")
+        bots.patch("bot-a", {"spec": {"risk": {"maxOpenPositions": 5}}})
+        restarted(bots, "bot-a", before["configHash"])
+    finally:
+        leader.proc.send_signal(signal.SIGCONT)
+    assert leader.wait_exit(timeout=30) == EXIT_LEADERSHIP_LOST
+    assert "leader lease" in leader.logs()
+    assert len(bots.pods("bot-a")) == 1
+    assert max(census.max_per_bot.values()) == 1, census.max_per_bot
