@@ -34,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra environment for every bot container (repeatable)",
     )
+    parser.add_argument(
+        "--shard", metavar="I/N", help="handle shard I of N (a hash of namespace/name)"
+    )
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=None,
+        help="act only while holding the shard's leader Lease (for several replicas)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -43,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent_restarts=args.max_concurrent_restarts,
         ready_timeout_seconds=args.ready_timeout_seconds,
         bot_env=tuple(args.bot_env) if args.bot_env else None,
+        shard=args.shard,
+        leader_election=args.leader_election,
     )
     if settings.webhook_listen:
         if not (settings.webhook_cert_file and settings.webhook_key_file):
