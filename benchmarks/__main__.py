@@ -41,6 +41,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         "Kubernetes clients for the async access layer",
         (),
     ),
+    "takeover": (
+        "benchmarks.takeover_bench",
+        "Leader takeover between two replicas of one shard",
+        (),
+    ),
     "scale": ("benchmarks.scale_bench", "Scale: 1,000 TradingBots on one operator", ()),
     "scale-compare": (
         "benchmarks.scale_compare",
