@@ -18,6 +18,7 @@ from tradingbot_api.constants import (
     VERSION,
     Phase,
 )
+from tradingbot_api.kubeclient import KubeClient
 from tradingbot_operator.cache import FleetCache
 from tradingbot_operator.guards import PolicyWatch
 from tradingbot_operator.kubeapi import KubeApi
@@ -95,11 +96,15 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             raise
         return
     # The standby serves the deletion webhook at once and builds nothing until it leads.
+    # The Lease has a connection pool of its own: renewals never queue behind the fleet's
+    # requests (a cold start of a large shard would otherwise starve them).
+    lease_client = KubeClient.from_environment(user_agent="tradingbot-operator-leader")
     fence = leader_fence(
-        api.client,
+        lease_client,
         operator_settings.leader_namespace or "default",
         operator_settings.shard_rule,
     )
+    memo["lease_client"] = lease_client
     memo["fence"] = fence
     memo["standby_api"] = api  # closed on stop when this replica never led
     memo["leaving"] = asyncio.Event()
@@ -192,6 +197,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await cancel(memo.get("tasks") or [])
     if "fence" in memo:
         await memo["fence"].release()  # the standby takes over now, not after expiry
+        await memo["lease_client"].close()
     fleet: Fleet | None = memo.get("fleet")
     if fleet is not None:
         await fleet.api.close()  # after the daemons: kopf stops them before cleanup

@@ -73,7 +73,14 @@ async def lead(
         log.exception("the fleet did not start under the leader lease")
         on_lost()
         return
-    await fence.keep_renewed()
+    renewing = asyncio.create_task(fence.keep_renewed(), name="leader-lease-renewal")
+    try:
+        # A renewal stuck behind a slow API server must not keep a stale leader alive: the
+        # deadline is judged here too, between renewals, by this process's clock.
+        while not renewing.done() and fence.held:
+            await asyncio.wait({renewing}, timeout=fence.renew_interval)
+    finally:
+        renewing.cancel()
     if not stop.is_set():
         on_lost()
 

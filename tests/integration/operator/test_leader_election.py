@@ -7,6 +7,7 @@ throughout: never two pods for one bot."""
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +20,8 @@ from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, P
 from tradingbot_operator.leadership import EXIT_LEADERSHIP_LOST
 from tradingbot_operator.sharding import Shard
 
-BOTS = 24
+# CI runs 24; the issue's 200 with TRADINGBOT_TEST_SHARD_BOTS=200 (a few minutes on 2 cores).
+BOTS = int(os.environ.get("TRADINGBOT_TEST_SHARD_BOTS", "24"))
 RECONCILES = "tradingbot_operator_reconcile_duration_seconds_count"
 
 
@@ -95,7 +97,7 @@ def test_two_shards_of_two_replicas_hand_over_a_restart_with_never_two_pods(
     names = [f"bot-{i}" for i in range(BOTS)]
     for name in names:
         bots.create(name, spec())
-    first = {name: bots.wait_running_with(name, timeout=60) for name in names}
+    first = {name: bots.wait_running_with(name, timeout=300) for name in names}
     leaders = {str(s): leader_of(api_client, namespace, s, procs[str(s)]) for s in shards}
     # Only the leader of a bot's shard wrote its status: its restarts are its own.
     for shard in shards:

@@ -4,6 +4,7 @@ fleet that fails to start under it, ends the replica; a stopped replica never st
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from tests.fakeapi import FakeApiServer
 from tradingbot_api.informer import Store
@@ -95,3 +96,29 @@ def test_a_store_holds_only_what_it_keeps() -> None:
     held = {key[1] for key in store.objects}
     assert held == {b["metadata"]["name"] for b in bots if shard.owns("b", b["metadata"]["name"])}
     assert 0 < len(held) < 40
+
+
+class StuckRenewals:
+    """The fake API server, except that every renewal (PUT) hangs, ignoring its timeout, as
+    a request queued behind a busy connection pool does."""
+
+    def __init__(self, kube: FakeApiServer) -> None:
+        self.kube = kube
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if method == "PUT":
+            await asyncio.Event().wait()
+        return await self.kube.request(method, path, **kwargs)
+
+
+async def test_a_renewal_that_hangs_ends_the_replica_by_its_own_deadline() -> None:
+    fence = quick_fence(StuckRenewals(FakeApiServer()), "op-a")  # type: ignore[arg-type]
+    lost = asyncio.Event()
+
+    async def start() -> None:
+        pass
+
+    task = asyncio.create_task(lead(fence, start, asyncio.Event(), lost.set))
+    await asyncio.wait_for(lost.wait(), fence.renew_deadline + 1)
+    assert not fence.held
+    await task
