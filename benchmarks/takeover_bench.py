@@ -19,6 +19,7 @@ from typing import Any
 
 from kubernetes import client, config
 
+from benchmarks.killswitch_bench import _wait
 from benchmarks.report import summarize
 from benchmarks.scale_bench import _store_bots
 from localkube import binaries, product
@@ -39,16 +40,6 @@ def _holder(coord: client.CoordinationV1Api) -> str:
     except client.ApiException:
         return ""
     return str(lease.spec.holder_identity or "")
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def run() -> str:
