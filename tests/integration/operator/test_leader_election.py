@@ -31,17 +31,23 @@ def replicas(
     """Two replicas per shard, named by shard and replica (the Lease holder's prefix)."""
     found: dict[str, list[OperatorProcess]] = {}
     for index in range(shards):
-        for replica in range(2):
-            name = f"op-s{index}-r{replica}"
-            found.setdefault(str(Shard(index, shards)), []).append(
-                start_operator(
-                    POD_NAME=name,
-                    TRADINGBOT_OPERATOR_LEADER_ELECTION="true",
-                    TRADINGBOT_OPERATOR_LEADER_NAMESPACE=namespace,
-                    TRADINGBOT_OPERATOR_SHARD=f"{index}/{shards}" if shards > 1 else "",
-                )
+        for number in range(2):
+            shard = Shard(index, shards)
+            found.setdefault(str(shard), []).append(
+                replica(start_operator, namespace, f"op-s{index}-r{number}", shard)
             )
     return found
+
+
+def replica(
+    start_operator: Callable[..., OperatorProcess], namespace: str, pod_name: str, shard: Shard
+) -> OperatorProcess:
+    return start_operator(
+        POD_NAME=pod_name,
+        TRADINGBOT_OPERATOR_LEADER_ELECTION="true",
+        TRADINGBOT_OPERATOR_LEADER_NAMESPACE=namespace,
+        TRADINGBOT_OPERATOR_SHARD=str(shard) if shard.count > 1 else "",
+    )
 
 
 def holder(api_client: client.ApiClient, namespace: str, shard: Shard) -> str:
@@ -145,11 +151,7 @@ def test_a_stopped_leader_releases_and_a_frozen_one_exits_without_acting(
     assert leader.pod_name == "op-s0-r1"
 
     # Frozen past the Lease: the other replica (started again) takes over and restarts the bot.
-    start_operator(
-        POD_NAME="op-s0-r2",
-        TRADINGBOT_OPERATOR_LEADER_ELECTION="true",
-        TRADINGBOT_OPERATOR_LEADER_NAMESPACE=namespace,
-    )
+    replica(start_operator, namespace, "op-s0-r2", shard)
     assert leader.proc is not None
     leader.proc.send_signal(signal.SIGSTOP)
     try:
