@@ -18,6 +18,7 @@ from kubernetes.dynamic import DynamicClient
 
 from localkube import binaries
 from localkube.cluster import LocalCluster, write_kubeconfig
+from tradingbot_api.audit_http import OPERATOR_AUDIENCE
 
 CHART = binaries.REPO_ROOT / "helm" / "tradingbot-operator"
 CRD_DIR = binaries.REPO_ROOT / "crds"
@@ -119,37 +120,82 @@ def ensure_namespace(
     )
 
 
+def chart_identities(namespace: str = OPERATOR_NAMESPACE) -> list[dict[str, Any]]:
+    """The chart's ServiceAccounts and RBAC: the operator's and the audit sidecar's."""
+    return [d for d in render_chart(namespace) if d["kind"] in IDENTITY_KINDS]
+
+
+def chart_account(namespace: str = OPERATOR_NAMESPACE, *, audit: bool = False) -> str:
+    """The name of the chart's operator (or, with `audit`, audit sidecar) ServiceAccount."""
+    return next(
+        d["metadata"]["name"]
+        for d in chart_identities(namespace)
+        if d["kind"] == "ServiceAccount"
+        and ((d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "audit")
+        == audit
+    )
+
+
+def install_identities(api: client.ApiClient, namespace: str = OPERATOR_NAMESPACE) -> None:
+    ensure_namespace(api, namespace)
+    identity = chart_identities(namespace)
+    for other in {d["metadata"].get("namespace") for d in identity} - {None, namespace}:
+        ensure_namespace(api, str(other))  # e.g. kube-node-lease, before a node made it
+    apply_objects(api, identity, namespace)
+
+
 def operator_kubeconfig(
     cluster: LocalCluster, api: client.ApiClient, path: Path, namespace: str = OPERATOR_NAMESPACE
 ) -> Path:
     """Install the chart's RBAC and return a kubeconfig that acts as the operator's
     ServiceAccount, with exactly the chart's permissions."""
-    ensure_namespace(api, namespace)
-    identity = [d for d in render_chart(namespace) if d["kind"] in IDENTITY_KINDS]
-    for other in {d["metadata"].get("namespace") for d in identity} - {None, namespace}:
-        ensure_namespace(api, str(other))  # e.g. kube-node-lease, before a node made it
-    apply_objects(api, identity, namespace)
-    sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
-    return service_account_kubeconfig(cluster, api, namespace, sa, path)
+    install_identities(api, namespace)
+    return service_account_kubeconfig(cluster, api, namespace, chart_account(namespace), path)
+
+
+def service_account_token(
+    api: client.ApiClient,
+    namespace: str,
+    account: str,
+    audiences: list[str] | None = None,
+) -> str:
+    """A bound token for a ServiceAccount (TokenRequest), a week long; no `audiences`: the
+    API server's own."""
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        account,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=audiences or [], expiration_seconds=TOKEN_SECONDS
+            )
+        ),
+    )
+    return str(token.status.token)
+
+
+def operator_audit_token(
+    api: client.ApiClient, path: Path, namespace: str = OPERATOR_NAMESPACE
+) -> Path:
+    """The file the chart projects into the operator pod: the operator's token for the audit
+    sidecar alone (audience tradingbot-audit), for TRADINGBOT_OPERATOR_AUDIT_TOKEN_FILE."""
+    install_identities(api, namespace)
+    token = service_account_token(api, namespace, chart_account(namespace), [OPERATOR_AUDIENCE])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token)
+    path.chmod(0o600)
+    return path
 
 
 def service_account_kubeconfig(
     cluster: LocalCluster, api: client.ApiClient, namespace: str, account: str, path: Path
 ) -> Path:
     """A kubeconfig acting as a ServiceAccount (a week-long bound token via TokenRequest)."""
-    token = client.CoreV1Api(api).create_namespaced_service_account_token(
-        account,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
-        ),
-    )
     return write_kubeconfig(
         path,
         cluster.server,
         cluster.pki.ca_cert,
         f"system:serviceaccount:{namespace}:{account}",
-        token=token.status.token,
+        token=service_account_token(api, namespace, account),
     )
 
 
@@ -246,64 +292,31 @@ def remove_admission_policies(api: client.ApiClient) -> None:
                 raise
 
 
-AUDIT_ACCOUNT = "tradingbot-audit"
-
-
 def fleet_switch(namespace: str = OPERATOR_NAMESPACE, release: str = "tb") -> str:
     """namespace/name of the chart's fleet-wide kill switch ConfigMap."""
     return f"{namespace}/{release}-tradingbot-operator-fleet-switch"
 
 
 def operator_username(namespace: str = OPERATOR_NAMESPACE) -> str:
-    sa = next(
-        d["metadata"]["name"] for d in render_chart(namespace) if d["kind"] == "ServiceAccount"
-    )
-    return f"system:serviceaccount:{namespace}:{sa}"
+    return f"system:serviceaccount:{namespace}:{chart_account(namespace)}"
 
 
 def audit_kubeconfig(
     cluster: LocalCluster, api: client.ApiClient, path: Path, namespace: str = OPERATOR_NAMESPACE
 ) -> Path:
-    """The audit sidecar's identity: may review tokens and access, and record the chain head
-    in its one ConfigMap (the chart's Role, see `audit_head_rbac`), nothing else."""
-    ensure_namespace(api, namespace)
-    apply_objects(
-        api,
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": AUDIT_ACCOUNT, "namespace": namespace},
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": f"{AUDIT_ACCOUNT}-auth-delegator"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "system:auth-delegator",
-                },
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": AUDIT_ACCOUNT, "namespace": namespace}
-                ],
-            },
-            *audit_head_rbac(namespace, AUDIT_ACCOUNT),
-        ],
-    )
-    return service_account_kubeconfig(cluster, api, namespace, AUDIT_ACCOUNT, path)
+    """The chart's audit sidecar identity: may review tokens and access, and record the chain
+    head in its one ConfigMap, nothing else."""
+    install_identities(api, namespace)
+    account = chart_account(namespace, audit=True)
+    return service_account_kubeconfig(cluster, api, namespace, account, path)
 
 
 AUDIT_HEAD_ROLE_SUFFIX = "-audit-head"
 
 
 def audit_head_rbac(namespace: str, account: str, release: str = "tb") -> list[dict[str, Any]]:
-    """The chart's Role for the audit chain head ConfigMap, bound to `account`.
-
-    Rendered from the chart so that local runs have exactly its permissions; the binding is
-    our own because locally the sidecar runs as a ServiceAccount of its own, not the chart's
-    (which the operator shares with the sidecar in a real pod).
-    """
+    """The chart's Role for the audit chain head ConfigMap, bound to `account` (a test's
+    own sidecar identity; the chart binds it to the audit sidecar's ServiceAccount)."""
     role = next(
         d
         for d in render_chart(namespace, release)
@@ -326,7 +339,7 @@ def audit_head_rbac(namespace: str, account: str, release: str = "tb") -> list[d
 def audit_head_configmap(namespace: str = OPERATOR_NAMESPACE, release: str = "tb") -> str:
     """`NAMESPACE/NAME` for the sidecar's --head-configmap: the one ConfigMap the chart's Role
     lets it rewrite."""
-    role, _binding = audit_head_rbac(namespace, AUDIT_ACCOUNT, release)
+    role, _binding = audit_head_rbac(namespace, chart_account(namespace, audit=True), release)
     (name,) = next(rule["resourceNames"] for rule in role["rules"] if rule.get("resourceNames"))
     return f"{namespace}/{name}"
 

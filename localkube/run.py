@@ -75,6 +75,7 @@ class LocalRun:
         )
         product.install_admission_policies(api)
         audit = self.start_audit_sidecar(api)
+        audit_token = product.operator_audit_token(api, self.data_dir / "operator-audit.token")
         webhook_port = free_port(9443)
         cert, key, ca_bundle = product.webhook_tls(self.cluster, self.data_dir / "webhook")
         metrics_port = free_port(8000)
@@ -83,6 +84,7 @@ class LocalRun:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "TRADINGBOT_OPERATOR_AUDIT_URL": audit,
+            "TRADINGBOT_OPERATOR_AUDIT_TOKEN_FILE": str(audit_token),
             "TRADINGBOT_OPERATOR_WEBHOOK_LISTEN": f"127.0.0.1:{webhook_port}",
             "TRADINGBOT_OPERATOR_WEBHOOK_CERT_FILE": str(cert),
             "TRADINGBOT_OPERATOR_WEBHOOK_KEY_FILE": str(key),
@@ -117,15 +119,18 @@ class LocalRun:
         self.api = api
 
     def start_audit_sidecar(self, api: client.ApiClient) -> str:
-        """The audit log writer, as the chart's audit identity; returns its ingest URL."""
+        """The audit log writer, as the chart runs it: its own identity, no unauthenticated
+        ingest, the operator's ServiceAccount the one that may post operator events. Returns
+        its URL (the operator's, the bots' and the readers')."""
         kubeconfig = product.audit_kubeconfig(self.cluster, api, self.data_dir / "audit.kubeconfig")
-        ingest, read = free_port(8900), free_port(8901)
+        read = free_port(8901)
         log_path = self.cluster.logs / "audit.log"
         options = {
             "--kubeconfig": str(kubeconfig),
             "--head-configmap": product.audit_head_configmap(),
-            "--ingest-listen": f"127.0.0.1:{ingest}",
+            "--ingest-listen": "",
             "--listen": f"127.0.0.1:{read}",
+            "--operator-user": product.operator_username(),
         }
         command = ["tradingbot_audit", "--log-dir", str(self.data_dir / "audit"), "serve"]
         self.sidecar = _spawn(command, options, log_path)
@@ -134,7 +139,7 @@ class LocalRun:
             f"(kubectl tradingbot audit --log-dir {self.data_dir / 'audit'})"
         )
         self.audit_read_url = f"http://127.0.0.1:{read}"
-        return f"http://127.0.0.1:{ingest}"
+        return self.audit_read_url
 
     def watch(self) -> None:
         """The plugin's live status view (`kubectl tradingbot status --watch`): redrawn in

@@ -1,9 +1,11 @@
 """The audit sidecar's HTTP API (SPEC §6): its paths and limits, stated once, and the one
 client that posts events to it.
 
-The controller posts to `EVENTS_PATH` on loopback, without a token (the listener is
-reachable only inside its pod); a bot posts to `BOT_EVENTS_PATH` with its ServiceAccount token,
-asked for before every request because the projected token rotates.
+The controller posts to `EVENTS_PATH` on the main listener with a ServiceAccount token issued
+for `OPERATOR_AUDIENCE` (so that the token it hands the sidecar opens nothing on the API
+server), or, where the sidecar shares its pod, on the loopback ingest without one; a bot posts
+to `BOT_EVENTS_PATH` with its ServiceAccount token, asked for before every request because the
+projected token rotates.
 
 `AuditClient.post` sends one request and never raises for what the network or the sidecar does:
 the `Answer` says (status None when no answer came). `AuditClient.send` is for callers that
@@ -25,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 if TYPE_CHECKING:
     import aiohttp
 
-# POST: the controller's ingest (loopback listener); GET: the read API (main listener).
+# POST: the controller's events (main listener, or the loopback ingest); GET: the read API.
 EVENTS_PATH: Final = "/v1/events"
+# The audience of the token the controller presents: bound to the sidecar, useless elsewhere.
+OPERATOR_AUDIENCE: Final = "tradingbot-audit"
 BOT_EVENTS_PATH: Final = "/v1/bot-events"
 SUMMARY_PATH: Final = "/v1/summary"
 VERIFY_PATH: Final = "/v1/verify"

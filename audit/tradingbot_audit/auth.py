@@ -67,8 +67,9 @@ class AuthUnavailableError(Exception):
 class Authorizer(Protocol):
     """Who is calling and what they may do. The real one asks the API server; tests fake it."""
 
-    async def authenticate(self, token: str) -> Identity | None:
-        """The token's user, or None when the token is invalid or expired."""
+    async def authenticate(self, token: str, audiences: Sequence[str] = ()) -> Identity | None:
+        """The token's user, or None when the token is invalid or expired (or, with
+        `audiences`, not issued for any of them)."""
         ...
 
     async def allowed(self, identity: Identity, check: AccessCheck) -> bool:
@@ -83,9 +84,15 @@ def token_review_body(token: str, audiences: Sequence[str] = ()) -> dict[str, An
     return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
 
 
-def identity_from_token_review(review: Mapping[str, Any]) -> Identity | None:
+def identity_from_token_review(
+    review: Mapping[str, Any], audiences: Sequence[str] = ()
+) -> Identity | None:
     status = review.get("status") or {}
     if not status.get("authenticated"):
+        return None
+    # The API server answers with the audiences the token shares with those asked for; an
+    # authenticator that ignores audiences answers with none, and must not pass.
+    if audiences and not set(status.get("audiences") or ()) & set(audiences):
         return None
     user = status.get("user") or {}
     username = user.get("username")
@@ -159,9 +166,10 @@ class KubeAuthorizer:
         if close is not None:
             await close()
 
-    async def authenticate(self, token: str) -> Identity | None:
-        review = await self._post(self.TOKEN_REVIEWS, token_review_body(token, self.audiences))
-        return identity_from_token_review(review)
+    async def authenticate(self, token: str, audiences: Sequence[str] = ()) -> Identity | None:
+        wanted = tuple(audiences) or self.audiences
+        review = await self._post(self.TOKEN_REVIEWS, token_review_body(token, wanted))
+        return identity_from_token_review(review, wanted)
 
     async def allowed(self, identity: Identity, check: AccessCheck) -> bool:
         review = await self._post(self.ACCESS_REVIEWS, access_review_body(identity, check))
@@ -211,17 +219,19 @@ class CachingAuthorizer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
-        self._identities: TTLCache[bytes, Identity | None] = TTLCache(max_entries, ttl, timer=clock)
+        self._identities: TTLCache[tuple[bytes, tuple[str, ...]], Identity | None] = TTLCache(
+            max_entries, ttl, timer=clock
+        )
         self._decisions: TTLCache[tuple[Identity, AccessCheck], bool] = TTLCache(
             max_entries, ttl, timer=clock
         )
 
-    async def authenticate(self, token: str) -> Identity | None:
-        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    async def authenticate(self, token: str, audiences: Sequence[str] = ()) -> Identity | None:
+        key = (hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(), tuple(audiences))
         cached = self._identities.get(key, _MISSING)
         if cached is not _MISSING:
             return cached  # type: ignore[return-value]
-        identity = await self.inner.authenticate(token)
+        identity = await self.inner.authenticate(token, audiences)
         self._identities[key] = identity
         return identity
 

@@ -142,7 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ingest-listen",
         default="127.0.0.1:8900",
         metavar="HOST:PORT",
-        help="unauthenticated operator ingest; keep it on loopback (default 127.0.0.1:8900)",
+        help="unauthenticated ingest for an operator in the same pod; keep it on loopback, "
+        "or give an empty value for none (default 127.0.0.1:8900)",
+    )
+    serve_cmd.add_argument(
+        "--operator-user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a Kubernetes user (system:serviceaccount:NS:NAME) that may POST operator events "
+        "to --listen with a token for the audience tradingbot-audit; repeatable",
     )
     serve_cmd.add_argument(
         "--listen",

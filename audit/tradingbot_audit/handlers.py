@@ -1,15 +1,16 @@
 """The sidecar's HTTP API: its two applications, their handlers and request parsing.
 
-* ingest, `--ingest-listen` (default 127.0.0.1:8900): `POST /v1/events` from the operator.
-  There is no authentication on this path. The trust boundary is the pod's network
-  namespace: a loopback address is reachable only from containers of the same pod, i.e. the
-  operator. Never bind it to a pod or node address. (On the localkube process node every pod
-  is a host process sharing one loopback interface, so there the boundary is the machine; it
-  is a development environment, not a place for real money.)
+* ingest, `--ingest-listen` (default 127.0.0.1:8900, empty for none): `POST /v1/events` from
+  an operator in the same pod. There is no authentication on this path. The trust boundary
+  is the pod's network namespace: a loopback address is reachable only from containers of the
+  same pod. Never bind it to a pod or node address. The chart opens none: its sidecar runs in
+  a pod of its own, and the operator posts to the main listener.
 * main, `--listen` (default 0.0.0.0:8901), every request authenticated with a Kubernetes
   bearer token except `/healthz` and `/metrics`:
-  `POST /v1/bot-events` from bots (TokenReview; a bot's ServiceAccount
-  `tradingbot-<bot>` may report only about itself), and the read API used by
+  `POST /v1/events` from the operator (TokenReview for the audience `tradingbot-audit`, and
+  the user must be one of `--operator-user`: whoever else holds a token cannot write
+  operator events, however wide their RBAC), `POST /v1/bot-events` from bots (TokenReview; a
+  bot's ServiceAccount `tradingbot-<bot>` may report only about itself), and the read API used by
   `kubectl tradingbot audit`: `GET /v1/events`, `/v1/summary`, `/v1/verify` (TokenReview,
   then a SubjectAccessReview for `get` on `tradingbots/audit`).
 
@@ -36,6 +37,7 @@ from tradingbot_api.audit_http import (
     EVENTS_PATH,
     MAX_BODY_BYTES,
     MAX_EVENTS_PER_REQUEST,
+    OPERATOR_AUDIENCE,
     SUMMARY_PATH,
     VERIFY_PATH,
 )
@@ -240,8 +242,10 @@ class AuditApi:
         registry: CollectorRegistry,
         *,
         clock: Callable[[], datetime],
+        operator_users: Sequence[str] = (),
     ) -> None:
         self.log_dir = log_dir
+        self.operator_users = frozenset(operator_users)
         self.writer = writer
         self.authorizer = authorizer
         self.registry = registry
@@ -263,6 +267,7 @@ class AuditApi:
     def api_app(self) -> web.Application:
         """The main listener: bot ingest and the read API (bearer tokens), health, metrics."""
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
+        app.router.add_post(EVENTS_PATH, self._post_operator_events)
         app.router.add_post(BOT_EVENTS_PATH, self._post_bot_events)
         app.router.add_get(EVENTS_PATH, self._get_events)
         app.router.add_get(SUMMARY_PATH, self._get_summary)
@@ -293,6 +298,15 @@ class AuditApi:
                 # Without a key a retried request would write the event twice.
                 raise HttpError(400, f"events[{index}].dedup_key is required (a non-empty string)")
         return await self._store(events)
+
+    async def _post_operator_events(self, request: web.Request) -> web.Response:
+        identity = await self._authenticate(request, audiences=(OPERATOR_AUDIENCE,))
+        if identity.username not in self.operator_users:
+            allowed = ", ".join(sorted(self.operator_users)) or "none configured (--operator-user)"
+            raise HttpError(
+                403, f"{identity.username} may not write operator events (operators: {allowed})"
+            )
+        return await self._post_events(request)
 
     async def _post_bot_events(self, request: web.Request) -> web.Response:
         identity = await self._authenticate(request)
@@ -348,7 +362,7 @@ class AuditApi:
         async with self._reads:
             return await asyncio.to_thread(call)
 
-    async def _authenticate(self, request: web.Request) -> Identity:
+    async def _authenticate(self, request: web.Request, audiences: Sequence[str] = ()) -> Identity:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -356,12 +370,13 @@ class AuditApi:
         if scheme.lower() != "bearer" or not token:
             raise HttpError(401, "a Kubernetes bearer token is required", challenge)
         try:
-            identity = await self.authorizer.authenticate(token)
+            identity = await self.authorizer.authenticate(token, audiences)
         except AuthUnavailableError as exc:
             log.error("TokenReview failed: %s", exc)
             raise HttpError(503, "cannot check the token now", {"Retry-After": "2"}) from None
         if identity is None:
-            raise HttpError(401, "the bearer token is invalid or expired", challenge)
+            wanted = f" for the audience {', '.join(audiences)}" if audiences else ""
+            raise HttpError(401, f"the bearer token is invalid or expired{wanted}", challenge)
         return identity
 
     async def _authorize_read(self, identity: Identity, namespaces: Sequence[str]) -> None:

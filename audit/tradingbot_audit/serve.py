@@ -1,9 +1,11 @@
 """The audit sidecar process: `python -m tradingbot_audit --log-dir DIR serve`.
 
-It runs as a second container in the operator pod, with the log directory on a
-PersistentVolume. It is the only process that writes the log (the writer's flock enforces
-that), so every event reaches the chain through here. This module opens the two listeners
-(ingest on loopback for the operator, the main one with bearer tokens; see handlers.py),
+The chart runs it as a StatefulSet of one, its own pod and ServiceAccount, with the log
+directory on a PersistentVolume. It is the only process that writes the log (the writer's
+flock enforces that, and a StatefulSet never runs two pods of one identity), so every event
+reaches the chain through here, whichever operator replica leads. This module opens the
+listeners (the main one with bearer tokens; an unauthenticated loopback ingest for an operator
+in the same pod, when asked for; see handlers.py),
 optionally with TLS, runs hourly retention, and on SIGTERM or SIGINT stops accepting,
 finishes in-flight writes and closes the writer.
 """
@@ -76,11 +78,14 @@ class ServeOptions:
     head_configmap: str | None = None
     head_interval: float = DEFAULT_MIN_INTERVAL
     accept_head_mismatch: bool = False
+    operator_user: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeOptions:
         """The options of `serve`, named alike on the command line (`--head-interval`)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["operator_user"] = tuple(values["operator_user"] or ())
+        return cls(**values)
 
 
 @dataclass
@@ -130,10 +135,11 @@ async def start_server(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     retention_interval: float | None = None,
 ) -> RunningServer:
-    """Open the writer and both listeners (port 0 picks a free port; see the result)."""
-    ingest_host, ingest_port = parse_listen(ingest_listen)
+    """Open the writer and the listeners (port 0 picks a free port; see the result); an
+    empty `ingest_listen` opens no loopback ingest."""
+    ingest_at = parse_listen(ingest_listen) if ingest_listen else None
     api_host, api_port = parse_listen(listen)
-    if not is_loopback(ingest_host):
+    if ingest_at is not None and not is_loopback(ingest_at[0]):
         log.warning(
             "the ingest listener %s is not a loopback address: anyone who can reach it can "
             "write audit events without authentication",
@@ -143,14 +149,14 @@ async def start_server(
     runners: list[web.AppRunner] = []
     ingest: web.AppRunner | None = None
     try:
-        if server.refusal is None:
+        if server.refusal is None and ingest_at is not None:
             # No access log on ingest: one line per operator batch is noise; errors are logged.
             ingest = web.AppRunner(
                 server.ingest_app(), access_log=None, shutdown_timeout=shutdown_timeout
             )
             await ingest.setup()
             runners.append(ingest)
-            await web.TCPSite(ingest, ingest_host, ingest_port).start()
+            await web.TCPSite(ingest, *ingest_at).start()
         api = web.AppRunner(server.api_app(), shutdown_timeout=shutdown_timeout)
         await api.setup()
         runners.append(api)
@@ -165,6 +171,10 @@ async def start_server(
         timers.append(asyncio.create_task(_retention_loop(server.writer, retention_interval)))
     ingest_address = None if ingest is None else _address(ingest)
     return RunningServer(server, runners, ingest_address, _address(api), timers)
+
+
+def _where(address: tuple[str, int] | None) -> str:
+    return "off" if address is None else f"on {address[0]}:{address[1]}"
 
 
 def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
@@ -200,6 +210,7 @@ async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
         max_file_bytes=options.max_file_bytes,
         retention_days=options.retention_days,
         head=head,
+        operator_users=options.operator_user,
     )
     try:
         running = await start_server(
@@ -216,18 +227,19 @@ async def run(options: ServeOptions, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if running.ingest_address is None:
+    if server.refusal is None:
+        log.info(
+            "audit sidecar writing %s; ingest %s, API on %s:%d (operators: %s)",
+            options.log_dir,
+            _where(running.ingest_address),
+            *running.api_address,
+            ", ".join(options.operator_user) or "none",
+        )
+    else:
         log.error(
             "audit sidecar NOT writing %s (%s); no ingest; API on %s:%d",
             options.log_dir,
             server.refusal,
-            *running.api_address,
-        )
-    else:
-        log.info(
-            "audit sidecar writing %s; ingest on %s:%d, API on %s:%d",
-            options.log_dir,
-            *running.ingest_address,
             *running.api_address,
         )
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -138,6 +138,7 @@ class AuditServer(AuditApi):
         open_log: Callable[[AuditHooks], LogWriter] | None = None,
         clock: Callable[[], datetime] = utc_now,
         head: HeadSettings | None = None,
+        operator_users: Sequence[str] = (),
     ) -> AuditServer:
         """A server writing `log_dir`, with its own metrics registry unless one is given.
 
@@ -161,7 +162,7 @@ class AuditServer(AuditApi):
 
         opener = open_log or open_real
         writer = SerialWriter(lambda: opener(hooks), on_failure=prometheus.write_failed)
-        server = cls(path, writer, authorizer, registry, clock=clock)
+        server = cls(path, writer, authorizer, registry, clock=clock, operator_users=operator_users)
         server._keep_head(head)
         return server
 

@@ -48,7 +48,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     kopf_settings.watching.client_timeout = settings.watch_client_timeout
     kopf_settings.watching.connect_timeout = 30
     kopf_settings.networking.request_timeout = 60
-    # One replica with a Recreate strategy; no peering objects, no cluster-wide discovery.
+    # Replicas elect a leader with a Lease of ours (leadership.py): kopf peering is not
+    # leader election. No peering objects, no cluster-wide discovery.
     kopf_settings.peering.standalone = True
     kopf_settings.scanning.disabled = True
     kopf_settings.posting.level = logging.WARNING
@@ -85,6 +86,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo["metrics"] = metrics
     metrics.serve(operator_settings.metrics_port, operator_settings.metrics_host)
     api = KubeApi.from_environment()
+    # Every replica records what its admission webhook sees (a standby's too: the webhook
+    # Service reaches any replica); the dedup keys make two records of one deletion one line.
+    memo["recorder"] = audit_recorder(operator_settings, api, metrics)
     # kopf gives each object a shallow copy of the memo: the fleet that a leader builds later
     # reaches the loops through this one shared future.
     memo["ready"] = asyncio.get_running_loop().create_future()
@@ -117,6 +121,24 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
 
 
+def audit_recorder(
+    operator_settings: OperatorSettings, api: KubeApi, metrics: OperatorMetrics
+) -> AuditRecorder:
+    if not operator_settings.audit_url:
+        log.warning(
+            "no audit log configured (TRADINGBOT_OPERATOR_AUDIT_URL): actions are "
+            "recorded as Kubernetes Events only"
+        )
+    return AuditRecorder(
+        durable=[audit_log_sink(operator_settings.audit_url, operator_settings.audit_token_file)]
+        if operator_settings.audit_url
+        else [],
+        best_effort=[kube_event_sink(api)],
+        on_event=metrics.observe_event,
+        on_error=metrics.observe_audit_error,
+    )
+
+
 async def _start_fleet(
     memo: kopf.Memo,
     operator_settings: OperatorSettings,
@@ -124,23 +146,10 @@ async def _start_fleet(
     metrics: OperatorMetrics,
     may_act: Callable[[], bool] | None = None,
 ) -> None:
-    recorder = AuditRecorder(
-        durable=[audit_log_sink(operator_settings.audit_url)]
-        if operator_settings.audit_url
-        else [],
-        best_effort=[kube_event_sink(api)],
-        on_event=metrics.observe_event,
-        on_error=metrics.observe_audit_error,
-    )
-    if not operator_settings.audit_url:
-        log.warning(
-            "no audit log configured (TRADINGBOT_OPERATOR_AUDIT_URL): actions are "
-            "recorded as Kubernetes Events only"
-        )
     fleet = Fleet(
         settings=operator_settings,
         api=api,
-        recorder=recorder,
+        recorder=memo["recorder"],
         metrics=metrics,
         policies=PolicyWatch(api),
     )

@@ -57,8 +57,14 @@ class OperatorSettings(BaseSettings):
     )
     audit_url: str | None = Field(
         default=None,
-        description="Base URL of the audit sidecar's ingest endpoint (http://127.0.0.1:8900 in "
-        "the operator pod). Unset: Kubernetes Events only.",
+        description="Base URL of the audit sidecar (the chart: its Service, port 8901; a "
+        "sidecar in the operator's own pod: its loopback ingest). Unset: Kubernetes Events only.",
+    )
+    audit_token_file: str | None = Field(
+        default=None,
+        description="A ServiceAccount token for the audience tradingbot-audit (the chart "
+        "projects one), read before every request to the audit sidecar; unset: no token, for a "
+        "loopback ingest.",
     )
     allowed_images: Words = Field(
         default=(),

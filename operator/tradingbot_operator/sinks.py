@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
-from tradingbot_api.audit_http import EVENTS_PATH, AuditClient
+from tradingbot_api.audit_http import EVENTS_PATH, AuditClient, TokenSource
 from tradingbot_operator.kubeapi import ApiError, KubeApi
 from tradingbot_operator.recorder import AuditEvent, InvolvedObject, Sink, kube_event_body
 
@@ -26,10 +27,25 @@ def kube_event_sink(api: KubeApi, host: str | None = None) -> Sink:
     return post_kube_events
 
 
-def audit_log_sink(base_url: str) -> Sink:
+def token_file_reader(path: str) -> TokenSource:
+    """The token in `path`, read anew for every request: the kubelet rotates a projected
+    token in place (a few hundred bytes; the read does not block the loop for long)."""
+
+    def read() -> str | None:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+
+    return read
+
+
+def audit_log_sink(base_url: str, token_file: str | None = None) -> Sink:
     """Batches to the audit sidecar, which answers only after the lines are on disk; one
-    client (and connection pool) for the operator's lifetime."""
-    audit = AuditClient(base_url.rstrip("/") + EVENTS_PATH, timeout=AUDIT_TIMEOUT_SECONDS)
+    client (and connection pool) for the operator's lifetime. With `token_file`, each request
+    carries that token (the sidecar's main listener); without, none (a loopback ingest)."""
+    audit = AuditClient(
+        base_url.rstrip("/") + EVENTS_PATH,
+        token=None if token_file is None else token_file_reader(token_file),
+        timeout=AUDIT_TIMEOUT_SECONDS,
+    )
 
     async def append_to_audit_log(
         events: Sequence[AuditEvent],

@@ -71,10 +71,10 @@ def register(operator_user: str | None) -> None:
             str(meta.get("name")),
             str(meta.get("uid")),
         )
-        fleet = memo.get("fleet")
-        if fleet is not None:
-            fleet.recorder.decided([event])
-            await fleet.recorder.deliver([event], involved)
+        recorder = memo.get("recorder")
+        if recorder is not None:
+            recorder.decided([event])
+            await recorder.deliver([event], involved)
 
 
 def webhook_configurations(

@@ -11,7 +11,7 @@ from kubernetes import client
 
 from localkube import binaries
 from localkube.cluster import LocalCluster
-from localkube.product import render_chart
+from localkube.product import chart_account, render_chart
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
@@ -41,7 +41,7 @@ def chart_operator(
         "ClusterRoleBinding",
     }
     kube.apply(api_client, identity)
-    sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
+    sa = chart_account(namespace)
     kubeconfig = kube.service_account_kubeconfig(cluster, api_client, namespace, sa, tmp_path)
     started: list[OperatorProcess] = []
 
@@ -106,16 +106,20 @@ def test_chart_crd_is_the_crd_in_crds() -> None:
     ).read_text()
 
 
-def test_chart_renders_a_single_recreate_operator_under_restricted_security() -> None:
+def test_chart_pods_run_under_restricted_security() -> None:
     docs = render_chart("tradingbot-system")
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    container = pod["containers"][0]["securityContext"]
-    assert container["readOnlyRootFilesystem"] is True
-    assert container["capabilities"] == {"drop": ["ALL"]}
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(workloads) == 2
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert container["resources"]["limits"]["memory"]
     operator_roles = [
         d
         for d in docs
@@ -146,22 +150,81 @@ def test_chart_webhooks_are_the_ones_the_operator_serves() -> None:
             assert hook["clientConfig"]["caBundle"]
 
 
-def test_chart_runs_the_audit_sidecar_on_a_kept_volume() -> None:
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def test_chart_runs_replicas_with_a_leader_and_the_audit_writer_on_its_own() -> None:
     docs = render_chart("tradingbot-system")
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
-    assert set(containers) == {"operator", "audit"}
-    assert "--ingest-listen=127.0.0.1:8900" in containers["audit"]["args"]
-    env = {e["name"]: e.get("value") for e in containers["operator"]["env"]}
-    assert env["TRADINGBOT_OPERATOR_AUDIT_URL"] == "http://127.0.0.1:8900"
+    (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    operator_pod, audit_pod = deployment["spec"]["template"], statefulset["spec"]["template"]
+
+    # Two operator replicas, leader-elected; a rollout never stops one before the next runs.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (operator,) = operator_pod["spec"]["containers"]
+    env = {e["name"]: e for e in operator["env"]}
+    assert env["TRADINGBOT_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    leader_ns = env["TRADINGBOT_OPERATOR_LEADER_NAMESPACE"]["valueFrom"]["fieldRef"]
+    assert leader_ns["fieldPath"] == "metadata.namespace"
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    single = render_chart("tradingbot-system", **{"operator.replicas": "1"})
+    assert "PodDisruptionBudget" not in {d["kind"] for d in single}
+
+    # One audit writer, a StatefulSet of one, on the claim kept across uninstalls.
+    assert statefulset["spec"]["replicas"] == 1
+    (audit,) = audit_pod["spec"]["containers"]
     (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    delegator = [
-        d
-        for d in docs
-        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "system:auth-delegator"
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in audit_pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
     ]
-    assert len(delegator) == 1
+    assert claims == [pvc["metadata"]["name"]]
+    assert not any("persistentVolumeClaim" in v for v in operator_pod["spec"]["volumes"])
+
+    # Separate identities; only the operator's may post operator events, with a token
+    # whose audience is the sidecar (the projected volume), over the audit Service.
+    operator_sa = operator_pod["spec"]["serviceAccountName"]
+    audit_sa = audit_pod["spec"]["serviceAccountName"]
+    assert operator_sa != audit_sa
+    assert f"--operator-user=system:serviceaccount:tradingbot-system:{operator_sa}" in audit["args"]
+    assert "--ingest-listen=" in audit["args"]
+    (projected,) = [v for v in operator_pod["spec"]["volumes"] if "projected" in v]
+    (source,) = projected["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "tradingbot-audit"
+    (mount,) = [m for m in operator["volumeMounts"] if m["name"] == projected["name"]]
+    token_file = env["TRADINGBOT_OPERATOR_AUDIT_TOKEN_FILE"]["value"]
+    assert token_file == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    (service,) = [
+        d for d in docs if d["kind"] == "Service" and d["spec"]["ports"][0]["name"] == "audit"
+    ]
+    url = f"http://{service['metadata']['name']}.tradingbot-system.svc:8901"
+    assert env["TRADINGBOT_OPERATOR_AUDIT_URL"]["value"] == url
+    assert env["TRADINGBOT_OPERATOR_BOT_ENV"]["value"] == f"AUDIT_URL={url}"
+
+    # No selector reaches the other workload's pods.
+    operator_labels = operator_pod["metadata"]["labels"]
+    audit_labels = audit_pod["metadata"]["labels"]
+    assert matches(service["spec"]["selector"], audit_labels)
+    assert not matches(service["spec"]["selector"], operator_labels)
+    assert not matches(deployment["spec"]["selector"]["matchLabels"], audit_labels)
+    assert not matches(statefulset["spec"]["selector"]["matchLabels"], operator_labels)
+
+    # Token and access reviews, and the chain head, are the audit identity's alone.
+    for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        subjects = {s["name"] for s in binding["subjects"]}
+        if binding["roleRef"]["name"] == "system:auth-delegator" or binding["metadata"][
+            "name"
+        ].endswith("-audit-head"):
+            assert subjects == {audit_sa}, binding["metadata"]["name"]
+        else:
+            assert audit_sa not in subjects, binding["metadata"]["name"]
 
 
 def test_every_alert_uses_metrics_the_code_exports() -> None:

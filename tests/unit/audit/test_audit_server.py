@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,12 @@ import aiohttp
 import pytest
 from aiohttp import test_utils
 
-from tradingbot_api.audit_http import EVENTS_PATH, AuditClient, AuditDeliveryError
+from tradingbot_api.audit_http import (
+    EVENTS_PATH,
+    OPERATOR_AUDIENCE,
+    AuditClient,
+    AuditDeliveryError,
+)
 from tradingbot_api.kubeclient import KubeError
 from tradingbot_audit import (
     AppendResult,
@@ -53,20 +58,25 @@ BOT_A = "system:serviceaccount:trading:tradingbot-bot-a"
 
 
 class FakeAuthorizer:
-    """Tokens map to identities; `grants` holds (user, namespace or None for cluster-wide)."""
+    """Tokens map to identities and the audiences they were issued for (none: the API
+    server's own); `grants` holds (user, namespace or None for cluster-wide)."""
 
     def __init__(self) -> None:
         self.tokens: dict[str, Identity] = {}
+        self.audiences: dict[str, tuple[str, ...]] = {}
         self.grants: set[tuple[str, str | None]] = set()
         self.checks: list[tuple[str, AccessCheck]] = []
         self.unavailable = False
 
-    def add(self, token: str, username: str) -> None:
+    def add(self, token: str, username: str, audiences: tuple[str, ...] = ()) -> None:
         self.tokens[token] = Identity(username=username, groups=("system:authenticated",))
+        self.audiences[token] = audiences
 
-    async def authenticate(self, token: str) -> Identity | None:
+    async def authenticate(self, token: str, audiences: Sequence[str] = ()) -> Identity | None:
         if self.unavailable:
             raise AuthUnavailableError("API server down")
+        if audiences and not set(audiences) & set(self.audiences.get(token, ())):
+            return None
         return self.tokens.get(token)
 
     async def allowed(self, identity: Identity, check: AccessCheck) -> bool:
@@ -149,6 +159,9 @@ async def sidecar(log_dir: Path, control: Control) -> AsyncIterator[Sidecar]:
     auth.add("auditor", AUDITOR)
     auth.add("bot-a", BOT_A)
     auth.add("operator", OPERATOR)
+    auth.add("operator-audit", OPERATOR, (OPERATOR_AUDIENCE,))
+    auth.add("bot-a-audit", BOT_A, (OPERATOR_AUDIENCE,))
+    auth.add("admin-audit", "kubernetes-admin", (OPERATOR_AUDIENCE,))
     auth.grants.add((AUDITOR, None))
     opened: list[FlakyWriter] = []
 
@@ -157,7 +170,7 @@ async def sidecar(log_dir: Path, control: Control) -> AsyncIterator[Sidecar]:
         opened.append(writer)
         return writer
 
-    server = AuditServer.create(log_dir, auth, open_log=open_log)
+    server = AuditServer.create(log_dir, auth, open_log=open_log, operator_users=[OPERATOR])
     await server.start()
     ingest = test_utils.TestClient(test_utils.TestServer(server.ingest_app()))
     api = test_utils.TestClient(test_utils.TestServer(server.api_app()))
@@ -332,11 +345,75 @@ async def test_metrics_count_written_events(sidecar: Sidecar) -> None:
 
 async def test_unauthenticated_writes_exist_only_on_the_ingest_listener(sidecar: Sidecar) -> None:
     response = await sidecar.api.post("/v1/events", json={"events": [op_event("k")]})
-    assert response.status == 405
+    assert response.status == 401
     assert (await sidecar.ingest.get("/v1/events")).status == 405
     assert (await sidecar.ingest.get("/v1/verify")).status == 404
     assert (await sidecar.ingest.get("/healthz")).status == 200
     assert lines(sidecar.log_dir) == []
+
+
+async def post_operator(sidecar: Sidecar, token: str, *events: dict[str, Any]) -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    return await sidecar.api.post("/v1/events", json={"events": list(events)}, headers=headers)
+
+
+async def test_the_operator_writes_on_the_main_listener_with_a_token_for_the_sidecar(
+    sidecar: Sidecar,
+) -> None:
+    response = await post_operator(sidecar, "operator-audit", op_event("k1"))
+    assert response.status == 200
+    assert (await response.json())["stored"][0]["seq"] == 1
+    # The same event again (a new leader resending its predecessor's outbox): one line.
+    again = await post_operator(sidecar, "operator-audit", op_event("k1"))
+    assert (await again.json())["stored"][0]["duplicate"] is True
+    assert [r["dedup_key"] for r in lines(sidecar.log_dir)] == ["k1"]
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "said"),
+    [
+        # The operator's API-server token: a leaked copy must not be what the sidecar takes.
+        ("operator", 401, "audience tradingbot-audit"),
+        ("bot-a-audit", 403, "may not write operator events"),
+        ("admin-audit", 403, OPERATOR),
+        ("forged", 401, "invalid or expired"),
+    ],
+)
+async def test_operator_events_need_the_operator_and_the_sidecar_audience(
+    sidecar: Sidecar, token: str, status: int, said: str
+) -> None:
+    response = await post_operator(sidecar, token, op_event("k1"))
+    assert response.status == status
+    assert said in (await response.json())["error"]
+    assert lines(sidecar.log_dir) == []
+
+
+async def test_operator_events_on_the_main_listener_keep_the_ingest_checks(
+    sidecar: Sidecar,
+) -> None:
+    response = await post_operator(sidecar, "operator-audit", {**op_event("k"), "dedup_key": ""})
+    assert response.status == 400
+    assert "dedup_key" in (await response.json())["error"]
+
+
+async def test_without_operator_users_no_one_writes_operator_events(log_dir: Path) -> None:
+    auth = FakeAuthorizer()
+    auth.add("operator-audit", OPERATOR, (OPERATOR_AUDIENCE,))
+    server = AuditServer.create(log_dir, auth)
+    await server.start()
+    api = test_utils.TestClient(test_utils.TestServer(server.api_app()))
+    await api.start_server()
+    try:
+        response = await api.post(
+            "/v1/events",
+            json={"events": [op_event("k")]},
+            headers={"Authorization": "Bearer operator-audit"},
+        )
+        assert response.status == 403
+        assert "none configured (--operator-user)" in (await response.json())["error"]
+    finally:
+        await api.close()
+        await server.close()
 
 
 # -- bot ingest -------------------------------------------------------------------------------
@@ -602,9 +679,9 @@ class CountingAuthorizer(FakeAuthorizer):
         super().__init__()
         self.reviews = 0
 
-    async def authenticate(self, token: str) -> Identity | None:
+    async def authenticate(self, token: str, audiences: Sequence[str] = ()) -> Identity | None:
         self.reviews += 1
-        return await super().authenticate(token)
+        return await super().authenticate(token, audiences)
 
 
 class Ticker:
@@ -673,6 +750,13 @@ def test_review_bodies_and_answers() -> None:
         (("authentication.kubernetes.io/pod-name", ("bot-a-1",)),),
     )
     assert identity_from_token_review({"status": {"authenticated": False}}) is None
+    for_sidecar = {"authenticated": True, "user": {"username": OPERATOR}}
+    asked = ["tradingbot-audit"]
+    assert identity_from_token_review({"status": for_sidecar}, asked) is None
+    shared = {**for_sidecar, "audiences": asked}
+    assert identity_from_token_review({"status": shared}, asked) == Identity(OPERATOR)
+    other = {**for_sidecar, "audiences": ["https://kubernetes.default.svc"]}
+    assert identity_from_token_review({"status": other}, asked) is None
     assert identity_from_token_review({"status": {"error": "expired"}}) is None
     check = AccessCheck("get", "trading.r7.dev", "tradingbots", "audit", "prod")
     assert access_review_body(identity, check)["spec"] == {
@@ -841,6 +925,22 @@ async def test_stop_finishes_in_flight_writes_then_closes_the_writer(
     assert [r["dedup_key"] for r in query(log_dir, AuditFilter())] == ["k"]
 
 
+async def test_an_empty_ingest_address_opens_only_the_main_listener(log_dir: Path) -> None:
+    server = AuditServer.create(log_dir, FakeAuthorizer())
+    running = await start_server(server, ingest_listen="", listen="127.0.0.1:0")
+    try:
+        assert running.ingest_address is None
+        assert len(running.runners) == 1
+        host, port = running.api_address
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{host}:{port}/healthz") as response,
+        ):
+            assert response.status == 200
+    finally:
+        await running.stop()
+
+
 def test_serve_command_line() -> None:
     args = build_parser().parse_args(
         [
@@ -863,15 +963,18 @@ def test_serve_command_line() -> None:
     )
     defaults = build_parser().parse_args(["--log-dir", "/var/audit", "serve"])
     assert (defaults.ingest_listen, defaults.listen) == ("127.0.0.1:8900", "0.0.0.0:8901")
+    assert defaults.operator_user == []
 
 
 def test_every_serve_option_comes_from_the_command_line() -> None:
     """`ServeOptions.from_args` reads each field by name: a field without its flag fails."""
     line = "--log-dir /var/audit serve --head-configmap ns/head --head-interval 0.5"
+    users = ["--operator-user", "system:serviceaccount:a:op", "--operator-user", "b"]
     args = build_parser().parse_args(
-        [*line.split(), "--accept-head-mismatch", "--retention-days", "7"]
+        [*line.split(), "--accept-head-mismatch", "--retention-days", "7", *users]
     )
     options = ServeOptions.from_args(args)
+    assert options.operator_user == ("system:serviceaccount:a:op", "b")
     assert options.log_dir == Path("/var/audit") and options.head_configmap == "ns/head"
     assert (options.head_interval, options.accept_head_mismatch) == (0.5, True)
     assert options.retention_days == 7
