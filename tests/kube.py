@@ -73,9 +73,15 @@ def create_namespace(api: client.ApiClient, labels: dict[str, str] | None = None
 
 
 def service_account_token(
-    api: client.ApiClient, namespace: str, name: str, *, seconds: int = 3600
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    seconds: int = 3600,
+    audiences: list[str] | None = None,
 ) -> str:
-    """A real bound token for the ServiceAccount (created if missing), via TokenRequest."""
+    """A real bound token for the ServiceAccount (created if missing), via TokenRequest; no
+    `audiences`: the API server's own."""
     core = client.CoreV1Api(api)
     try:
         core.read_namespaced_service_account(name, namespace)
@@ -86,7 +92,7 @@ def service_account_token(
             namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
         )
     request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+        spec=client.V1TokenRequestSpec(audiences=audiences or [], expiration_seconds=seconds)
     )
     response = core.create_namespaced_service_account_token(name, namespace, request)
     return str(response.status.token)

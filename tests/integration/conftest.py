@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,19 @@ SIDECAR_ACCOUNT = "audit-sidecar"
 class SidecarProcess:
     """`python -m tradingbot_audit --log-dir DIR serve`, killable at will."""
 
-    def __init__(self, log_dir: Path, kubeconfig: Path, output: Path) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        kubeconfig: Path,
+        output: Path,
+        operator_users: Sequence[str] = (),
+    ) -> None:
+        """With `operator_users`, as the chart runs it: no loopback ingest, and operators
+        post to the main listener (`api_url`) with a token for the sidecar's audience."""
         self.log_dir = log_dir
         self.kubeconfig = kubeconfig
         self.output = output
+        self.operator_users = tuple(operator_users)
         self.ingest_port = free_port()
         self.api_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -63,7 +72,8 @@ class SidecarProcess:
                     "--listen",
                     f"127.0.0.1:{self.api_port}",
                     "--ingest-listen",
-                    f"127.0.0.1:{self.ingest_port}",
+                    "" if self.operator_users else f"127.0.0.1:{self.ingest_port}",
+                    *(f"--operator-user={user}" for user in self.operator_users),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -76,7 +86,8 @@ class SidecarProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.logs()}")
         try:
-            for url in (self.ingest_url, self.api_url):
+            urls = [self.api_url] if self.operator_users else [self.ingest_url, self.api_url]
+            for url in urls:
                 with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
                     if response.status != 200:
                         return False
@@ -163,11 +174,12 @@ def start_sidecar(
 ) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
 
-    def start(log_dir: Path | None = None) -> SidecarProcess:
+    def start(log_dir: Path | None = None, operator_users: Sequence[str] = ()) -> SidecarProcess:
         process = SidecarProcess(
             log_dir or tmp_path / "audit",
             sidecar_kubeconfig,
             tmp_path / f"sidecar-{len(started)}.log",
+            operator_users,
         )
         started.append(process)
         return process.start()

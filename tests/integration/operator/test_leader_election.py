@@ -11,13 +11,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from kubernetes import client
 
 from tests import kube
+from tests.integration.conftest import SidecarProcess
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
+from tradingbot_api.audit_http import OPERATOR_AUDIENCE
+from tradingbot_audit import AuditFilter, query, verify_log
 from tradingbot_operator.leadership import EXIT_LEADERSHIP_LOST
+from tradingbot_operator.recorder import event_name_for_key
 from tradingbot_operator.sharding import Shard
 
 # CI runs 24; the issue's 200 with TRADINGBOT_TEST_SHARD_BOTS=200 (a few minutes on 2 cores).
@@ -40,13 +45,18 @@ def replicas(
 
 
 def replica(
-    start_operator: Callable[..., OperatorProcess], namespace: str, pod_name: str, shard: Shard
+    start_operator: Callable[..., OperatorProcess],
+    namespace: str,
+    pod_name: str,
+    shard: Shard,
+    **env: str,
 ) -> OperatorProcess:
     return start_operator(
         POD_NAME=pod_name,
         TRADINGBOT_OPERATOR_LEADER_ELECTION="true",
         TRADINGBOT_OPERATOR_LEADER_NAMESPACE=namespace,
         TRADINGBOT_OPERATOR_SHARD=str(shard) if shard.count > 1 else "",
+        **env,
     )
 
 
@@ -168,4 +178,98 @@ def test_a_stopped_leader_releases_and_a_frozen_one_exits_without_acting(
     assert leader.wait_exit(timeout=30) == EXIT_LEADERSHIP_LOST
     assert "leader lease" in leader.logs()
     assert len(bots.pods("bot-a")) == 1
+    assert max(census.max_per_bot.values()) == 1, census.max_per_bot
+
+
+def test_audit_events_reach_the_one_writer_exactly_once_across_two_leader_changes(
+    api_client: client.ApiClient,
+    namespace: str,
+    bots: Bots,
+    start_operator: Callable[..., OperatorProcess],
+    start_sidecar: Callable[..., SidecarProcess],
+    kubelet: Kubelet,
+    census: PodCensus,
+    tmp_path: Path,
+) -> None:
+    """As the chart runs it: one audit writer, every replica posting to its main listener
+    with a token for the sidecar's audience. The first leader is SIGKILLed mid-restart; the
+    second dies (a failpoint) between the status write that carries audit events and their
+    delivery; the third delivers them. Nothing lost, nothing twice, one chain."""
+    account = "operator-audit"
+    token = kube.service_account_token(
+        api_client, namespace, account, audiences=[OPERATOR_AUDIENCE]
+    )
+    token_file = tmp_path / "audit.token"
+    token_file.write_text(token)
+    log_dir = tmp_path / "audit"
+    sidecar = start_sidecar(log_dir, [f"system:serviceaccount:{namespace}:{account}"])
+    audit = {
+        "TRADINGBOT_OPERATOR_AUDIT_URL": sidecar.api_url,
+        "TRADINGBOT_OPERATOR_AUDIT_TOKEN_FILE": str(token_file),
+    }
+    shard = Shard()
+    first = replica(start_operator, namespace, "op-r0", shard, **audit)
+    kube.wait_for(
+        lambda: holder(api_client, namespace, shard).startswith("op-r0_"),
+        timeout=30,
+        message="the first replica to lead",
+    )
+    second = replica(
+        start_operator,
+        namespace,
+        "op-r1",
+        shard,
+        TRADINGBOT_OPERATOR_FAILPOINT="before-audit-delivery",
+        **audit,
+    )
+    names = [f"bot-{i}" for i in range(6)]
+    for name in names:
+        bots.create(name, spec())
+    for name in names:
+        bots.wait_running_with(name, timeout=90)
+
+    for name in names:
+        bots.patch(name, {"spec": {"risk": {"maxOpenPositions": 4}}})
+    time.sleep(0.3)
+    first.kill()
+    kube.wait_for(
+        lambda: holder(api_client, namespace, shard).startswith("op-r1_"),
+        timeout=40,
+        message="the standby to take over",
+    )
+    third = replica(start_operator, namespace, "op-r2", shard, **audit)
+    # The new leader has something to record for every bot: it dies before delivering it.
+    for name in names:
+        bots.patch(name, {"spec": {"risk": {"maxOpenPositions": 5}}})
+    assert second.wait_exit(timeout=60) == -signal.SIGKILL, second.logs()
+
+    def settled(name: str) -> bool:
+        status = bots.status(name)
+        return (
+            status.get("phase") == "Running"
+            and not status.get("auditOutbox")
+            and not status.get("pendingAction")
+            and status.get("configHash") == status.get("desiredConfigHash")
+        )
+
+    for name in names:
+        kube.wait_for(lambda n=name: settled(n), timeout=120, message=f"{name} settled")
+    assert holder(api_client, namespace, shard).startswith("op-r2_")
+    third.stop()
+    assert sidecar.stop() == 0
+
+    records = list(query(log_dir, AuditFilter.build(), limit=None))
+    keys = [r["dedup_key"] for r in records]
+    assert len(keys) == len(set(keys)), "an event was written twice"
+    assert verify_log(log_dir).ok
+    for name in names:
+        bot = bots.get(name)
+        mine = [r for r in records if r["target"] == name]
+        completed = [r for r in mine if r["action"] == "RestartCompleted"]
+        assert len(completed) == bot["status"]["restarts"]["total"] >= 1, (name, completed)
+        # Every Event the leaders posted (they share the dedup keys) is in the log.
+        logged = {event_name_for_key(name, r["dedup_key"]) for r in mine}
+        posted = {e.metadata.name for e in bots.events(name)}
+        assert posted <= logged, (name, posted - logged)
+        assert len(bots.pods(name)) == 1
     assert max(census.max_per_bot.values()) == 1, census.max_per_bot
