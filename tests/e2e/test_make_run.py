@@ -12,6 +12,7 @@ from kubernetes import client, config
 
 from localkube.cluster import LocalCluster
 from tests import kube
+from tradingbot_audit import AuditFilter, query, verify_log
 
 BOTS = ("bot-estavel", "bot-medio", "bot-volatil", "bot-meme")
 
@@ -110,3 +111,11 @@ def test_make_run_twice_resumes_every_bot_with_its_positions(tmp_path: Path) -> 
         kept = {f["orderId"] for f in after["journal"]}
         missing = [f["orderId"] for f in before["journal"] if f["orderId"] not in kept]
         assert missing == [], (bot, missing)
+    # One chain, written as the chart runs the sidecar: no unauthenticated ingest, the
+    # operator's events posted with its audience-bound token, the bots' fills with theirs.
+    log_dir = data_dir / "audit"
+    assert verify_log(log_dir).ok
+    records = list(query(log_dir, AuditFilter.build(), limit=None))
+    sources = {r["source"] for r in records}
+    assert {"operator", "bot"} <= sources, sources
+    assert {r["event_type"] for r in records if r["source"] == "operator"} >= {"start"}
