@@ -3,8 +3,10 @@
 The operator (chart identity) starts with N bots already stored and no pods; a stand-in
 kubelet marks each created pod Ready (bot processes are not run: this measures the
 operator and the API server, not N trading processes). Reported: time until every bot is
-`Running`, the operator's peak RSS, and restart latency under churn (a batch of edits
-across the fleet while it runs).
+`Running`, the operator's peak RSS, the operator's own API requests (counted by the API
+server for its ServiceAccount alone, `apiserver_requests.py`) during the cold start and per
+bot per minute at steady state, and restart latency under churn (a batch of edits across the
+fleet while it runs).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from kubernetes import client, config
 
+from benchmarks.apiserver_requests import RequestCounter
 from benchmarks.report import summarize
 from benchmarks.scale_floor import floor_seconds
 from localkube import binaries, product
@@ -31,6 +34,10 @@ BOTS = 1000
 NAMESPACE = "scale"
 FLOOR_NAMESPACE = "scale-floor"
 CHURN = 50
+# After the cold start: a pause for stragglers (a last status write), then the window in
+# which nothing changes and the operator's requests are counted.
+SETTLE_SECONDS = 15.0
+STEADY_SECONDS = 120.0
 
 
 def _rss_mib(pid: int) -> float:
@@ -102,10 +109,14 @@ def run(bots: int = BOTS) -> str:
         kubelet = Kubelet(api, NAMESPACE, delay=0.0, poll=0.5)
         kubelet.start()
         kubeconfig = product.operator_kubeconfig(cluster, api, Path(tmp) / "op.kubeconfig")
+        requests = RequestCounter(api, product.OPERATOR_NAMESPACE, product.chart_account())
+        requests.install()
         operator = OperatorProcess(kubeconfig, NAMESPACE, Path(tmp) / "operator.log")
         peak = [0.0]
         stop = threading.Event()
         try:
+            time.sleep(2)  # the FlowSchema is in effect once the API server's config syncs
+            at_start = requests.count()
             started = time.perf_counter()
             operator.start()
             assert operator.proc is not None
@@ -123,8 +134,14 @@ def run(bots: int = BOTS) -> str:
                     break
                 time.sleep(1)
             cold = time.perf_counter() - started
+            cold_requests = requests.count() - at_start
             running = sum(p == "Running" for p in _phases(custom).values())
             steady_rss = _rss_mib(pid)
+            time.sleep(SETTLE_SECONDS)
+            before, window = requests.count(), time.perf_counter()
+            time.sleep(STEADY_SECONDS)
+            steady_requests = requests.count() - before
+            steady_minutes = (time.perf_counter() - window) / 60
             # Churn: edit CHURN bots at once and time each restart to completion.
             edited = time.time()
             for i in range(0, bots, max(bots // CHURN, 1)):
@@ -169,6 +186,11 @@ def run(bots: int = BOTS) -> str:
         f"({running} Running) |",
         f"| cold start / floor | {cold / floor:.1f} |",
         f"| operator RSS after cold start / peak | {steady_rss:.0f} MiB / {peak[0]:.0f} MiB |",
+        f"| operator's API requests during the cold start, per bot | "
+        f"{cold_requests / bots:.1f} ({cold_requests:.0f} in all) |",
+        f"| operator's API requests at steady state ({STEADY_SECONDS:.0f} s, nothing "
+        f"changing), per bot per minute | {steady_requests / bots / steady_minutes:.3f} "
+        f"({steady_requests:.0f} in {steady_minutes:.1f} min) |",
     ]
     if churn:
         lines.append(

@@ -1,0 +1,36 @@
+"""The API-server request counter: the FlowSchema it installs and the counter it reads."""
+
+from __future__ import annotations
+
+from benchmarks.apiserver_requests import DISPATCHED, dispatched_by_schema, flow_schema
+
+EXPOSITION = f"""\
+# HELP {DISPATCHED} Number of requests executed by API Priority and Fairness subsystem
+# TYPE {DISPATCHED} counter
+{DISPATCHED}{{flow_schema="bench-op",priority_level="workload-low"}} 41
+{DISPATCHED}{{flow_schema="bench-op",priority_level="global-default"}} 1
+{DISPATCHED}{{flow_schema="service-accounts",priority_level="workload-low"}} 900
+{DISPATCHED}_other{{flow_schema="bench-op"}} 7
+apiserver_request_total{{flow_schema="bench-op"}} 1000
+"""
+
+
+def test_only_the_schema_s_dispatched_requests_are_summed() -> None:
+    assert dispatched_by_schema(EXPOSITION, "bench-op") == 42
+    assert dispatched_by_schema(EXPOSITION, "service-accounts") == 900
+    assert dispatched_by_schema(EXPOSITION, "absent") == 0
+    assert dispatched_by_schema("", "bench-op") == 0
+
+
+def test_the_flow_schema_matches_one_service_account_everywhere() -> None:
+    schema = flow_schema("bench-op", "tradingbot-system", "op")
+    (rule,) = schema["spec"]["rules"]
+    (subject,) = rule["subjects"]
+    assert subject == {
+        "kind": "ServiceAccount",
+        "serviceAccount": {"namespace": "tradingbot-system", "name": "op"},
+    }
+    (resources,) = rule["resourceRules"]
+    assert resources["clusterScope"] is True and resources["namespaces"] == ["*"]
+    # Ahead of the built-in service-accounts schema (9000), or it would take the requests.
+    assert schema["spec"]["matchingPrecedence"] < 9000
