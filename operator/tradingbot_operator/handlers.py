@@ -27,6 +27,7 @@ from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.reconcile import BotReconciler, Fleet
 from tradingbot_operator.recorder import AuditRecorder
 from tradingbot_operator.settings import OperatorSettings
+from tradingbot_operator.sharding import foreign_finalizers
 from tradingbot_operator.sinks import audit_log_sink, kube_event_sink
 from tradingbot_operator.watches import FleetSwitch, NodeHeartbeats, cancel
 
@@ -38,7 +39,7 @@ CACHE_SYNC_SECONDS = 60.0
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
     persistence = kopf_settings.persistence
-    persistence.finalizer = FINALIZER
+    persistence.finalizer = settings.shard_rule.finalizer(FINALIZER)
     persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
@@ -240,9 +241,20 @@ async def bot_loop(
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, when=in_shard)
-async def bot_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def bot_deleted(
+    namespace: str | None, name: str, memo: Any, patch: kopf.Patch, **_: Any
+) -> None:
     """The finalizer: stop the bot gracefully, keep its state, then let the object go. A
     standby waits here (writing nothing) until it leads or the leader removes the finalizer."""
     fleet = await _led_fleet(memo)
     if not await BotReconciler(fleet, str(namespace), name).finalize_once():
         raise kopf.TemporaryError("waiting for the bot to stop gracefully", delay=1)
+    own = fleet.settings.shard_rule.finalizer(FINALIZER)
+    # Applied by kopf to the freshest body, with the removal of its own finalizer.
+    patch.fns.append(lambda body: _drop_foreign_finalizers(body, own))
+
+
+def _drop_foreign_finalizers(body: Any, own: str) -> None:
+    meta = body.get("metadata") or {}
+    for stale in foreign_finalizers(list(meta.get("finalizers") or []), FINALIZER, own):
+        meta["finalizers"].remove(stale)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tradingbot_operator.sharding import Shard, shard_of
+from tradingbot_operator.sharding import Shard, foreign_finalizers, shard_of
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,20 @@ def test_one_shard_owns_everything_under_the_plain_lease_name() -> None:
     assert Shard().owns("any", "bot")
     assert Shard().lease_name == "tradingbot-operator"
     assert Shard(1, 2).lease_name == "tradingbot-operator-shard-1-of-2"
+
+
+def test_each_shard_layout_has_a_finalizer_of_its_own() -> None:
+    base = "trading.r7.dev/finalizer"
+    assert Shard().finalizer(base) == base
+    names = {Shard(i, 2).finalizer(base) for i in range(2)} | {Shard(0, 3).finalizer(base)}
+    assert names == {f"{base}-shard-0-of-2", f"{base}-shard-1-of-2", f"{base}-shard-0-of-3"}
+    # A qualified finalizer name: its part after the slash is at most 63 characters.
+    assert len(Shard(99, 100).finalizer(base).split("/")[1]) <= 63
+
+
+def test_the_owner_removes_the_finalizers_an_earlier_shard_layout_added() -> None:
+    base = "trading.r7.dev/finalizer"
+    own = Shard(1, 3).finalizer(base)
+    present = [base, f"{base}-shard-0-of-2", own, "example.com/keep", f"{base}x"]
+    assert foreign_finalizers(present, base, own) == [base, f"{base}-shard-0-of-2"]
+    assert foreign_finalizers([own], base, own) == []
