@@ -1,6 +1,6 @@
 """Operator-wide facts that change without any event on a bot: node heartbeats and the
-fleet-wide kill switch. Each is one small poll for the whole operator (not per bot), and a
-change wakes exactly the bots it concerns.
+fleet-wide kill switch. Each is one small poll or watch for the whole operator (not per
+bot), and a change wakes exactly the bots it concerns.
 
 - Node heartbeats: the node Leases in `kube-node-lease` (renewed by each kubelet, or by the
   localkube process node). A node whose Lease was not renewed within its duration (plus a
@@ -16,9 +16,11 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from tradingbot_api.constants import FLEET_SWITCH_KEY, HaltMode, effective_halt
+from tradingbot_api.informer import Informer
+from tradingbot_api.kubeclient import KubeClient
 from tradingbot_api.times import parse_time, utc_now
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,17 @@ def stale_nodes(leases: Iterable[Mapping[str, Any]], now: dt.datetime) -> set[st
     }
 
 
-class Lister(Protocol):
-    async def request(self, method: str, path: str) -> Any: ...
-
-
 class NodeHeartbeats:
-    """Which nodes stopped heartbeating, refreshed every `poll` seconds."""
+    """Which nodes stopped heartbeating: the Leases come from a watch, and every `poll`
+    seconds they are judged against the clock here, without a request (a dead node sends
+    nothing, so the verdict is the clock's). No verdict before the first list is in. A
+    stalled watch can only make a live node look lost, and a pod on a lost node is replaced
+    only once its bot's own Lease, read live, has expired too."""
 
-    def __init__(self, api: Lister, poll: float = 2.0) -> None:
-        self.api = api
+    def __init__(self, client: KubeClient, poll: float = 2.0) -> None:
+        self.informer = Informer(
+            client, f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
+        )
         self.poll = poll
         self.stale: set[str] = set()
         self.known: set[str] = set()
@@ -68,12 +72,12 @@ class NodeHeartbeats:
         whose kubelets publish none) never does."""
         return bool(node) and node in self.stale
 
-    async def refresh(self) -> set[str]:
-        """Re-read the Leases; returns the nodes that became stale just now."""
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
-        result = await self.api.request("GET", path)
-        leases = list((result or {}).get("items") or [])
-        stale = stale_nodes(leases, utc_now())
+    def judge(self, now: dt.datetime) -> set[str]:
+        """Judge the Leases as watched; returns the nodes that became stale just now."""
+        if not self.informer.synced.is_set():
+            return set()
+        leases = list(self.informer.store.objects.values())
+        stale = stale_nodes(leases, now)
         newly = stale - self.stale
         self.stale = stale
         self.known = {str((lease.get("metadata") or {}).get("name")) for lease in leases}
@@ -82,51 +86,47 @@ class NodeHeartbeats:
         return newly
 
     async def run(self, on_stale: Callable[[set[str]], None]) -> None:
-        while True:
-            try:
-                newly = await self.refresh()
-            except Exception as err:  # no verdict: keep the last one, try again
-                log.warning("cannot read node heartbeats (%s)", err)
-                newly = set()
-            if newly:
-                on_stale(newly)
-            await asyncio.sleep(self.poll)
+        watching = asyncio.create_task(self.informer.run(), name="node-heartbeats")
+        try:
+            while True:
+                newly = self.judge(utc_now())
+                if newly:
+                    on_stale(newly)
+                await asyncio.sleep(self.poll)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
 
 
 class FleetSwitch:
-    """The fleet-wide kill switch, re-read every `poll` seconds."""
+    """The fleet-wide kill switch, kept by a watch of its one ConfigMap (a field selector on
+    its name, which the chart's reader Role names): an engaged switch reaches the operator
+    within the watch's latency, and at rest costs one request per watch period instead of a
+    read a second. The bots watch it themselves; this is what the operator decides by."""
 
-    def __init__(self, api: Lister, namespace: str, name: str, poll: float = 1.0) -> None:
-        self.api = api
-        self.path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
-        self.poll = poll
+    def __init__(self, client: KubeClient, namespace: str, name: str) -> None:
+        self.informer = Informer(
+            client,
+            f"/api/v1/namespaces/{namespace}/configmaps",
+            query={"fieldSelector": f"metadata.name={name}"},
+            on_change=self._changed,
+        )
         self.mode: HaltMode | None = None
+        self._on_change: Callable[[], None] | None = None
 
-    async def refresh(self) -> bool:
-        """Re-read the switch; returns whether its mode changed."""
-        try:
-            obj = await self.api.request("GET", self.path)
-        except Exception as err:
-            if getattr(err, "status", None) != 404:
-                raise
-            obj = None  # no ConfigMap: no fleet-wide halt
+    def _changed(self, _key: Any, obj: Mapping[str, Any] | None) -> None:
         mode = effective_halt(((obj or {}).get("data") or {}).get(FLEET_SWITCH_KEY))
-        changed = mode != self.mode
-        if changed:
-            log.warning("fleet-wide kill switch: %s", mode or "off")
+        if mode == self.mode:
+            return
+        log.warning("fleet-wide kill switch: %s", mode or "off")
         self.mode = mode
-        return changed
+        if self._on_change is not None:
+            self._on_change()
 
     async def run(self, on_change: Callable[[], None]) -> None:
-        while True:
-            try:
-                changed = await self.refresh()
-            except Exception as err:
-                log.warning("cannot read the fleet switch (%s)", err)
-                changed = False
-            if changed:
-                on_change()
-            await asyncio.sleep(self.poll)
+        self._on_change = on_change
+        await self.informer.run()
 
 
 async def cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
