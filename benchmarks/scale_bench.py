@@ -176,7 +176,9 @@ def run(bots: int = BOTS) -> str:
         f"{bots} TradingBots created before the operator starts ({create_seconds:.0f} s to "
         "create); a stand-in kubelet marks pods Ready within 0.5 s (no bot processes run). "
         "The floor (`benchmarks.scale_floor`) ran first on the same API server, with its own "
-        f"{bots} bots in another namespace (left in place).",
+        f"{bots} bots in another namespace (left in place). The operator's requests are "
+        "counted by the API server for its ServiceAccount alone (a FlowSchema of ours, "
+        "`benchmarks/apiserver_requests.py`).",
         "",
         "| measurement | result |",
         "|---|---|",
