@@ -111,7 +111,18 @@ def run(bots: int = BOTS) -> str:
         kubeconfig = product.operator_kubeconfig(cluster, api, Path(tmp) / "op.kubeconfig")
         requests = RequestCounter(api, product.OPERATOR_NAMESPACE, product.chart_account())
         requests.install()
-        operator = OperatorProcess(kubeconfig, NAMESPACE, Path(tmp) / "operator.log")
+        # As the chart runs it: leader election on, the fleet switch watched.
+        operator = OperatorProcess(
+            kubeconfig,
+            NAMESPACE,
+            Path(tmp) / "operator.log",
+            extra_env={
+                "POD_NAME": "scale-0",
+                "TRADINGBOT_OPERATOR_LEADER_ELECTION": "true",
+                "TRADINGBOT_OPERATOR_LEADER_NAMESPACE": product.OPERATOR_NAMESPACE,
+                "TRADINGBOT_OPERATOR_FLEET_SWITCH": product.fleet_switch(),
+            },
+        )
         peak = [0.0]
         stop = threading.Event()
         try:
@@ -174,7 +185,9 @@ def run(bots: int = BOTS) -> str:
     churn = summarize(durations) if durations else None
     lines = [
         f"{bots} TradingBots created before the operator starts ({create_seconds:.0f} s to "
-        "create); a stand-in kubelet marks pods Ready within 0.5 s (no bot processes run). "
+        "create); the operator runs with the chart's identity and settings (leader election, "
+        "the fleet switch); a stand-in kubelet marks pods Ready within 0.5 s (no bot "
+        "processes run). "
         "The floor (`benchmarks.scale_floor`) ran first on the same API server, with its own "
         f"{bots} bots in another namespace (left in place). The operator's requests are "
         "counted by the API server for its ServiceAccount alone (a FlowSchema of ours, "
