@@ -203,7 +203,9 @@ def run(bots: int = BOTS) -> str:
             "",
             "| measurement | result |",
             "|---|---|",
-            f"| edits sent / restarts completed during the churn | {edits} / {len(during)} |",
+            f"| edits sent, over, rate achieved | {edits} in {churn_wall:.0f} s "
+            f"({edits / churn_wall:.1f}/s; one synchronous sender) |",
+            f"| restarts completed while the edits went on | {len(during)} |",
             f"| restart duration p50 / p95 / p99 / max | {durations['median']:.2f} s / "
             f"{durations['p95']:.2f} s / {durations['p99']:.2f} s / {durations['max']:.2f} s |",
             f"| backlog (bots behind their spec), mean in the first minute / the last minute "
