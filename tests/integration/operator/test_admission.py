@@ -192,7 +192,7 @@ def chart_operator(
         or d["metadata"]["name"].endswith("-admission")
     ]
     kube.apply(api_client, identity)
-    sa = next(d["metadata"]["name"] for d in identity if d["kind"] == "ServiceAccount")
+    sa = product.chart_account(namespace)
     kubeconfig = kube.service_account_kubeconfig(cluster, api_client, namespace, sa, tmp_path)
     proc = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
     yield proc
