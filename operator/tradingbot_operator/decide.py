@@ -26,6 +26,7 @@ from tradingbot_operator.decide_running import change_requested, pod_current
 from tradingbot_operator.decide_starting import new_pod_not_ready, new_pod_ready, no_pod
 from tradingbot_operator.decide_stopping import (
     bot_is_being_deleted,
+    half_deleted_pods,
     halt_requested,
     pod_still_terminating,
     pods_on_lost_nodes,
@@ -59,6 +60,7 @@ def decide(
 
 
 CHAIN: tuple[Check, ...] = (
+    half_deleted_pods,
     pods_on_lost_nodes,
     bot_is_being_deleted,
     halt_requested,

@@ -23,6 +23,11 @@ class FieldChange:
     new: Any
 
 
+# How long a pod marked for removal at once may stay before its deletion is taken as cut
+# off midway (the removal normally follows the mark within milliseconds).
+HALF_DELETED_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class PodFacts:
     """What the operator needs to know about one pod of a bot."""
@@ -32,6 +37,9 @@ class PodFacts:
     config_hash: str | None
     created_at: dt.datetime | None
     deleting: bool = False
+    # Set by the API server's first phase of a deletion; 0 means "remove at once".
+    deletion_due: dt.datetime | None = None
+    deletion_grace_seconds: int | None = None
     ready: bool = False
     terminated: bool = False
     restart_count: int = 0
@@ -39,6 +47,18 @@ class PodFacts:
     node_lost: bool = False  # its node stopped heartbeating and its bot holds no Lease
     last_exit_reason: str | None = None
     last_exit_code: int | None = None
+
+    def half_deleted(self, now: dt.datetime) -> bool:
+        """The API server deletes in two phases (mark, then remove); when the second fails
+        (the deleting client cut off mid-request), a pod marked for removal at once stays,
+        and only a kubelet or the pod garbage collector would remove it. Kubernetes
+        documents the recovery: the same delete again."""
+        return (
+            self.deleting
+            and self.deletion_grace_seconds == 0
+            and self.deletion_due is not None
+            and (now - self.deletion_due).total_seconds() > HALF_DELETED_SECONDS
+        )
 
     @property
     def crash_looping(self) -> bool:

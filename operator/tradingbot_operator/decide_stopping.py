@@ -1,7 +1,7 @@
 """The chain's first steps: pods that must go before anything else.
 
-A pod on a lost node, a deleted TradingBot, the kill switch, surplus pods, and a pod still
-terminating (never create one while an old one exists).
+A deletion left half done, a pod on a lost node, a deleted TradingBot, the kill switch,
+surplus pods, and a pod still terminating (never create one while an old one exists).
 """
 
 from __future__ import annotations
@@ -48,6 +48,16 @@ def bot_is_being_deleted(ctx: Context) -> bool:
             details={"trigger": "deletion"},
         )
     return True
+
+
+def half_deleted_pods(ctx: Context) -> bool:
+    """A deletion the API server marked but never finished (see PodFacts.half_deleted) is
+    finished, whatever else this pass decides: every step below waits for such a pod to
+    go, and without a kubelet or pod garbage collector for it, it never would."""
+    for pod in ctx.pods:
+        if pod.half_deleted(ctx.now) and not pod.node_lost:  # the next step deletes those
+            ctx.decision.actions.append(DeletePod(pod.name, pod.uid, 0))
+    return False
 
 
 def pods_on_lost_nodes(ctx: Context) -> bool:

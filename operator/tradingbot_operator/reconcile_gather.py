@@ -99,6 +99,8 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         config_hash=(meta.get("annotations") or {}).get(ANNOTATION_CONFIG_HASH),
         created_at=parse_time(meta.get("creationTimestamp")),
         deleting=bool(meta.get("deletionTimestamp")),
+        deletion_due=parse_time(meta.get("deletionTimestamp")),
+        deletion_grace_seconds=meta.get("deletionGracePeriodSeconds"),
         ready=ready,
         terminated=status.get("phase") in ("Succeeded", "Failed"),
         restart_count=restarts,

@@ -256,6 +256,41 @@ def test_the_new_pod_is_never_created_while_the_old_one_terminates() -> None:
     assert world.step().actions == [CreatePod("h2")]
 
 
+@pytest.mark.parametrize(
+    ("grace", "age", "again"),
+    [
+        (0, 5.0, True),  # marked for removal at once, long ago: the removal was cut off
+        (0, 0.5, False),  # the removal normally follows within milliseconds
+        (30, 60.0, False),  # a graceful stop: the kubelet's to finish
+        (None, 60.0, False),
+    ],
+)
+def test_a_deletion_the_api_server_left_half_done_is_issued_again(
+    grace: int | None, age: float, again: bool
+) -> None:
+    world = running_world(coalesce_seconds=0)
+    world.edit("h2", "spec.symbols")
+    world.step()
+    (pod,) = world.pods
+    world.pods = [dataclasses.replace(pod, deletion_due=world.now, deletion_grace_seconds=grace)]
+    world.tick(age)
+    d = world.step()
+    assert d.actions == ([DeletePod(pod.name, pod.uid, 0)] if again else [])
+    world.finish_deletions()
+    assert world.step().actions == [CreatePod("h2")]
+
+
+def test_a_half_deleted_pod_does_not_hold_up_a_deletion_or_a_halt() -> None:
+    for change in ({"deleting": True}, {"halt_mode": HaltMode.TRUE}):
+        world = running_world()
+        world.set(**change)
+        world.step()
+        (pod,) = world.pods
+        world.pods = [dataclasses.replace(pod, deletion_due=world.now, deletion_grace_seconds=0)]
+        world.tick(10)
+        assert DeletePod(pod.name, pod.uid, 0) in world.step().actions, change
+
+
 def test_surplus_pods_are_deleted_keeping_the_current_ready_one() -> None:
     world = running_world()
     stray = PodFacts(name="stray", uid="uid-x", config_hash="h0", created_at=T0)
