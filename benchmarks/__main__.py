@@ -47,6 +47,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
         (),
     ),
     "scale": ("benchmarks.scale_bench", "Scale: 1,000 TradingBots on one operator", ()),
+    "scale-sweep": (
+        "benchmarks.scale_sweep",
+        "Scale against fleet size: cold start, floor and RSS",
+        (),
+    ),
     "churn": (
         "benchmarks.churn_bench",
         "Churn: 10 edits/s over random bots of 1,000 for 5 minutes",

@@ -10,6 +10,7 @@ kubelet send. A watch counts once, when it is opened (again on every re-establis
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Final
 
 from kubernetes import client
@@ -17,6 +18,7 @@ from kubernetes import client
 from localkube import product
 
 DISPATCHED: Final = "apiserver_flowcontrol_dispatched_requests_total"
+SERVED: Final = "apiserver_request_total"
 # Ahead of the built-in schemas (system-leader-election 100 ... service-accounts 9000), after
 # exempt (1) and probes.
 PRECEDENCE: Final = 50
@@ -74,6 +76,30 @@ def dispatched_by_schema(exposition: str, schema: str) -> float:
     return total
 
 
+def served_by_kind(exposition: str) -> Counter[tuple[str, str]]:
+    """Every client's requests by (verb, resource[/subresource]) in a /metrics text, summed
+    over response codes and scopes. Not per identity: take the difference over a window in
+    which the clients are known."""
+    served: Counter[tuple[str, str]] = Counter()
+    for line in exposition.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match["name"] != SERVED:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        resource = labels.get("resource", "")
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        served[(labels.get("verb", ""), resource)] += int(float(match["value"]))
+    return served
+
+
+def metrics_text(api: client.ApiClient) -> str:
+    """The API server's /metrics (the admin client authenticates at the TLS layer)."""
+    response = api.call_api("GET", f"{api.configuration.host}/metrics")
+    response.read()
+    return str(response.data.decode())
+
+
 class RequestCounter:
     """Counts one ServiceAccount's requests: `install()` once, `count()` at any time."""
 
@@ -87,7 +113,4 @@ class RequestCounter:
         product.apply_objects(self.api, [flow_schema(self.schema, self.namespace, self.account)])
 
     def count(self) -> float:
-        # The admin client authenticates by its client certificate, at the TLS layer.
-        response = self.api.call_api("GET", f"{self.api.configuration.host}/metrics")
-        response.read()
-        return dispatched_by_schema(response.data.decode(), self.schema)
+        return dispatched_by_schema(metrics_text(self.api), self.schema)

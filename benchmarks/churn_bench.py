@@ -24,7 +24,7 @@ from typing import Any
 from kubernetes import client, config, watch
 
 from benchmarks.report import summarize
-from benchmarks.scale_bench import NAMESPACE, _phases, _store_bots
+from benchmarks.scale_bench import NAMESPACE, bot_phases, store_bots
 from localkube import binaries, product
 from localkube.cluster import LocalCluster
 from tests.integration.invalid_specs import VALID_BASE_SPEC
@@ -125,7 +125,7 @@ def run(bots: int = BOTS) -> str:
         product.install_crds(api)
         spec: dict[str, Any] = copy.deepcopy(VALID_BASE_SPEC)
         spec["restartPolicy"].update(coalesceSeconds=1, maxRestartsPerHour=3600)
-        _store_bots(api, custom, NAMESPACE, bots, spec)
+        store_bots(api, custom, NAMESPACE, bots, spec)
         kubelet = Kubelet(api, NAMESPACE, delay=0.0, poll=0.5)
         kubelet.start()
         kubeconfig = product.operator_kubeconfig(cluster, api, Path(tmp) / "op.kubeconfig")
@@ -142,7 +142,7 @@ def run(bots: int = BOTS) -> str:
             operator.start()
             deadline = time.perf_counter() + 1800
             while time.perf_counter() < deadline:
-                if sum(p == "Running" for p in _phases(custom).values()) == bots:
+                if sum(p == "Running" for p in bot_phases(custom).values()) == bots:
                     break
                 time.sleep(1)
             log.start()

@@ -40,21 +40,21 @@ SETTLE_SECONDS = 15.0
 STEADY_SECONDS = 120.0
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def _phases(custom: client.CustomObjectsApi) -> dict[str, str]:
+def bot_phases(custom: client.CustomObjectsApi) -> dict[str, str]:
     items = custom.list_namespaced_custom_object(
         "trading.r7.dev", "v1alpha1", NAMESPACE, "tradingbots"
     )["items"]
     return {b["metadata"]["name"]: (b.get("status") or {}).get("phase", "") for b in items}
 
 
-def _store_bots(
+def store_bots(
     api: client.ApiClient,
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -96,7 +96,7 @@ def run(bots: int = BOTS) -> str:
         spec: dict[str, Any] = copy.deepcopy(VALID_BASE_SPEC)
         spec["restartPolicy"].update(coalesceSeconds=1, maxRestartsPerHour=100)
         # The floor first, in a namespace of its own, the operator's run after it.
-        _store_bots(api, custom, FLOOR_NAMESPACE, bots, spec)
+        store_bots(api, custom, FLOOR_NAMESPACE, bots, spec)
         floor_kubelet = Kubelet(api, FLOOR_NAMESPACE, delay=0.0, poll=0.5)
         floor_kubelet.start()
         try:
@@ -104,7 +104,7 @@ def run(bots: int = BOTS) -> str:
         finally:
             floor_kubelet.stop()
         created = time.perf_counter()
-        _store_bots(api, custom, NAMESPACE, bots, spec)
+        store_bots(api, custom, NAMESPACE, bots, spec)
         create_seconds = time.perf_counter() - created
         kubelet = Kubelet(api, NAMESPACE, delay=0.0, poll=0.5)
         kubelet.start()
@@ -135,19 +135,19 @@ def run(bots: int = BOTS) -> str:
 
             def sample() -> None:
                 while not stop.wait(0.5):
-                    peak[0] = max(peak[0], _rss_mib(pid))
+                    peak[0] = max(peak[0], rss_mib(pid))
 
             threading.Thread(target=sample, daemon=True).start()
             deadline = started + 1800
             while time.perf_counter() < deadline:
-                phases = _phases(custom)
-                if sum(p == "Running" for p in phases.values()) == bots:
+                seen = bot_phases(custom)
+                if sum(p == "Running" for p in seen.values()) == bots:
                     break
                 time.sleep(1)
             cold = time.perf_counter() - started
             cold_requests = requests.count() - at_start
-            running = sum(p == "Running" for p in _phases(custom).values())
-            steady_rss = _rss_mib(pid)
+            running = sum(p == "Running" for p in bot_phases(custom).values())
+            steady_rss = rss_mib(pid)
             time.sleep(SETTLE_SECONDS)
             before, window = requests.count(), time.perf_counter()
             time.sleep(STEADY_SECONDS)

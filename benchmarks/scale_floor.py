@@ -37,6 +37,12 @@ async def _one(api: KubeApi, body: dict[str, Any], settings: OperatorSettings) -
     await api.patch_bot_status(bot.namespace, bot.name, {"phase": "Starting"}, None)
 
 
+def poll_seconds(bots: int) -> float:
+    """How often to list a fleet to see whether it is done: a LIST of thousands of objects
+    is itself work for the API server, so larger fleets are looked at less often."""
+    return max(0.5, bots / 1000)
+
+
 async def _all_ready(client: KubeClient, namespace: str, bots: int) -> None:
     while True:
         listed = await client.request("GET", f"/api/v1/namespaces/{namespace}/pods")
@@ -49,7 +55,7 @@ async def _all_ready(client: KubeClient, namespace: str, bots: int) -> None:
         )
         if ready >= bots:
             return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(poll_seconds(bots))
 
 
 async def _floor(kubeconfig: Path, namespace: str, bots: int) -> float:

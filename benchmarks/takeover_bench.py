@@ -21,7 +21,7 @@ from kubernetes import client, config
 
 from benchmarks.killswitch_bench import _wait
 from benchmarks.report import summarize
-from benchmarks.scale_bench import _store_bots
+from benchmarks.scale_bench import store_bots
 from localkube import binaries, product
 from localkube.cluster import LocalCluster
 from tests.integration.invalid_specs import VALID_BASE_SPEC
@@ -55,7 +55,7 @@ def run() -> str:
         product.install_crds(api)
         spec: dict[str, Any] = copy.deepcopy(VALID_BASE_SPEC)
         spec["restartPolicy"].update(coalesceSeconds=0, maxRestartsPerHour=100)
-        _store_bots(api, custom, NAMESPACE, BOTS, spec)
+        store_bots(api, custom, NAMESPACE, BOTS, spec)
         kubelet = Kubelet(api, NAMESPACE, delay=0.0, poll=0.2)
         kubelet.start()
         kubeconfig = product.operator_kubeconfig(cluster, api, Path(tmp) / "op.kubeconfig")

@@ -35,15 +35,28 @@ log = logging.getLogger(__name__)
 
 STARTUP_BACKOFF_SECONDS = 2.0
 CACHE_SYNC_SECONDS = 60.0
+# How long a new loop waits for kopf's finalizer to reach the cache (normally milliseconds).
+FINALIZER_WAIT_SECONDS = 2.0
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff for kopf: no handler of ours reacts to a change (the loops decide from the
+    whole object). With a stored diff base kopf would write each bot's whole spec into an
+    annotation once, a second write per bot at a cold start (and a status write refused
+    for it), and a field in every GitOps diff; here the base always equals the object."""
+
+    def fetch(self, *, body: Any) -> Any:
+        return self.build(body=body)
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
     persistence = kopf_settings.persistence
     persistence.finalizer = settings.shard_rule.finalizer(FINALIZER)
     persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    persistence.diffbase_storage = NoDiffBase()
     # Watches can silently stall without these (kopf issues 585, 614, 957).
     kopf_settings.watching.server_timeout = settings.watch_server_timeout
     kopf_settings.watching.client_timeout = settings.watch_client_timeout
@@ -228,7 +241,11 @@ async def _led_fleet(memo: Any) -> Fleet:
 
 @kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=10.0, when=in_shard)
 async def bot_loop(
-    namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: Any,
+    **_: Any,
 ) -> None:
     led = asyncio.ensure_future(_led_fleet(memo))
     stopping = asyncio.ensure_future(stopped.wait())
@@ -237,7 +254,17 @@ async def bot_loop(
     if not led.done():  # a standby being stopped
         led.cancel()
         return
-    await BotReconciler(led.result(), str(namespace), name).run(stopped)
+    fleet = led.result()
+    reconciler = BotReconciler(fleet, str(namespace), name)
+    # kopf starts the loop as it sends the patch adding its finalizer: a first status write
+    # made before our watch brings that change would be refused (at a cold start, a refused
+    # write and a read more per bot).
+    own = fleet.settings.shard_rule.finalizer(FINALIZER)
+    await reconciler.until_cached(
+        lambda bot: own in ((bot.get("metadata") or {}).get("finalizers") or []),
+        FINALIZER_WAIT_SECONDS,
+    )
+    await reconciler.run(stopped)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, when=in_shard)

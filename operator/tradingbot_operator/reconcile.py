@@ -10,6 +10,7 @@ next pass (see `decide`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -172,6 +173,22 @@ class BotReconciler:
                     await self._sleep(decision.requeue_after, stopped)
         finally:
             self.fleet.wakeups.pop(self.key, None)
+
+    async def until_cached(
+        self, condition: Callable[[Mapping[str, Any]], bool], timeout: float
+    ) -> None:
+        """Wait (at most `timeout`) until the cached bot meets `condition`; at once without
+        a cache or when the cache does not hold the bot."""
+        cache = self.fleet.cache
+        deadline = time.monotonic() + timeout
+        while cache is not None:
+            bot = cache.bot(self.key)
+            remaining = deadline - time.monotonic()
+            if bot is None or condition(bot) or remaining <= 0:
+                return
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), remaining)
 
     async def _sleep(self, seconds: float | None, stopped: Any) -> None:
         """Until woken by a watch event, stopped by kopf, or the requeue time."""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from benchmarks.apiserver_requests import DISPATCHED, dispatched_by_schema, flow_schema
+from benchmarks.apiserver_requests import (
+    DISPATCHED,
+    SERVED,
+    dispatched_by_schema,
+    flow_schema,
+    served_by_kind,
+)
 
 EXPOSITION = f"""\
 # HELP {DISPATCHED} Number of requests executed by API Priority and Fairness subsystem
@@ -34,3 +40,23 @@ def test_the_flow_schema_matches_one_service_account_everywhere() -> None:
     assert resources["clusterScope"] is True and resources["namespaces"] == ["*"]
     # Ahead of the built-in service-accounts schema (9000), or it would take the requests.
     assert schema["spec"]["matchingPrecedence"] < 9000
+
+
+def test_served_requests_are_summed_by_verb_and_resource_over_codes_and_scopes() -> None:
+    pods = 'resource="pods",scope="namespace",subresource=""'
+    text = "\n".join(
+        [
+            f"# TYPE {SERVED} counter",
+            f'{SERVED}{{code="201",{pods},verb="POST"}} 9',
+            f'{SERVED}{{code="409",{pods},verb="POST"}} 1',
+            f'{SERVED}{{code="200",{pods},verb="LIST"}} 3',
+            f'{SERVED}{{code="200",resource="pods",subresource="status",verb="PATCH"}} 5',
+            f'{SERVED}_other{{resource="pods",verb="POST"}} 100',
+            f'{DISPATCHED}{{flow_schema="x",priority_level="y"}} 7',
+        ]
+    )
+    assert served_by_kind(text) == {
+        ("POST", "pods"): 10,
+        ("LIST", "pods"): 3,
+        ("PATCH", "pods/status"): 5,
+    }

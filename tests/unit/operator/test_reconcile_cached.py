@@ -29,7 +29,7 @@ from tradingbot_api.kubeclient import KubeError
 from tradingbot_operator.cache import FleetCache
 from tradingbot_operator.kubeapi import KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
-from tradingbot_operator.reconcile import Fleet
+from tradingbot_operator.reconcile import BotReconciler, Fleet
 from tradingbot_operator.recorder import AuditRecorder
 from tradingbot_operator.settings import OperatorSettings
 
@@ -200,3 +200,48 @@ async def test_the_finalizer_on_a_stale_cache_reads_again_instead_of_failing(
     assert await reconciler(fleet).finalize_once() is False  # stopping the bot first
     assert pods(server) == [] or pods(server)[0]["metadata"].get("deletionTimestamp")
     assert status(server)["phase"] == "Stopping"
+
+
+async def test_a_new_loop_waits_for_the_finalizer_being_added_and_then_writes_once(
+    server: FakeApiServer, audit: Log
+) -> None:
+    """kopf starts a bot's loop as it sends the patch adding its finalizer; a loop that
+    waits for it in the cache writes its first status without a refusal or a fresh read."""
+    fleet = Fleet(
+        settings=OperatorSettings(node_heartbeats=False),
+        api=KubeApi(server),  # type: ignore[arg-type]
+        recorder=AuditRecorder(durable=[audit]),
+        metrics=OperatorMetrics(),
+    )
+    fleet.cache = FleetCache(
+        server,  # type: ignore[arg-type]
+        NS,
+        lambda key: fleet.wake(*key),
+        watch_seconds=60,
+    )
+    tasks = fleet.cache.start()
+    try:
+        await asyncio.wait_for(fleet.cache.synced(), 5)
+        loop = reconciler(fleet)
+
+        def finalized(bot: Any) -> bool:
+            return "example/finalizer" in (bot["metadata"].get("finalizers") or [])
+
+        waiting = asyncio.create_task(loop.until_cached(finalized, 5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        user_patch(server, {"metadata": {"finalizers": ["example/finalizer"]}})
+        await asyncio.wait_for(waiting, 2)
+        since = len(server.calls)
+        await loop.reconcile_once()  # a refused write would raise here
+        assert status(server)["phase"]
+        assert [r for r in reads(server, since) if "/tradingbots" in r] == []
+        # Bounded: a condition never met ends at the timeout, a bot not cached at once.
+        started = asyncio.get_running_loop().time()
+        await loop.until_cached(lambda bot: False, 0.2)
+        assert 0.15 < asyncio.get_running_loop().time() - started < 1.0
+        await BotReconciler(fleet, NS, "absent").until_cached(lambda bot: False, 60)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
