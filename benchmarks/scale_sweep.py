@@ -59,7 +59,24 @@ class Point:
     rss: float
     peak: float
     requests: float
+    # CPU seconds spent over the floor and over the cold start, by process.
+    floor_cpu: dict[str, float] = field(default_factory=dict)
+    cold_cpu: dict[str, float] = field(default_factory=dict)
     by_kind: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a live process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def _spent(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
 def sizes() -> tuple[int, ...]:
@@ -85,10 +102,14 @@ def measure(bots: int) -> Point:
         spec: dict[str, Any] = copy.deepcopy(VALID_BASE_SPEC)
         spec["restartPolicy"].update(coalesceSeconds=1, maxRestartsPerHour=100)
         store_bots(api, custom, FLOOR_NAMESPACE, bots, spec)
+        assert cluster.state is not None
+        plane = {"kube-apiserver": cluster.state.apiserver_pid, "etcd": cluster.state.etcd_pid}
         floor_kubelet = WatchKubelet(api, FLOOR_NAMESPACE)
         floor_kubelet.start()
         try:
+            before = _cpu(plane)
             floor = floor_seconds(cluster.kubeconfig, FLOOR_NAMESPACE, bots)
+            floor_cpu = _spent(_cpu(plane), before)
         finally:
             floor_kubelet.stop()
             floor_kubelet.join(timeout=30)
@@ -115,10 +136,12 @@ def measure(bots: int) -> Point:
         try:
             time.sleep(2)  # the FlowSchema is in effect once the API server's config syncs
             at_start, served_before = requests.count(), served_by_kind(metrics_text(api))
+            cpu_before = _cpu(plane)
             started = time.perf_counter()
             operator.start()
             assert operator.proc is not None
             pid = operator.proc.pid
+            plane["operator"] = pid
 
             def sample() -> None:
                 while not stop.wait(0.5):
@@ -133,6 +156,7 @@ def measure(bots: int) -> Point:
                     break
                 time.sleep(poll_seconds(bots))
             cold = time.perf_counter() - started
+            cold_cpu = _spent(_cpu(plane), cpu_before)
             cold_requests = requests.count() - at_start
             served = served_by_kind(metrics_text(api))
             served.subtract(served_before)
@@ -152,7 +176,9 @@ def measure(bots: int) -> Point:
     )
     # Requests for no resource (our /metrics reads, health checks) are left out.
     by_kind = Counter({k: v for k, v in served.items() if v > 0 and k[1]})
-    return Point(bots, floor, cold, running, rss, peak[0], cold_requests, by_kind)
+    return Point(
+        bots, floor, cold, running, rss, peak[0], cold_requests, floor_cpu, cold_cpu, by_kind
+    )
 
 
 def plot(points: list[Point]) -> None:
@@ -222,14 +248,18 @@ def run() -> str:
         "stand-in kubelet driven by a watch marks pods Ready (no bot processes run).",
         "",
         "| bots | floor | cold start → all Running | cold start / floor | RSS after / peak "
-        "| operator requests per bot |",
-        "|---|---|---|---|---|---|",
+        "| operator requests per bot | CPU s, floor: API server + etcd | CPU s, cold start: "
+        "operator / API server + etcd |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
+        plane_floor = p.floor_cpu.get("kube-apiserver", 0) + p.floor_cpu.get("etcd", 0)
+        plane_cold = p.cold_cpu.get("kube-apiserver", 0) + p.cold_cpu.get("etcd", 0)
         lines.append(
             f"| {p.bots:,} | {p.floor:.0f} s | {p.cold:.0f} s ({p.running:,} Running) | "
             f"{p.cold / p.floor:.1f} | {p.rss:.0f} MiB / {p.peak:.0f} MiB | "
-            f"{p.requests / p.bots:.1f} |"
+            f"{p.requests / p.bots:.1f} | {plane_floor:.0f} | "
+            f"{p.cold_cpu.get('operator', 0):.0f} / {plane_cold:.0f} |"
         )
     lines += ["", "![cold start and RSS against fleet size](scale.png)", ""]
     chosen = next((p for p in points if p.bots == BREAKDOWN_SIZE), points[-1])
