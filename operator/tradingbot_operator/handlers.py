@@ -43,10 +43,14 @@ class NoDiffBase(kopf.DiffBaseStorage):
     """No diff for kopf: no handler of ours reacts to a change (the loops decide from the
     whole object). With a stored diff base kopf would write each bot's whole spec into an
     annotation once, a second write per bot at a cold start (and a status write refused
-    for it), and a field in every GitOps diff; here the base always equals the object."""
+    for it), and a field in every GitOps diff. Here the essence kopf compares is empty
+    (not a copy of each object on every event) and never changes."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
 
     def fetch(self, *, body: Any) -> Any:
-        return self.build(body=body)
+        return {}
 
     def store(self, *, body: Any, patch: Any, essence: Any) -> None:
         return None
