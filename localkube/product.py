@@ -26,7 +26,15 @@ SAMPLES = binaries.REPO_ROOT / "config" / "samples"
 FIELD_MANAGER = "localkube"
 OPERATOR_NAMESPACE = "tradingbot-system"
 TOKEN_SECONDS = 7 * 24 * 3600
-IDENTITY_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+# Who the operator is, what it may do, and the API priority of its leader Lease.
+IDENTITY_KINDS = (
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "FlowSchema",
+)
 
 
 def render_chart(namespace: str, release: str = "tb", **values: str) -> list[dict[str, Any]]:

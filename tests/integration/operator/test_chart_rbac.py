@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 
 from localkube import binaries
 from localkube.cluster import LocalCluster
-from localkube.product import chart_account, render_chart
+from localkube.product import IDENTITY_KINDS, chart_account, render_chart
 from tests import kube
 from tests.integration.invalid_specs import VALID_BASE_SPEC
 from tests.integration.operator.harness import Bots, Kubelet, OperatorProcess, PodCensus
@@ -174,6 +175,11 @@ def test_chart_runs_replicas_with_a_leader_and_the_audit_writer_on_its_own() -> 
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     single = render_chart("tradingbot-system", **{"operator.replicas": "1"})
     assert "PodDisruptionBudget" not in {d["kind"] for d in single}
+    # The leader Lease's requests have a priority of their own (off where policy forbids).
+    (flow,) = [d for d in docs if d["kind"] == "FlowSchema"]
+    assert flow["spec"]["priorityLevelConfiguration"]["name"] == "leader-election"
+    unprioritised = render_chart("tradingbot-system", **{"operator.leaderFlowSchema": "false"})
+    assert "FlowSchema" not in {d["kind"] for d in unprioritised}
 
     # One audit writer, a StatefulSet of one, on the claim kept across uninstalls.
     assert statefulset["spec"]["replicas"] == 1
@@ -268,3 +274,44 @@ def test_helm_template_works_with_no_flags_and_helm_knows_its_kubernetes() -> No
         [helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_the_leader_lease_goes_to_the_leader_election_priority_level(
+    cluster: LocalCluster, api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """A fleet's cold start fills the operator's own flow (queued, then 429): its leader
+    Lease must not wait in that queue, or the leader loses its Lease to its own fleet."""
+    kube.apply(api_client, [d for d in render_chart(namespace) if d["kind"] in IDENTITY_KINDS])
+    kubeconfig = kube.service_account_kubeconfig(
+        cluster, api_client, namespace, chart_account(namespace), tmp_path
+    )
+    operator = config.new_client_from_config(config_file=str(kubeconfig))
+    (schema,) = [d for d in render_chart(namespace) if d["kind"] == "FlowSchema"]
+    uid = (
+        client.FlowcontrolApiserverV1Api(api_client)
+        .read_flow_schema(schema["metadata"]["name"])
+        .metadata.uid
+    )
+
+    def flow_schema_of(call: Callable[[], Any]) -> str:
+        try:
+            headers = call()[2]
+        except client.ApiException as err:  # a Lease not there yet answers 404, as classified
+            headers = err.headers
+        return str(headers.get("X-Kubernetes-PF-FlowSchema-UID"))
+
+    leases = client.CoordinationV1Api(operator)
+    kube.wait_for(  # the API server takes up a new FlowSchema within a second or so
+        lambda: (
+            flow_schema_of(
+                lambda: leases.read_namespaced_lease_with_http_info(
+                    "tradingbot-operator", namespace
+                )
+            )
+            == uid
+        ),
+        timeout=20,
+        message="the Lease read classified by the chart's FlowSchema",
+    )
+    pods = client.CoreV1Api(operator)
+    assert flow_schema_of(lambda: pods.list_namespaced_pod_with_http_info(namespace)) != uid
