@@ -103,6 +103,12 @@ class Fleet:
 
     # The node each bot's pods were last seen on, to wake the bots of a node that goes quiet.
     pod_nodes: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    # Passes in flight at once (settings.max_concurrent_passes).
+    passes: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.passes = asyncio.Semaphore(self.settings.max_concurrent_passes)
+
     # False once this replica's leader Lease is past its renew deadline: no pass may act.
     may_act: Callable[[], bool] = field(default=lambda: True)
 
@@ -202,6 +208,10 @@ class BotReconciler:
                 waiter.cancel()
 
     async def reconcile_once(self, *, deleting: bool = False) -> Decision:
+        async with self.fleet.passes:
+            return await self._reconcile_once(deleting)
+
+    async def _reconcile_once(self, deleting: bool) -> Decision:
         if not self.fleet.may_act():
             raise NotLeaderError(f"{self.namespace}/{self.name}: the leader Lease is not held")
         started = time.perf_counter()

@@ -44,6 +44,13 @@ class OperatorSettings(BaseSettings):
     max_concurrent_restarts: int = Field(
         default=0, ge=0, description="Bots restarting at once, operator-wide; 0 = unlimited."
     )
+    max_concurrent_passes: int = Field(
+        default=64,
+        ge=1,
+        description="Reconcile passes making API requests at once: thousands of bots starting "
+        "together queue here instead of in the HTTP pool, where waiting counts against the "
+        "connect timeout and a pass fails.",
+    )
     ready_timeout_seconds: float = Field(
         default=120.0, gt=0, description="A new bot pod not ready within this is a failed attempt."
     )

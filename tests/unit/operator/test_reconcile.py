@@ -8,6 +8,7 @@ decided is lost when a write fails.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from tradingbot_api.constants import (
     state_configmap_name,
 )
 from tradingbot_api.kubeclient import KubeError
+from tradingbot_operator.decide_outcome import Decision
 from tradingbot_operator.kubeapi import KubeApi
 from tradingbot_operator.metrics import OperatorMetrics
 from tradingbot_operator.reconcile import BotReconciler, Fleet, _Gone
@@ -301,3 +303,31 @@ async def test_an_unreachable_api_server_changes_nothing(
         await reconciler(fleet).reconcile_once()
     assert raised.value.status == 0
     assert server.writes() == []
+
+
+async def test_passes_in_flight_are_bounded_fleet_wide(
+    server: FakeApiServer, audit: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of loops starting at once wait for a pass slot, not in the HTTP pool (where
+    the wait counts against the connect timeout and fails the pass)."""
+    fleet = Fleet(
+        settings=OperatorSettings(node_heartbeats=False, max_concurrent_passes=3),
+        api=KubeApi(server),  # type: ignore[arg-type]
+        recorder=AuditRecorder(durable=[audit]),
+        metrics=OperatorMetrics(),
+    )
+    running, most = 0, 0
+
+    async def a_pass(self: BotReconciler, deleting: bool) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return Decision(finalize=True)
+
+    monkeypatch.setattr(BotReconciler, "_reconcile_once", a_pass)
+    loops = [BotReconciler(fleet, NS, f"bot-{i}") for i in range(20)]
+    await asyncio.gather(*(loop.reconcile_once() for loop in loops))
+    await asyncio.gather(*(loop.finalize_once() for loop in loops[:5]))
+    assert most == 3
