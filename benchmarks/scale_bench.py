@@ -40,6 +40,17 @@ SETTLE_SECONDS = 15.0
 STEADY_SECONDS = 120.0
 
 
+def chart_env(pod_name: str) -> dict[str, str]:
+    """The operator's settings as the chart runs it: leader election on, the fleet switch
+    watched."""
+    return {
+        "POD_NAME": pod_name,
+        "TRADINGBOT_OPERATOR_LEADER_ELECTION": "true",
+        "TRADINGBOT_OPERATOR_LEADER_NAMESPACE": product.OPERATOR_NAMESPACE,
+        "TRADINGBOT_OPERATOR_FLEET_SWITCH": product.fleet_switch(),
+    }
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -111,17 +122,8 @@ def run(bots: int = BOTS) -> str:
         kubeconfig = product.operator_kubeconfig(cluster, api, Path(tmp) / "op.kubeconfig")
         requests = RequestCounter(api, product.OPERATOR_NAMESPACE, product.chart_account())
         requests.install()
-        # As the chart runs it: leader election on, the fleet switch watched.
         operator = OperatorProcess(
-            kubeconfig,
-            NAMESPACE,
-            Path(tmp) / "operator.log",
-            extra_env={
-                "POD_NAME": "scale-0",
-                "TRADINGBOT_OPERATOR_LEADER_ELECTION": "true",
-                "TRADINGBOT_OPERATOR_LEADER_NAMESPACE": product.OPERATOR_NAMESPACE,
-                "TRADINGBOT_OPERATOR_FLEET_SWITCH": product.fleet_switch(),
-            },
+            kubeconfig, NAMESPACE, Path(tmp) / "operator.log", extra_env=chart_env("scale-0")
         )
         peak = [0.0]
         stop = threading.Event()

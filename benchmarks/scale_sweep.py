@@ -28,7 +28,7 @@ from kubernetes import client, config
 
 from benchmarks.apiserver_requests import RequestCounter, metrics_text, served_by_kind
 from benchmarks.report import DOC, write_section
-from benchmarks.scale_bench import rss_mib, store_bots
+from benchmarks.scale_bench import chart_env, rss_mib, store_bots
 from benchmarks.scale_floor import floor_seconds, poll_seconds
 from localkube import binaries, product
 from localkube.cluster import LocalCluster
@@ -118,15 +118,7 @@ def measure(bots: int) -> Point:
         requests = RequestCounter(api, product.OPERATOR_NAMESPACE, product.chart_account())
         requests.install()
         operator = OperatorProcess(
-            kubeconfig,
-            NAMESPACE,
-            Path(tmp) / "operator.log",
-            extra_env={
-                "POD_NAME": "sweep-0",
-                "TRADINGBOT_OPERATOR_LEADER_ELECTION": "true",
-                "TRADINGBOT_OPERATOR_LEADER_NAMESPACE": product.OPERATOR_NAMESPACE,
-                "TRADINGBOT_OPERATOR_FLEET_SWITCH": product.fleet_switch(),
-            },
+            kubeconfig, NAMESPACE, Path(tmp) / "operator.log", extra_env=chart_env("sweep-0")
         )
         kubelet = WatchKubelet(api, NAMESPACE)
         kubelet.start()
